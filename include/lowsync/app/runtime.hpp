@@ -1,0 +1,24 @@
+// Runtime: MPI (MPI_Init_thread, FUNNELED) and Kokkos initialised and finalised by RAII, rank-aware
+// logging set up, and the OpenMP thread count for oneDNN fixed per rank.
+#pragma once
+
+#include <mpi.h>
+
+namespace lowsync::app {
+
+class Runtime {
+ public:
+  Runtime(int& argc, char**& argv);
+  ~Runtime();
+  Runtime(const Runtime&) = delete;
+  Runtime& operator=(const Runtime&) = delete;
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+  static void set_threads(int threads);
+
+ private:
+  int rank_ = 0;
+  int size_ = 1;
+};
+
+}  // namespace lowsync::app

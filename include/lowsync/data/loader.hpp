@@ -1,0 +1,45 @@
+// Loader: this rank's samples in batches, reshuffled every epoch from (seed, rank, epoch). Its
+// whole state is (epoch, position), so a checkpoint can restore it exactly.
+#pragma once
+
+#include "lowsync/core/memory.hpp"
+#include "lowsync/data/batch.hpp"
+#include "lowsync/data/dataset.hpp"
+
+#include <cstdint>
+#include <vector>
+
+namespace lowsync::data {
+
+struct LoaderCursor {
+  std::int64_t epoch = 0;
+  std::int64_t position = 0;  // next index into this epoch's order
+};
+
+class Loader {
+ public:
+  Loader(const Dataset& dataset, std::vector<std::int64_t> indices, int batch, std::uint64_t seed,
+         int rank);
+  // Next batch; wraps into a new (reshuffled) epoch as needed. The batch stays valid until the
+  // next call.
+  Batch next();
+  LoaderCursor cursor() const { return cursor_; }
+  void set_cursor(LoaderCursor c);
+  std::int64_t samples() const { return static_cast<std::int64_t>(indices_.size()); }
+  const std::vector<std::int64_t>& indices() const { return indices_; }
+  double epoch_progress() const;
+
+ private:
+  void shuffle_for_epoch();
+  const Dataset& dataset_;
+  std::vector<std::int64_t> indices_;
+  std::vector<std::int64_t> order_;
+  int batch_;
+  std::uint64_t seed_;
+  int rank_;
+  LoaderCursor cursor_;
+  memory::TrackedBuffer<float> images_;          // [batch, 784]
+  memory::TrackedBuffer<std::int32_t> labels_;   // [batch]
+};
+
+}  // namespace lowsync::data

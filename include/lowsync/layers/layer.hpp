@@ -1,0 +1,87 @@
+// Layer interface. A Layer describes shapes and parameters; a LayerPlan holds the oneDNN
+// primitives and buffers for one batch size, created once and reused every step (no allocation
+// on the hot path). Tensors are row-major fp32: activations [N, C, H, W] or [N, F].
+#pragma once
+
+#include "lowsync/core/memory.hpp"
+
+#include <oneapi/dnnl/dnnl.hpp>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace lowsync::layers {
+
+using Shape = std::vector<std::int64_t>;  // per-sample shape: [C, H, W] or [F]
+
+std::int64_t shape_size(const Shape& s);
+
+struct ParamSpec {
+  std::string name;     // "weight" or "bias"
+  Shape shape;          // weight [out, in] or [out, in, kh, kw]; bias [out]
+  std::int64_t fan_in;  // for Kaiming-uniform initialisation
+};
+
+// oneDNN engine + stream shared by all layers, with optional per-primitive timing.
+class Executor {
+ public:
+  Executor();
+  dnnl::engine& engine() { return engine_; }
+  void run(const dnnl::primitive& p, const std::unordered_map<int, dnnl::memory>& args);
+  void set_profiling(bool on) { profiling_ = on; }
+  double primitive_seconds() const { return primitive_seconds_; }
+  void reset_profile() { primitive_seconds_ = 0.0; }
+
+ private:
+  dnnl::engine engine_;
+  dnnl::stream stream_;
+  bool profiling_ = false;
+  double primitive_seconds_ = 0.0;
+};
+
+class LayerPlan {
+ public:
+  virtual ~LayerPlan() = default;
+  // y = f(x). training: keep what backward needs (pooling workspace).
+  virtual void forward(const float* x, float* y, bool training) = 0;
+  // Given x, y = f(x) and dy, accumulate nothing: overwrite the parameter gradients and write dx
+  // (dx == nullptr: the input needs no gradient, skip that work).
+  virtual void backward(const float* x, const float* y, const float* dy, float* dx) = 0;
+};
+
+class Layer {
+ public:
+  virtual ~Layer() = default;
+  virtual std::string name() const = 0;
+  virtual Shape output_shape() const = 0;
+  virtual std::vector<ParamSpec> param_specs() const { return {}; }
+  // True when the output is the input reinterpreted (Flatten): no buffer, no work.
+  virtual bool aliases_input() const { return false; }
+  // params[i] / grads[i] point into the flat buffers, one per param_specs() entry.
+  virtual std::unique_ptr<LayerPlan> make_plan(int batch, Executor& exec, std::vector<float*> params,
+                                               std::vector<float*> grads) = 0;
+  // Forward multiply-adds x 2 for one sample.
+  virtual double flops_per_sample() const { return 0.0; }
+};
+
+// Linear: y = x W^T + b, W [out, in]; `relu` fuses max(y, 0) into the primitive (and its
+// backward into a oneDNN eltwise-backward on y).
+std::unique_ptr<Layer> make_linear(std::int64_t in, std::int64_t out, bool relu);
+// Conv2d, stride 1, no padding ("valid"), input [C, H, W]; optional fused ReLU.
+std::unique_ptr<Layer> make_conv2d(Shape input, std::int64_t out_channels, std::int64_t kernel, bool relu);
+// Max pooling, window = stride = `window`, input [C, H, W].
+std::unique_ptr<Layer> make_maxpool2d(Shape input, std::int64_t window);
+std::unique_ptr<Layer> make_relu(Shape shape);
+std::unique_ptr<Layer> make_flatten(Shape input);
+
+// Softmax cross-entropy over logits [N, C] and labels [N]: returns the mean loss; writes
+// dlogits = (softmax - onehot) / N when dlogits != nullptr. Log-sum-exp subtracts the row max.
+// Accuracy helper: number of rows whose argmax equals the label.
+float softmax_cross_entropy(const float* logits, const std::int32_t* labels, int n, int classes,
+                            float* dlogits);
+std::int64_t count_correct(const float* logits, const std::int32_t* labels, int n, int classes);
+
+}  // namespace lowsync::layers

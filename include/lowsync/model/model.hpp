@@ -1,0 +1,85 @@
+// Model: a sequence of layers over ONE flat fp32 parameter buffer and ONE flat gradient buffer
+// (named views into them), so one collective covers all parameters or all gradients.
+// Architectures: mlp 784-512-256-10, cnn conv5x5(1->32)-pool-conv5x5(32->64)-pool-fc1024-512-10.
+#pragma once
+
+#include "lowsync/data/batch.hpp"
+#include "lowsync/layers/layer.hpp"
+#include "lowsync/core/memory.hpp"
+#include "lowsync/tensor/tensor.hpp"
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace lowsync::model {
+
+struct ParamInfo {
+  std::string name;                 // "fc1.weight"
+  std::vector<std::int64_t> shape;  // weight [out, in] or [out, in, kh, kw]; bias [out]
+  std::size_t offset = 0;           // into params() / grads()
+  std::size_t count = 0;
+};
+
+struct EvalResult {
+  double loss = 0.0;
+  double accuracy = 0.0;
+  std::int64_t samples = 0;
+};
+
+class Model {
+ public:
+  // arch = "mlp" | "cnn"; batch = training batch per rank (primitives are built for it once).
+  Model(const std::string& arch, int batch, std::uint64_t seed);
+  ~Model();
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
+
+  const std::string& arch() const { return arch_; }
+  std::span<float> params() { return params_.span(); }
+  std::span<float> grads() { return grads_.span(); }
+  std::size_t num_params() const { return params_.size(); }
+  const std::vector<ParamInfo>& param_infos() const { return infos_; }
+  // Named views into params() / grads() with their shapes.
+  std::vector<tensor::Tensor> param_tensors() { return views_of(params_); }
+  std::vector<tensor::Tensor> grad_tensors() { return views_of(grads_); }
+  int batch() const { return batch_; }
+
+  // Forward + backward on the training batch (size == batch()); gradients are overwritten with
+  // d(mean loss)/d(params). Returns the mean loss.
+  float forward_backward(const data::Batch& batch);
+  // Forward only (no gradient); returns the mean loss. Used by zeroth-order training.
+  float forward_loss(const data::Batch& batch);
+  // Loss and accuracy over n samples, in chunks of the evaluation batch.
+  EvalResult evaluate(const float* images, const std::int32_t* labels, std::int64_t n);
+  void set_eval_batch(int n) { eval_batch_ = n; }
+  // Re-draw all parameters (Kaiming-uniform, like common frameworks) from `seed`.
+  void initialize(std::uint64_t seed);
+  // FLOPs of one forward pass of one sample (multiply-add = 2).
+  double forward_flops_per_sample() const;
+  // Primitive timing (benchmarks): accumulated seconds inside oneDNN primitives.
+  void set_profiling(bool on);
+  double profiled_primitive_seconds() const;
+  void reset_profile();
+
+ private:
+  struct Plan;  // layer buffers and primitives for one batch size
+  Plan& plan_for(int batch);
+  std::vector<tensor::Tensor> views_of(const memory::TrackedBuffer<float>& flat) const;
+  float run_forward(Plan& plan, const data::Batch& batch, bool keep_for_backward);
+
+  std::string arch_;
+  int batch_ = 0;
+  std::vector<std::unique_ptr<layers::Layer>> layers_;
+  std::vector<ParamInfo> infos_;
+  memory::TrackedBuffer<float> params_;
+  memory::TrackedBuffer<float> grads_;
+  layers::Executor exec_;
+  std::vector<std::unique_ptr<Plan>> plans_;
+  int eval_batch_ = 1000;
+};
+
+}  // namespace lowsync::model

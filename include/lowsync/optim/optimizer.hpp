@@ -1,0 +1,42 @@
+// Optimizer interface: one update of the flat parameter buffer from the flat gradient buffer, as
+// Kokkos kernels. State lives in flat buffers of the same length, exposed by name so that
+// strategies (periodic averaging) and checkpoints can reach it without knowing the optimizer.
+#pragma once
+
+#include "lowsync/config/config.hpp"
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace lowsync::optim {
+
+struct StateBuffer {
+  std::string name;        // "momentum", "adam_m", "adam_v"
+  std::span<float> data;   // same length as the parameters
+};
+
+class Optimizer {
+ public:
+  virtual ~Optimizer() = default;
+  virtual std::string_view name() const = 0;
+  // params[i] -= update(grads[i]); grads is the (already synchronised) gradient.
+  virtual void step(std::span<float> params, std::span<const float> grads) = 0;
+  virtual std::vector<StateBuffer> state() { return {}; }
+  std::int64_t step_count() const { return step_count_; }
+  void set_step_count(std::int64_t n) { step_count_ = n; }
+  double learning_rate() const { return lr_; }
+  void set_learning_rate(double lr) { lr_ = lr; }
+
+ protected:
+  std::int64_t step_count_ = 0;
+  double lr_ = 0.0;
+};
+
+// optim.name = sgd | adamw (later issues add more); num_params sizes the state buffers.
+std::unique_ptr<Optimizer> make_optimizer(const config::Config& cfg, std::size_t num_params);
+
+}  // namespace lowsync::optim

@@ -1,0 +1,81 @@
+// FDA (ALGORITHMS.md §4): sync only when the estimated replica variance passes the threshold;
+// the estimate costs one small allreduce per step (plus one int for the decision), a sync one
+// allreduce of the model. The estimators themselves live in sync/fda_estimators.hpp.
+#pragma once
+
+#include "lowsync/core/memory.hpp"
+#include "lowsync/sync/fda_estimators.hpp"
+#include "lowsync/sync/strategy.hpp"
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace lowsync::sync {
+
+struct FdaOptions {
+  fda::EstimatorSpec estimator;        // sync.fda.estimator, sketch_depth, sketch_width
+  double threshold = -1.0;             // sync.fda.threshold: Theta; negative = unset
+  double threshold_per_param = 3.9e-5; // sync.fda.threshold_per_param: Theta = c * num_params
+  std::uint64_t seed = 1;              // train.seed: sketch hashes and the Gaussian xi
+  bool average_optimizer_state = false;  // sync.average_optimizer_state
+};
+
+// Reads the sync.fda.* keys, train.seed and sync.average_optimizer_state; throws naming a key.
+FdaOptions fda_options_from_config(const config::Config& cfg);
+
+class FdaStrategy final : public Strategy {
+ public:
+  explicit FdaStrategy(const config::Config& cfg);
+  explicit FdaStrategy(FdaOptions options);
+
+  std::string_view name() const override { return "fda"; }
+  // Broadcast from rank 0 (the base), then begin() on the now identical parameters.
+  void on_start(StepContext& ctx) override;
+  // step() on the model's parameters and the optimizer.
+  void after_update(StepContext& ctx) override;
+  // fda_vhat (V^ of the last step; inf when a rank's state was non-finite), fda_threshold
+  // (Theta), fda_syncs (syncs so far).
+  std::vector<std::string> metric_names() const override;
+  std::vector<double> metric_values() const override;
+  std::int64_t syncs() const override { return syncs_; }
+
+  // on_start without the broadcast: w0 = w0_prev = params, xi = the shared Gaussian, sketch
+  // tables built, Theta resolved from params.size(). Every rank must pass identical params.
+  void begin(std::span<const float> params);
+  // after_update on a bare buffer: local state, allreduce, V^, decision (int MAX guard), and on a
+  // sync the average of params (and of the optimizer state when asked; optimizer may be null).
+  // Every rank calls it at the same point; returns true when this step synced.
+  bool step(comm::Communicator& comm, std::int64_t step, std::span<float> params,
+            optim::Optimizer* optimizer = nullptr);
+
+  const FdaOptions& options() const { return options_; }
+  double threshold() const { return threshold_; }         // resolved Theta (after begin)
+  double last_estimate() const { return last_estimate_; }  // V^ of the last step
+  bool last_synced() const { return last_synced_; }
+
+  // Estimator state for checkpoints (valid after begin): a restore writes into these spans and
+  // calls set_syncs. xi is empty unless the estimator is linear.
+  std::span<float> w0() { return w0_.span(); }
+  std::span<float> w0_prev() { return w0_prev_.span(); }
+  std::span<float> xi() { return xi_.span(); }
+  void set_syncs(std::int64_t n) { syncs_ = n; }
+
+ private:
+  FdaOptions options_;
+  double threshold_ = 0.0;
+  memory::TrackedBuffer<float> w0_;       // [d] model at the last sync
+  memory::TrackedBuffer<float> w0_prev_;  // [d] model at the sync before
+  memory::TrackedBuffer<float> xi_;       // [d] shared direction (linear only)
+  memory::TrackedBuffer<double> state_;   // [state_size] local state, summed in place
+  std::optional<fda::SketchHashes> hashes_;
+  std::int64_t syncs_ = 0;
+  double last_estimate_ = 0.0;
+  bool last_synced_ = false;
+  bool started_ = false;
+};
+
+}  // namespace lowsync::sync

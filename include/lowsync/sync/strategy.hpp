@@ -1,0 +1,48 @@
+// Synchronization strategy interface (STYLE.md "One training step"): hooks every rank calls at
+// the same points of every step, so all ranks issue the same collectives in the same order.
+//   zero_grad; forward_backward; after_backward; optimizer.step (unless owns_update); after_update
+#pragma once
+
+#include "lowsync/comm/communicator.hpp"
+#include "lowsync/config/config.hpp"
+#include "lowsync/model/model.hpp"
+#include "lowsync/optim/optimizer.hpp"
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace lowsync::sync {
+
+struct StepContext {
+  std::int64_t step = 0;  // 1-based number of the step being taken
+  comm::Communicator& comm;
+  model::Model& model;
+  optim::Optimizer& optimizer;
+  float local_loss = 0.0f;
+};
+
+class Strategy {
+ public:
+  virtual ~Strategy() = default;
+  virtual std::string_view name() const = 0;
+  // Before the first step: make replicas identical (default: broadcast parameters from rank 0).
+  virtual void on_start(StepContext& ctx);
+  virtual void after_backward(StepContext& ctx) {}
+  // True when the strategy applies the update itself in after_backward (DeMo); the trainer then
+  // skips optimizer.step.
+  virtual bool owns_update() const { return false; }
+  virtual void after_update(StepContext& ctx) {}
+  // Extra metrics.csv columns (fixed names, one value per logged step) and summary.json fields.
+  virtual std::vector<std::string> metric_names() const { return {}; }
+  virtual std::vector<double> metric_values() const { return {}; }
+  virtual std::int64_t syncs() const { return 0; }
+};
+
+// sync.strategy = none | allreduce | periodic | ... ; validates the strategy's own keys.
+std::unique_ptr<Strategy> make_strategy(const config::Config& cfg);
+
+}  // namespace lowsync::sync

@@ -1,0 +1,87 @@
+// 16-bit float codecs: IEEE binary16 (fp16) and bfloat16 (bf16), stored as their raw bit
+// patterns in std::uint16_t. Scalar conversions are header-only so kernels inline them; span
+// conversions are Kokkos kernels in src/tensor/half.cpp. Rounding rules: ALGORITHMS.md section 3
+// (round-to-nearest-even, overflow to inf, fp16 subnormals, NaN stays a quiet NaN).
+#pragma once
+
+#include <bit>
+#include <cstdint>
+#include <span>
+
+namespace lowsync::tensor {
+
+// Raw bit patterns; aliases rather than wrapper structs so buffers go to the communicator as
+// plain u16 arrays (DType::bf16 / DType::f16 tell the reader which codec applies).
+using Bf16Bits = std::uint16_t;
+using Fp16Bits = std::uint16_t;
+
+// float -> bf16, round-to-nearest-even; overflow rounds to inf; NaN becomes a quiet NaN with the
+// sign and top payload bits kept (truncating a signalling NaN's payload could give inf).
+constexpr Bf16Bits bf16_encode(float x) {
+  const std::uint32_t f = std::bit_cast<std::uint32_t>(x);
+  if ((f & 0x7fffffffu) > 0x7f800000u) return static_cast<Bf16Bits>((f >> 16) | 0x0040u);
+  // Adding 0x7fff plus the kept LSB rounds half-way cases to the even neighbour; the carry may
+  // run into the exponent, which is the correct next binade (or inf past the largest value).
+  const std::uint32_t rounding_bias = 0x7fffu + ((f >> 16) & 1u);
+  return static_cast<Bf16Bits>((f + rounding_bias) >> 16);
+}
+
+// bf16 -> float is exact: bf16 is the top half of a float.
+constexpr float bf16_decode(Bf16Bits h) {
+  return std::bit_cast<float>(static_cast<std::uint32_t>(h) << 16);
+}
+
+// float -> fp16, round-to-nearest-even with IEEE overflow to inf (|x| >= 65520) and gradual
+// underflow (subnormals down to 2^-24); NaN becomes a quiet NaN keeping sign and top payload.
+constexpr Fp16Bits fp16_encode(float x) {
+  const std::uint32_t f = std::bit_cast<std::uint32_t>(x);
+  const std::uint32_t sign = (f >> 16) & 0x8000u;
+  const std::uint32_t a = f & 0x7fffffffu;
+  if (a > 0x7f800000u) return static_cast<Fp16Bits>(sign | 0x7e00u | ((a >> 13) & 0x03ffu));
+  if (a >= 0x477ff000u) return static_cast<Fp16Bits>(sign | 0x7c00u);  // 65520 and up, inf
+  if (a >= 0x38800000u) {  // fp16 normal range, |x| >= 2^-14
+    // Rebias the exponent (127 -> 15) and drop 13 mantissa bits, rounding to nearest even; a
+    // mantissa carry moves into the exponent field, which is the right result.
+    std::uint32_t h = (a - 0x38000000u) >> 13;
+    const std::uint32_t rest = a & 0x1fffu;
+    if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) ++h;
+    return static_cast<Fp16Bits>(sign | h);
+  }
+  if (a <= 0x33000000u) return static_cast<Fp16Bits>(sign);  // <= 2^-25: ties to even zero
+  // Subnormal: |x| = m * 2^(e-150) with the implicit bit in m; units of 2^-24 are m >> (126-e).
+  // A carry out of the top subnormal lands exactly on the smallest normal's pattern.
+  const std::uint32_t e = a >> 23;
+  const std::uint32_t m = (a & 0x7fffffu) | 0x800000u;
+  const std::uint32_t shift = 126u - e;  // 14..24 here
+  std::uint32_t h = m >> shift;
+  const std::uint32_t rest = m & ((1u << shift) - 1u);
+  const std::uint32_t half = 1u << (shift - 1u);
+  if (rest > half || (rest == half && (h & 1u))) ++h;
+  return static_cast<Fp16Bits>(sign | h);
+}
+
+// fp16 -> float is exact (every fp16 value, subnormals included, is a normal float).
+constexpr float fp16_decode(Fp16Bits h) {
+  const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
+  const std::uint32_t exponent = (h >> 10) & 0x1fu;
+  const std::uint32_t mantissa = h & 0x03ffu;
+  if (exponent == 0x1fu)  // inf or NaN: payload shifted into the float mantissa
+    return std::bit_cast<float>(sign | 0x7f800000u | (mantissa << 13));
+  if (exponent == 0) {  // zero or subnormal: mantissa * 2^-24, exact in float
+    const float magnitude = static_cast<float>(mantissa) * 0x1p-24f;
+    return sign ? -magnitude : magnitude;
+  }
+  return std::bit_cast<float>(sign | ((exponent + 112u) << 23) | (mantissa << 13));
+}
+
+// Round a float to the nearest value the 16-bit format holds (emulates 16-bit storage).
+constexpr float bf16_round(float x) { return bf16_decode(bf16_encode(x)); }
+constexpr float fp16_round(float x) { return fp16_decode(fp16_encode(x)); }
+
+// Span conversions (Kokkos kernels). Sizes must match, else lowsync::Error naming both sizes.
+void bf16_encode(std::span<const float> x, std::span<Bf16Bits> out);    // [n] -> [n]
+void bf16_decode(std::span<const Bf16Bits> h, std::span<float> out);    // [n] -> [n]
+void fp16_encode(std::span<const float> x, std::span<Fp16Bits> out);    // [n] -> [n]
+void fp16_decode(std::span<const Fp16Bits> h, std::span<float> out);    // [n] -> [n]
+
+}  // namespace lowsync::tensor

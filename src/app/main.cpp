@@ -1,0 +1,120 @@
+// lowsync command line: train, compare, config (key reference), and --help/--version.
+//   lowsync train [--config FILE.toml] [--set key=value]... [--out DIR]
+//   lowsync compare RUN_DIR... [--out DIR]   (hands over to tools/compare/compare.py)
+// Exit codes: 0 ok, 1 usage, 2 error, 3 stopped early with a checkpoint, 4 collective timeout.
+#include "lowsync/app/runtime.hpp"
+#include "lowsync/app/trainer.hpp"
+#include "lowsync/comm/communicator.hpp"
+#include "lowsync/config/config.hpp"
+#include "lowsync/core/error.hpp"
+#include "lowsync/core/log.hpp"
+#include "lowsync/config.hpp"
+
+#include <CLI/CLI.hpp>
+
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <filesystem>
+
+namespace {
+
+// `lowsync compare` needs no MPI: it replaces this process with the Python report generator
+// (Debian's python3 with matplotlib), found next to the sources or via LOWSYNC_COMPARE_SCRIPT.
+int exec_compare(int argc, char** argv) {
+  const char* env = std::getenv("LOWSYNC_COMPARE_SCRIPT");
+  const std::string script = env != nullptr ? env : std::string(LOWSYNC_SOURCE_DIR) + "/tools/compare/compare.py";
+  if (!std::filesystem::exists(script)) {
+    std::fprintf(stderr, "lowsync: error: compare script '%s' not found (set LOWSYNC_COMPARE_SCRIPT)\n", script.c_str());
+    return 2;
+  }
+  const char* python = std::filesystem::exists("/usr/bin/python3") ? "/usr/bin/python3" : "python3";
+  std::vector<char*> args = {const_cast<char*>(python), const_cast<char*>(script.c_str())};
+  for (int i = 2; i < argc; ++i) args.push_back(argv[i]);
+  args.push_back(nullptr);
+  execvp(python, args.data());
+  std::fprintf(stderr, "lowsync: error: cannot run %s: %s\n", python, std::strerror(errno));
+  return 2;
+}
+
+std::string default_out_dir() {
+  const std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  localtime_r(&now, &tm);
+  char buf[64];
+  std::strftime(buf, sizeof buf, "runs/%Y%m%d-%H%M%S", &tm);
+  return buf;
+}
+
+// Rank 0 picks the default output folder; every rank must use the same one.
+std::string agree_on_out_dir(lowsync::comm::Communicator& comm, std::string out) {
+  if (!out.empty()) return out;
+  std::vector<std::uint8_t> buf(256, 0);
+  if (comm.rank() == 0) {
+    const std::string name = default_out_dir();
+    std::copy(name.begin(), name.end(), buf.begin());
+  }
+  comm.broadcast(std::span<std::uint8_t>(buf), 0, "obs.setup");
+  return std::string(reinterpret_cast<const char*>(buf.data()));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc >= 2 && std::strcmp(argv[1], "compare") == 0) return exec_compare(argc, argv);
+  lowsync::app::Runtime runtime(argc, argv);
+  CLI::App app{"lowsync: data-parallel training that compares synchronization strategies"};
+  app.set_version_flag("--version", std::string("lowsync ") + LOWSYNC_VERSION);
+  app.require_subcommand(1);
+
+  auto* train = app.add_subcommand("train", "train a model (run under mpirun/srun for several ranks)");
+  std::string config_file, out_dir;
+  std::vector<std::string> sets;
+  train->add_option("--config", config_file, "TOML file with dotted keys or [sections]");
+  train->add_option("--set", sets, "override one key: --set optim.lr=0.1 (repeatable)");
+  train->add_option("--out", out_dir, "output folder (default runs/<timestamp>)");
+
+  app.add_subcommand("compare", "compare runs: lowsync compare RUN_DIR... [--out DIR] [--target-acc 0.85]")
+      ->allow_extras();
+  auto* config_cmd = app.add_subcommand("config", "print every configuration key as a Markdown table");
+  bool print_defaults = false;
+  config_cmd->add_flag("--defaults", print_defaults, "print the default configuration as TOML instead");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int code = runtime.rank() == 0 ? app.exit(e) : (e.get_exit_code() == 0 ? 0 : 1);
+    return code;
+  }
+
+  try {
+    if (*config_cmd) {
+      if (runtime.rank() == 0)
+        std::fputs((print_defaults ? lowsync::config::Config().to_toml() : lowsync::config::schema_markdown()).c_str(),
+                   stdout);
+      return 0;
+    }
+    lowsync::config::Config cfg;
+    if (!config_file.empty()) cfg.load_toml_file(config_file);
+    for (const auto& s : sets) cfg.set_text(s);
+    cfg.validate();
+    lowsync::app::Runtime::set_threads(static_cast<int>(cfg.integer("train.threads")));
+    if (cfg.string("comm.backend") == "nccl" && !LOWSYNC_HAS_NCCL)
+      lowsync::fail("comm.backend = \"nccl\" but this lowsync was built without NCCL (LOWSYNC_ENABLE_NCCL)");
+    if (cfg.string("comm.backend") == "nccl")
+      lowsync::fail("comm.backend = \"nccl\": the NCCL backend is detected at build time but not implemented yet; use mpi");
+    lowsync::comm::Communicator comm(MPI_COMM_WORLD, {cfg.boolean("comm.deterministic"),
+                                                      cfg.real("comm.timeout_seconds")});
+    const auto result = lowsync::app::train(cfg, comm, agree_on_out_dir(comm, out_dir));
+    return result.exit_code;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "lowsync: rank %d: error: %s\n", runtime.rank(), e.what());
+    std::fflush(stderr);
+    // Peers may be waiting in a collective this rank will never reach.
+    if (runtime.size() > 1) MPI_Abort(MPI_COMM_WORLD, 2);
+    return 2;
+  }
+}

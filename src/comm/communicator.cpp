@@ -1,0 +1,221 @@
+// MPI backend of the Communicator. Every collective is issued non-blocking and completed by a
+// polling wait, so a watchdog can name a collective that never finishes and abort the job instead
+// of hanging (MPI_Abort takes every rank down).
+#include "lowsync/comm/communicator.hpp"
+
+#include "lowsync/core/error.hpp"
+#include "lowsync/core/log.hpp"
+
+#include <Kokkos_Core.hpp>
+
+#include <sched.h>
+
+#include <climits>
+#include <cstring>
+#include <vector>
+
+namespace lowsync::comm {
+namespace {
+
+MPI_Datatype mpi_type(DType t) {
+  switch (t) {
+    case DType::f32: return MPI_FLOAT;
+    case DType::f64: return MPI_DOUBLE;
+    case DType::i32: return MPI_INT32_T;
+    case DType::i64: return MPI_INT64_T;
+    case DType::u8: return MPI_UINT8_T;
+    case DType::u16: case DType::bf16: case DType::f16: return MPI_UINT16_T;
+    case DType::fp8_e4m3: case DType::fp8_e5m2: return MPI_UINT8_T;
+  }
+  fail("communicator: unsupported dtype {}", dtype_name(t));
+}
+
+MPI_Op mpi_op(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::sum: return MPI_SUM;
+    case ReduceOp::max: return MPI_MAX;
+    case ReduceOp::min: return MPI_MIN;
+    case ReduceOp::lor: return MPI_LOR;
+  }
+  return MPI_SUM;
+}
+
+int checked_count(std::size_t count, std::string_view what) {
+  if (count > static_cast<std::size_t>(INT_MAX))
+    fail("communicator: {} of {} elements exceeds the MPI int count limit ({})", what, count, INT_MAX);
+  return static_cast<int>(count);
+}
+
+void check_mpi(int rc, const char* call) {
+  if (rc == MPI_SUCCESS) return;
+  char msg[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  MPI_Error_string(rc, msg, &len);
+  fail("{} failed: {}", call, std::string(msg, static_cast<std::size_t>(len)));
+}
+
+}  // namespace
+
+Communicator::Communicator(MPI_Comm comm, CommOptions options) : options_(options) {
+  check_mpi(MPI_Comm_dup(comm, &comm_), "MPI_Comm_dup");
+  MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
+  MPI_Comm_rank(comm_, &rank_);
+  MPI_Comm_size(comm_, &size_);
+}
+
+Communicator::~Communicator() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
+}
+
+void Communicator::wait(MPI_Request& request, Collective c, std::string_view traffic) {
+  const double start = MPI_Wtime();
+  int done = 0;
+  for (std::uint64_t spins = 0;; ++spins) {
+    check_mpi(MPI_Test(&request, &done, MPI_STATUS_IGNORE), "MPI_Test");
+    if (done) return;
+    // Yield the core: ranks are often oversubscribed on workstations.
+    if (spins > 64) sched_yield();
+    if (options_.timeout_seconds > 0.0 && (spins & 1023) == 0 && MPI_Wtime() - start > options_.timeout_seconds) {
+      const std::string msg = fmt::format(
+          "lowsync: rank {}: error: {} ({}) did not complete within comm.timeout_seconds = {:g} s at step {}: "
+          "a peer rank died or hangs; aborting the job\n",
+          rank_, collective_name(c), traffic, options_.timeout_seconds, step_);
+      std::fputs(msg.c_str(), stderr);
+      std::fflush(stderr);
+      MPI_Abort(MPI_COMM_WORLD, 4);
+    }
+  }
+}
+
+void Communicator::record(Collective c, std::string_view traffic, std::size_t payload_bytes, double start, bool is_root) {
+  ledger_.record(c, traffic, payload_bytes, wire_bytes(c, payload_bytes, size_, is_root), MPI_Wtime() - start);
+}
+
+void Communicator::allreduce_bytes(void* data, std::size_t count, DType t, ReduceOp op, std::string_view traffic) {
+  Kokkos::fence();  // data may have been written by a Kokkos kernel
+  const double start = MPI_Wtime();
+  const int n = checked_count(count, "allreduce");
+  if (options_.deterministic && op == ReduceOp::sum && size_ > 1 && (t == DType::f32 || t == DType::f64)) {
+    deterministic_sum(data, count, t);
+  } else if (size_ > 1) {
+    MPI_Request req;
+    check_mpi(MPI_Iallreduce(MPI_IN_PLACE, data, n, mpi_type(t), mpi_op(op), comm_, &req), "MPI_Iallreduce");
+    wait(req, Collective::allreduce, traffic);
+  }
+  record(Collective::allreduce, traffic, count * dtype_bytes(t), start, false);
+}
+
+// Reduce-scatter by alltoall, sum of each chunk in rank order 0..N-1, allgather: every rank
+// gets bitwise the same result run after run, with the bytes of a ring allreduce.
+void Communicator::deterministic_sum(void* data, std::size_t count, DType t) {
+  const std::size_t elem = dtype_bytes(t);
+  const auto N = static_cast<std::size_t>(size_);
+  std::vector<int> counts(N), displs(N);
+  for (std::size_t r = 0; r < N; ++r) {
+    const std::size_t begin = r * count / N, end = (r + 1) * count / N;
+    counts[r] = checked_count(end - begin, "deterministic allreduce chunk");
+    displs[r] = static_cast<int>(begin);
+  }
+  const std::size_t mine = static_cast<std::size_t>(counts[rank_]);
+  scratch_.resize(N * mine * elem);
+  std::vector<int> recv_counts(N, static_cast<int>(mine)), recv_displs(N);
+  for (std::size_t r = 0; r < N; ++r) recv_displs[r] = static_cast<int>(r * mine);
+  MPI_Request req;
+  check_mpi(MPI_Ialltoallv(data, counts.data(), displs.data(), mpi_type(t), scratch_.data(), recv_counts.data(),
+                           recv_displs.data(), mpi_type(t), comm_, &req), "MPI_Ialltoallv");
+  wait(req, Collective::reduce_scatter, "deterministic");
+  auto sum_chunks = [&](auto* out, const auto* in) {
+    for (std::size_t i = 0; i < mine; ++i) {
+      auto acc = in[i];
+      for (std::size_t r = 1; r < N; ++r) acc += in[r * mine + i];
+      out[displs[rank_] + i] = acc;
+    }
+  };
+  if (t == DType::f32) sum_chunks(static_cast<float*>(data), reinterpret_cast<const float*>(scratch_.data()));
+  else sum_chunks(static_cast<double*>(data), reinterpret_cast<const double*>(scratch_.data()));
+  check_mpi(MPI_Iallgatherv(MPI_IN_PLACE, 0, mpi_type(t), data, counts.data(), displs.data(), mpi_type(t), comm_, &req),
+            "MPI_Iallgatherv");
+  wait(req, Collective::allgatherv, "deterministic");
+}
+
+void Communicator::broadcast_bytes(void* data, std::size_t count, DType t, int root, std::string_view traffic) {
+  if (root < 0 || root >= size_) fail("broadcast: root {} is not a rank of {}", root, size_);
+  Kokkos::fence();
+  const double start = MPI_Wtime();
+  const int n = checked_count(count, "broadcast");
+  if (size_ > 1) {
+    MPI_Request req;
+    check_mpi(MPI_Ibcast(data, n, mpi_type(t), root, comm_, &req), "MPI_Ibcast");
+    wait(req, Collective::broadcast, traffic);
+  }
+  record(Collective::broadcast, traffic, count * dtype_bytes(t), start, rank_ == root);
+}
+
+void Communicator::allgather_bytes(const void* send, std::size_t send_count, void* recv, std::size_t recv_count,
+                                   DType t, std::string_view traffic) {
+  if (recv_count != send_count * static_cast<std::size_t>(size_))
+    fail("allgather: receive buffer holds {} elements, expected {} x {} ranks", recv_count, send_count, size_);
+  Kokkos::fence();
+  const double start = MPI_Wtime();
+  const int n = checked_count(send_count, "allgather");
+  MPI_Request req;
+  check_mpi(MPI_Iallgather(send, n, mpi_type(t), recv, n, mpi_type(t), comm_, &req), "MPI_Iallgather");
+  wait(req, Collective::allgather, traffic);
+  record(Collective::allgather, traffic, send_count * dtype_bytes(t), start, false);
+}
+
+void Communicator::allgatherv_bytes(const void* send, std::size_t send_count, void* recv, std::size_t recv_count,
+                                    std::span<const std::int64_t> counts, DType t, std::string_view traffic) {
+  if (counts.size() != static_cast<std::size_t>(size_))
+    fail("allgatherv: {} counts given for {} ranks", counts.size(), size_);
+  if (static_cast<std::size_t>(counts[rank_]) != send_count)
+    fail("allgatherv: rank {} sends {} elements but counts[{}] = {}", rank_, send_count, rank_, counts[rank_]);
+  std::vector<int> c(size_), d(size_);
+  std::size_t total = 0;
+  for (int r = 0; r < size_; ++r) {
+    if (counts[r] < 0) fail("allgatherv: negative count {} for rank {}", counts[r], r);
+    c[r] = checked_count(static_cast<std::size_t>(counts[r]), "allgatherv count");
+    d[r] = checked_count(total, "allgatherv displacement");
+    total += static_cast<std::size_t>(counts[r]);
+  }
+  if (total != recv_count) fail("allgatherv: receive buffer holds {} elements, counts sum to {}", recv_count, total);
+  Kokkos::fence();
+  const double start = MPI_Wtime();
+  MPI_Request req;
+  check_mpi(MPI_Iallgatherv(send, c[rank_], mpi_type(t), recv, c.data(), d.data(), mpi_type(t), comm_, &req),
+            "MPI_Iallgatherv");
+  wait(req, Collective::allgatherv, traffic);
+  record(Collective::allgatherv, traffic, send_count * dtype_bytes(t), start, false);
+}
+
+void Communicator::gather_bytes(const void* send, std::size_t send_count, void* recv, std::size_t recv_count,
+                                DType t, int root, std::string_view traffic) {
+  if (root < 0 || root >= size_) fail("gather: root {} is not a rank of {}", root, size_);
+  if (rank_ == root && recv_count != send_count * static_cast<std::size_t>(size_))
+    fail("gather: root receive buffer holds {} elements, expected {} x {} ranks", recv_count, send_count, size_);
+  Kokkos::fence();
+  const double start = MPI_Wtime();
+  const int n = checked_count(send_count, "gather");
+  MPI_Request req;
+  check_mpi(MPI_Igather(send, n, mpi_type(t), recv, n, mpi_type(t), root, comm_, &req), "MPI_Igather");
+  wait(req, Collective::gather, traffic);
+  record(Collective::gather, traffic, send_count * dtype_bytes(t), start, rank_ == root);
+}
+
+void Communicator::barrier(std::string_view traffic) {
+  const double start = MPI_Wtime();
+  MPI_Request req;
+  check_mpi(MPI_Ibarrier(comm_, &req), "MPI_Ibarrier");
+  wait(req, Collective::barrier, traffic);
+  record(Collective::barrier, traffic, 0, start, false);
+}
+
+bool Communicator::any(bool flag_here, std::string_view traffic) {
+  std::int32_t flag = flag_here ? 1 : 0;
+  allreduce(std::span<std::int32_t>(&flag, 1), ReduceOp::max, traffic);
+  return flag != 0;
+}
+
+}  // namespace lowsync::comm

@@ -1,0 +1,253 @@
+// Parsing, validation and printing of the run configuration (see config.hpp).
+#include "lowsync/config/config.hpp"
+
+#include "lowsync/core/error.hpp"
+
+#include <toml++/toml.h>
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <fstream>
+#include <limits>
+#include <sstream>
+
+namespace lowsync::config {
+namespace {
+
+std::string_view type_name(Type t) {
+  switch (t) {
+    case Type::integer: return "an integer";
+    case Type::real: return "a number";
+    case Type::boolean: return "true or false";
+    case Type::string: return "a string";
+  }
+  return "?";
+}
+
+const KeySpec& require_key(std::string_view key) {
+  const KeySpec* spec = find_key(key);
+  if (spec == nullptr) {
+    // Suggest a key with the same last component, the most common typo being the section.
+    std::string hint;
+    const auto last = key.substr(key.rfind('.') == std::string_view::npos ? 0 : key.rfind('.') + 1);
+    for (const KeySpec& s : schema())
+      if (s.key.size() >= last.size() && s.key.ends_with(last) && !last.empty()) hint = s.key;
+    fail("unknown config key '{}'{}", key, hint.empty() ? "" : fmt::format(" (did you mean '{}'?)", hint));
+  }
+  return *spec;
+}
+
+std::string trim(std::string_view s) {
+  const auto b = s.find_first_not_of(" \t\r\n");
+  if (b == std::string_view::npos) return {};
+  const auto e = s.find_last_not_of(" \t\r\n");
+  return std::string(s.substr(b, e - b + 1));
+}
+
+Value parse_text(const KeySpec& spec, std::string_view raw) {
+  const std::string text = trim(raw);
+  switch (spec.type) {
+    case Type::integer: {
+      std::int64_t v = 0;
+      const auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+      if (ec != std::errc() || ptr != text.data() + text.size() || text.empty())
+        fail("config key '{}' must be an integer, got '{}'", spec.key, text);
+      return v;
+    }
+    case Type::real: {
+      if (text == "inf" || text == "+inf") return std::numeric_limits<double>::infinity();
+      char* end = nullptr;
+      const double v = std::strtod(text.c_str(), &end);
+      if (text.empty() || end != text.c_str() + text.size() || std::isnan(v))
+        fail("config key '{}' must be a number, got '{}'", spec.key, text);
+      return v;
+    }
+    case Type::boolean: {
+      if (text == "true" || text == "1" || text == "yes" || text == "on") return true;
+      if (text == "false" || text == "0" || text == "no" || text == "off") return false;
+      fail("config key '{}' must be true or false, got '{}'", spec.key, text);
+    }
+    case Type::string: {
+      std::string s = text;
+      if (s.size() >= 2 && ((s.front() == '"' && s.back() == '"') || (s.front() == '\'' && s.back() == '\'')))
+        s = s.substr(1, s.size() - 2);
+      return s;
+    }
+  }
+  fail("config key '{}': unsupported type", spec.key);
+}
+
+// Checks type, choices and bounds; converts an integer given for a real key.
+Value check_value(const KeySpec& spec, Value v) {
+  if (spec.type == Type::real && std::holds_alternative<std::int64_t>(v))
+    v = static_cast<double>(std::get<std::int64_t>(v));
+  const bool ok = (spec.type == Type::integer && std::holds_alternative<std::int64_t>(v)) ||
+                  (spec.type == Type::real && std::holds_alternative<double>(v)) ||
+                  (spec.type == Type::boolean && std::holds_alternative<bool>(v)) ||
+                  (spec.type == Type::string && std::holds_alternative<std::string>(v));
+  if (!ok) fail("config key '{}' must be {}, got {}", spec.key, type_name(spec.type), format_value(v));
+  if (spec.type == Type::integer || spec.type == Type::real) {
+    const double x = spec.type == Type::integer ? static_cast<double>(std::get<std::int64_t>(v))
+                                                : std::get<double>(v);
+    if ((spec.min && x < *spec.min) || (spec.max && x > *spec.max))
+      fail("config key '{}' = {} is out of range [{}, {}]", spec.key, format_value(v),
+           spec.min ? fmt::format("{:g}", *spec.min) : "-inf", spec.max ? fmt::format("{:g}", *spec.max) : "inf");
+  }
+  if (spec.type == Type::string && !spec.choices.empty()) {
+    const auto& s = std::get<std::string>(v);
+    if (std::find(spec.choices.begin(), spec.choices.end(), s) == spec.choices.end()) {
+      std::string all;
+      for (const auto& c : spec.choices) all += (all.empty() ? "" : "|") + c;
+      fail("config key '{}' = '{}' is not one of {}", spec.key, s, all);
+    }
+  }
+  return v;
+}
+
+void flatten(const toml::table& table, const std::string& prefix, std::string_view source,
+             Config& cfg) {
+  for (const auto& [k, node] : table) {
+    const std::string key = prefix.empty() ? std::string(k.str()) : prefix + "." + std::string(k.str());
+    if (const auto* sub = node.as_table()) {
+      flatten(*sub, key, source, cfg);
+      continue;
+    }
+    const KeySpec* spec = find_key(key);
+    if (spec == nullptr) {
+      try {
+        require_key(key);
+      } catch (const Error& e) {
+        fail("{}: {}", source, e.what());
+      }
+    }
+    Value v;
+    if (const auto* i = node.as_integer()) v = i->get();
+    else if (const auto* f = node.as_floating_point()) v = f->get();
+    else if (const auto* b = node.as_boolean()) v = b->get();
+    else if (const auto* s = node.as_string()) v = s->get();
+    else fail("{}: config key '{}' has an unsupported TOML type", source, key);
+    try {
+      cfg.set(key, v);
+    } catch (const Error& e) {
+      fail("{}: {}", source, e.what());
+    }
+  }
+}
+
+}  // namespace
+
+std::string format_value(const Value& v) {
+  return std::visit(
+      [](const auto& x) -> std::string {
+        using T = std::decay_t<decltype(x)>;
+        if constexpr (std::is_same_v<T, std::string>) return "\"" + x + "\"";
+        else if constexpr (std::is_same_v<T, bool>) return x ? "true" : "false";
+        else if constexpr (std::is_same_v<T, double>) {
+          if (std::isinf(x)) return x > 0 ? "inf" : "-inf";
+          std::string s = fmt::format("{:.17g}", x);
+          // Shortest text that reads back to the same double.
+          for (int p = 1; p <= 17; ++p) {
+            std::string t = fmt::format("{:.{}g}", x, p);
+            if (std::strtod(t.c_str(), nullptr) == x) { s = t; break; }
+          }
+          if (s.find_first_of(".eEn") == std::string::npos) s += ".0";
+          return s;
+        } else return std::to_string(x);
+      },
+      v);
+}
+
+Config::Config() {
+  for (const KeySpec& spec : schema()) values_[spec.key] = spec.default_value;
+}
+
+void Config::set(std::string_view key, Value value) {
+  const KeySpec& spec = require_key(key);
+  values_[spec.key] = check_value(spec, std::move(value));
+  explicit_[spec.key] = true;
+}
+
+void Config::set_text(std::string_view assignment) {
+  const auto eq = assignment.find('=');
+  if (eq == std::string_view::npos)
+    fail("--set expects key=value, got '{}'", assignment);
+  const std::string key = trim(assignment.substr(0, eq));
+  const KeySpec& spec = require_key(key);
+  set(key, parse_text(spec, assignment.substr(eq + 1)));
+}
+
+void Config::load_toml_string(std::string_view text, std::string_view source_name) {
+  toml::table table;
+  try {
+    table = toml::parse(text, source_name);
+  } catch (const toml::parse_error& e) {
+    const auto& where = e.source().begin;
+    fail("{}:{}:{}: TOML parse error: {}", source_name, where.line, where.column, e.description());
+  }
+  flatten(table, "", source_name, *this);
+}
+
+void Config::load_toml_file(const std::filesystem::path& path) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) fail("config file '{}' does not exist", path.string());
+  std::ifstream in(path);
+  if (!in) fail("config file '{}' cannot be read", path.string());
+  std::stringstream ss;
+  ss << in.rdbuf();
+  load_toml_string(ss.str(), path.string());
+}
+
+const Value& Config::get(std::string_view key, Type type) const {
+  const auto it = values_.find(key);
+  LOWSYNC_ASSERT(it != values_.end(), "config key '{}' is not in the schema", key);
+  LOWSYNC_ASSERT(find_key(key)->type == type, "config key '{}' read with the wrong type", key);
+  return it->second;
+}
+
+std::int64_t Config::integer(std::string_view key) const { return std::get<std::int64_t>(get(key, Type::integer)); }
+double Config::real(std::string_view key) const { return std::get<double>(get(key, Type::real)); }
+bool Config::boolean(std::string_view key) const { return std::get<bool>(get(key, Type::boolean)); }
+const std::string& Config::string(std::string_view key) const { return std::get<std::string>(get(key, Type::string)); }
+bool Config::is_default(std::string_view key) const { return explicit_.find(key) == explicit_.end(); }
+
+void Config::validate() const {
+  const std::string& strategy = string("sync.strategy");
+  const std::string& opt = string("optim.name");
+  if (opt == "demo" && strategy != "demo")
+    fail("optim.name = \"demo\" needs sync.strategy = \"demo\" (DeMo is both; sync.strategy = \"{}\" given){}",
+         strategy, strategy == "fda" ? ": FDA cannot monitor DeMo, whose replicas never drift" : "");
+  if (strategy == "demo" && !is_default("optim.name") && opt != "demo")
+    fail("sync.strategy = \"demo\" sets the optimizer itself; optim.name = \"{}\" conflicts with it", opt);
+  if (real("optim.demo.beta") >= 1.0) fail("optim.demo.beta must be < 1, got {}", real("optim.demo.beta"));
+}
+
+std::string Config::to_toml() const {
+  // Group keys by their section (everything before the last dot), sections in sorted order.
+  std::map<std::string, std::vector<std::pair<std::string, const Value*>>> sections;
+  for (const auto& [key, value] : values_) {
+    const auto dot = key.rfind('.');
+    sections[key.substr(0, dot)].emplace_back(key.substr(dot + 1), &value);
+  }
+  std::string out = "# lowsync resolved configuration\n";
+  for (const auto& [section, entries] : sections) {
+    out += "\n[" + section + "]\n";
+    for (const auto& [name, value] : entries) out += name + " = " + format_value(*value) + "\n";
+  }
+  return out;
+}
+
+std::string schema_markdown() {
+  std::string out = "| key | type | default | meaning |\n|---|---|---|---|\n";
+  for (const KeySpec& spec : schema()) {
+    std::string type(type_name(spec.type));
+    if (!spec.choices.empty()) {
+      type.clear();
+      for (const auto& c : spec.choices) type += (type.empty() ? "" : " \\| ") + c;
+    }
+    out += fmt::format("| `{}` | {} | `{}` | {} |\n", spec.key, type, format_value(spec.default_value), spec.help);
+  }
+  return out;
+}
+
+}  // namespace lowsync::config

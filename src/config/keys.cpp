@@ -1,0 +1,111 @@
+// The schema: every configuration key lowsync knows, with type, default, bounds and one line of
+// documentation. This is the only place a key is declared; `lowsync config` prints it as the
+// README's reference table.
+#include "lowsync/config/config.hpp"
+
+#include <limits>
+
+namespace lowsync::config {
+namespace {
+
+KeySpec integer(std::string key, std::int64_t def, double min, double max, std::string help) {
+  return {std::move(key), Type::integer, def, std::move(help), {}, min, max};
+}
+KeySpec real(std::string key, double def, double min, double max, std::string help) {
+  return {std::move(key), Type::real, def, std::move(help), {}, min, max};
+}
+KeySpec boolean(std::string key, bool def, std::string help) {
+  return {std::move(key), Type::boolean, def, std::move(help), {}, {}, {}};
+}
+KeySpec choice(std::string key, std::string def, std::vector<std::string> choices, std::string help) {
+  return {std::move(key), Type::string, std::move(def), std::move(help), std::move(choices), {}, {}};
+}
+KeySpec text(std::string key, std::string def, std::string help) {
+  return {std::move(key), Type::string, std::move(def), std::move(help), {}, {}, {}};
+}
+
+constexpr double kBig = 1e18;
+const double kInf = std::numeric_limits<double>::infinity();
+
+std::vector<KeySpec> build_schema() {
+  return {
+      // model and data
+      choice("model.arch", "mlp", {"mlp", "cnn"}, "network: mlp 784-512-256-10 or cnn (2 conv + 2 fc)"),
+      text("data.dir", "/usr/share/datasets/fashion-mnist", "folder with the four Fashion-MNIST IDX .gz files"),
+      choice("data.partition", "iid", {"iid", "dirichlet", "shards"}, "how training samples are split over ranks"),
+      real("data.alpha", 0.5, 1e-6, kBig, "Dirichlet concentration for data.partition=dirichlet (small = skewed)"),
+      integer("data.shards_per_rank", 2, 1, 1000, "label-sorted shards per rank for data.partition=shards"),
+      integer("data.train_limit", 0, 0, kBig, "use only the first N training samples (0 = all 60000)"),
+      // training loop
+      integer("train.steps", 2000, 0, kBig, "total optimizer steps (a resumed run counts from its checkpoint)"),
+      integer("train.batch", 64, 1, 1 << 20, "samples per rank per step"),
+      integer("train.seed", 1, 0, kBig, "seed of initialisation, shuffling, partitions and all shared randomness"),
+      real("train.max_seconds", 0.0, 0.0, kBig, "stop cleanly (checkpoint + exit 3) after this wall time; 0 = no limit"),
+      integer("train.threads", 1, 1, 1024, "OpenMP threads per rank for oneDNN"),
+      // optimizer
+      choice("optim.name", "sgd", {"sgd", "adamw", "demo", "zo"}, "optimizer (demo and zo are set by their strategies)"),
+      real("optim.lr", 0.05, 0.0, kBig, "learning rate"),
+      real("optim.momentum", 0.0, 0.0, 0.999999, "SGD momentum (0 = plain SGD)"),
+      real("optim.weight_decay", 0.0, 0.0, kBig, "weight decay (decoupled for adamw)"),
+      real("optim.beta1", 0.9, 0.0, 0.999999, "AdamW first-moment decay"),
+      real("optim.beta2", 0.999, 0.0, 0.999999999, "AdamW second-moment decay"),
+      real("optim.eps", 1e-8, 0.0, 1.0, "AdamW epsilon"),
+      real("optim.demo.beta", 0.999, 0.0, 0.999999, "DeMo momentum decay (must be < 1)"),
+      integer("optim.demo.topk", 32, 1, 1 << 20, "DeMo coefficients kept per DCT chunk"),
+      integer("optim.demo.chunk", 64, 1, 4096, "DeMo target chunk length per dimension"),
+      choice("optim.demo.index", "u16", {"u16", "i64"}, "DeMo wire format of coefficient indices"),
+      choice("optim.demo.value", "fp32", {"fp32", "bf16"}, "DeMo wire format of coefficient values"),
+      integer("optim.zo.q", 64, 1, 1 << 20, "zeroth-order directions per step"),
+      real("optim.zo.mu", 1e-3, 0.0, 1.0, "zeroth-order smoothing (perturbation size)"),
+      choice("optim.zo.difference", "forward", {"forward", "central"}, "zeroth-order finite difference"),
+      choice("optim.zo.form", "fedsgd", {"fedsgd", "fedavg"}, "federated ZO: send q scalars per step, or average weights every sync.period"),
+      choice("optim.zo.update", "sgd", {"sgd", "adam"}, "optimizer applied to the ZO gradient estimate"),
+      // synchronization
+      choice("sync.strategy", "allreduce", {"none", "allreduce", "periodic", "fda", "demo"}, "when and what ranks synchronise"),
+      integer("sync.period", 10, 1, kBig, "steps between model averages for sync.strategy=periodic"),
+      boolean("sync.average_optimizer_state", false, "periodic/fda: also average optimizer state at a sync"),
+      integer("sync.check_every", 100, 0, kBig, "steps between replica checksum checks (0 = never)"),
+      choice("sync.fda.estimator", "linear", {"naive", "linear", "sketch"}, "FDA variance estimator"),
+      real("sync.fda.threshold", -1.0, -1.0, kInf, "FDA threshold Theta (absolute); -1 = use threshold_per_param"),
+      real("sync.fda.threshold_per_param", 3.9e-5, 0.0, kBig, "FDA threshold as Theta = c * num_params"),
+      integer("sync.fda.sketch_depth", 5, 1, 64, "FDA AMS sketch rows"),
+      integer("sync.fda.sketch_width", 250, 1, 32768, "FDA AMS sketch columns"),
+      // precision
+      choice("precision.compute", "fp32", {"fp32", "bf16", "fp16", "fp8"}, "compute precision of forward/backward"),
+      choice("precision.wire", "fp32", {"fp32", "bf16", "fp16", "fp8_e4m3", "fp8_e5m2"}, "format of what strategies send"),
+      // pruning
+      choice("prune.method", "none", {"none", "ntk", "magnitude", "random"}, "foresight pruning before training"),
+      real("prune.sparsity", 0.9, 0.0, 0.9999, "fraction of weights removed"),
+      integer("prune.rounds", 10, 1, 1000, "pruning rounds (exponential schedule)"),
+      // communication
+      choice("comm.backend", "mpi", {"mpi", "nccl"}, "collective backend (nccl only when built with it)"),
+      boolean("comm.deterministic", false, "rank-ordered sums: bitwise repeatable runs (a little slower)"),
+      real("comm.timeout_seconds", 300.0, 0.0, kBig, "abort if a collective takes longer (0 = no watchdog)"),
+      real("net.alpha_us", 2.0, 0.0, kBig, "network model: per-message latency in microseconds"),
+      real("net.beta_gbps", 100.0, 1e-9, kBig, "network model: link bandwidth in Gbit/s"),
+      // evaluation, logging, checkpoints
+      integer("eval.every", 500, 0, kBig, "steps between test-set evaluations (0 = only at the end)"),
+      integer("eval.batch", 1000, 1, 1 << 20, "evaluation batch"),
+      integer("log.every", 50, 1, kBig, "steps between metrics.csv rows and progress lines"),
+      choice("log.progress", "auto", {"auto", "bar", "lines", "off"}, "progress output on rank 0"),
+      integer("checkpoint.every", 0, 0, kBig, "steps between checkpoints (0 = none)"),
+      real("checkpoint.every_seconds", 0.0, 0.0, kBig, "seconds between checkpoints (0 = none)"),
+      integer("checkpoint.keep", 2, 1, 1000, "complete checkpoints kept"),
+      text("checkpoint.dir", "", "checkpoint folder (default <out>/checkpoints)"),
+  };
+}
+
+}  // namespace
+
+const std::vector<KeySpec>& schema() {
+  static const std::vector<KeySpec> s = build_schema();
+  return s;
+}
+
+const KeySpec* find_key(std::string_view key) {
+  for (const KeySpec& spec : schema())
+    if (spec.key == key) return &spec;
+  return nullptr;
+}
+
+}  // namespace lowsync::config

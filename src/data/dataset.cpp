@@ -1,0 +1,119 @@
+// IDX reader (http://yann.lecun.com/exdb/mnist/ format, big-endian header) through zlib, which
+// reads gzip and plain files alike.
+#include "lowsync/data/dataset.hpp"
+
+#include "lowsync/core/error.hpp"
+
+#include <zlib.h>
+
+#include <array>
+#include <memory>
+
+namespace lowsync::data {
+namespace {
+
+struct GzCloser {
+  void operator()(gzFile_s* f) const { gzclose(f); }
+};
+
+class IdxFile {
+ public:
+  explicit IdxFile(const std::filesystem::path& path) : path_(path) {
+    std::error_code ec;
+    if (!std::filesystem::is_regular_file(path, ec))
+      fail("data file '{}' does not exist (set data.dir, or install dataset-fashion-mnist)", path.string());
+    file_.reset(gzopen(path.c_str(), "rb"));
+    if (!file_) fail("data file '{}' cannot be opened", path.string());
+  }
+  void read(void* out, std::size_t bytes, const char* what) {
+    auto* p = static_cast<unsigned char*>(out);
+    std::size_t done = 0;
+    while (done < bytes) {
+      const unsigned chunk = static_cast<unsigned>(std::min<std::size_t>(bytes - done, 1u << 30));
+      const int n = gzread(file_.get(), p + done, chunk);
+      if (n < 0) {
+        int err = 0;
+        const char* msg = gzerror(file_.get(), &err);
+        fail("data file '{}' is corrupt while reading {}: {}", path_.string(), what, msg ? msg : "zlib error");
+      }
+      if (n == 0) fail("data file '{}' is truncated: {} ends after {} of {} bytes", path_.string(), what, done, bytes);
+      done += static_cast<std::size_t>(n);
+    }
+  }
+  std::uint32_t read_be32(const char* what) {
+    std::array<unsigned char, 4> b{};
+    read(b.data(), 4, what);
+    return (std::uint32_t{b[0]} << 24) | (std::uint32_t{b[1]} << 16) | (std::uint32_t{b[2]} << 8) | b[3];
+  }
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+  std::unique_ptr<gzFile_s, GzCloser> file_;
+};
+
+std::filesystem::path pick(const std::filesystem::path& dir, const std::string& stem) {
+  std::error_code ec;
+  if (std::filesystem::exists(dir / (stem + ".gz"), ec)) return dir / (stem + ".gz");
+  if (std::filesystem::exists(dir / stem, ec)) return dir / stem;
+  return dir / (stem + ".gz");  // report the usual name
+}
+
+}  // namespace
+
+void Dataset::images_as_float(std::int64_t first, std::int64_t n, float* out) const {
+  const std::size_t size = static_cast<std::size_t>(sample_size());
+  const std::uint8_t* src = pixels.data() + static_cast<std::size_t>(first) * size;
+  const std::size_t total = static_cast<std::size_t>(n) * size;
+  for (std::size_t i = 0; i < total; ++i) out[i] = static_cast<float>(src[i]) * (1.0f / 255.0f);
+}
+
+Dataset read_idx(const std::filesystem::path& images, const std::filesystem::path& labels, int num_classes) {
+  Dataset d;
+  IdxFile img(images);
+  if (const auto magic = img.read_be32("the magic number"); magic != 0x803)
+    fail("data file '{}' is not an IDX image file (magic 0x{:08x}, expected 0x00000803)", images.string(), magic);
+  const std::uint32_t count = img.read_be32("the image count");
+  const std::uint32_t rows = img.read_be32("the row count");
+  const std::uint32_t cols = img.read_be32("the column count");
+  if (count == 0 || count > 100'000'000 || rows == 0 || rows > 4096 || cols == 0 || cols > 4096)
+    fail("data file '{}' has an implausible shape {} x {} x {}", images.string(), count, rows, cols);
+  d.count = count;
+  d.rows = static_cast<int>(rows);
+  d.cols = static_cast<int>(cols);
+  d.pixels.resize(static_cast<std::size_t>(count) * rows * cols);
+  img.read(d.pixels.data(), d.pixels.size(), "the pixels");
+
+  IdxFile lab(labels);
+  if (const auto magic = lab.read_be32("the magic number"); magic != 0x801)
+    fail("data file '{}' is not an IDX label file (magic 0x{:08x}, expected 0x00000801)", labels.string(), magic);
+  const std::uint32_t label_count = lab.read_be32("the label count");
+  if (label_count != count)
+    fail("data file '{}' has {} labels but '{}' has {} images", labels.string(), label_count, images.string(), count);
+  std::vector<std::uint8_t> raw(count);
+  lab.read(raw.data(), raw.size(), "the labels");
+  d.labels.resize(count);
+  for (std::size_t i = 0; i < raw.size(); ++i) {
+    if (raw[i] >= num_classes)
+      fail("data file '{}': label {} of sample {} is out of range 0..{}", labels.string(), raw[i], i, num_classes - 1);
+    d.labels[i] = raw[i];
+  }
+  return d;
+}
+
+FashionMnist load_fashion_mnist(const std::filesystem::path& dir, std::int64_t train_limit) {
+  FashionMnist fm;
+  fm.train = read_idx(pick(dir, "train-images-idx3-ubyte"), pick(dir, "train-labels-idx1-ubyte"));
+  fm.test = read_idx(pick(dir, "t10k-images-idx3-ubyte"), pick(dir, "t10k-labels-idx1-ubyte"));
+  if (fm.train.sample_size() != fm.test.sample_size())
+    fail("data.dir '{}': train images are {}x{} but test images are {}x{}", dir.string(), fm.train.rows,
+         fm.train.cols, fm.test.rows, fm.test.cols);
+  if (train_limit > 0 && train_limit < fm.train.count) {
+    fm.train.count = train_limit;
+    fm.train.pixels.resize(static_cast<std::size_t>(train_limit) * fm.train.sample_size());
+    fm.train.labels.resize(static_cast<std::size_t>(train_limit));
+  }
+  return fm;
+}
+
+}  // namespace lowsync::data

@@ -1,0 +1,110 @@
+// Data partitions over ranks (see partition.hpp). Randomness comes from one std::mt19937_64 seeded
+// with train.seed, drawn in a fixed order, so every rank computes the same split.
+#include "lowsync/data/partition.hpp"
+
+#include "lowsync/core/error.hpp"
+
+#include <algorithm>
+#include <numeric>
+#include <random>
+
+namespace lowsync::data {
+namespace {
+
+// Samples per rank below which a Dirichlet draw is redrawn (the common FL recipe uses 10).
+constexpr std::size_t kMinSamplesPerRank = 10;
+
+std::vector<std::vector<std::int64_t>> split_iid(std::size_t n, int k, std::mt19937_64& rng) {
+  std::vector<std::int64_t> all(n);
+  std::iota(all.begin(), all.end(), 0);
+  std::shuffle(all.begin(), all.end(), rng);
+  std::vector<std::vector<std::int64_t>> parts(k);
+  const std::size_t base = n / k, extra = n % k;
+  std::size_t pos = 0;
+  for (int r = 0; r < k; ++r) {
+    const std::size_t len = base + (static_cast<std::size_t>(r) < extra ? 1 : 0);
+    parts[r].assign(all.begin() + pos, all.begin() + pos + len);
+    pos += len;
+  }
+  return parts;
+}
+
+std::vector<std::vector<std::int64_t>> split_dirichlet(std::span<const std::int32_t> labels, int k,
+                                                       double alpha, int num_classes, std::mt19937_64& rng) {
+  std::vector<std::vector<std::int64_t>> by_class(num_classes);
+  for (std::size_t i = 0; i < labels.size(); ++i) by_class[labels[i]].push_back(static_cast<std::int64_t>(i));
+  for (int attempt = 0; attempt < 1000; ++attempt) {
+    std::vector<std::vector<std::int64_t>> parts(k);
+    for (int c = 0; c < num_classes; ++c) {
+      std::vector<std::int64_t> idx = by_class[c];
+      std::shuffle(idx.begin(), idx.end(), rng);
+      std::gamma_distribution<double> gamma(alpha, 1.0);
+      std::vector<double> p(k);
+      double sum = 0.0;
+      for (double& x : p) sum += (x = gamma(rng));
+      if (sum <= 0.0) p.assign(k, 1.0), sum = k;  // alpha so small that every draw underflowed
+      std::size_t begin = 0;
+      double cum = 0.0;
+      for (int r = 0; r < k; ++r) {
+        cum += p[r] / sum;
+        const std::size_t end = r == k - 1 ? idx.size() : std::min(idx.size(), static_cast<std::size_t>(cum * idx.size() + 0.5));
+        parts[r].insert(parts[r].end(), idx.begin() + begin, idx.begin() + std::max(begin, end));
+        begin = std::max(begin, end);
+      }
+    }
+    const bool ok = std::all_of(parts.begin(), parts.end(), [&](const auto& p) {
+      return p.size() >= std::min(kMinSamplesPerRank, labels.size() / k);
+    });
+    if (ok) {
+      for (auto& p : parts) std::sort(p.begin(), p.end());
+      return parts;
+    }
+  }
+  fail("data.partition = dirichlet: could not give every one of {} ranks {} samples with data.alpha = {}; raise data.alpha",
+       k, kMinSamplesPerRank, alpha);
+}
+
+std::vector<std::vector<std::int64_t>> split_shards(std::span<const std::int32_t> labels, int k,
+                                                    int shards_per_rank, std::mt19937_64& rng) {
+  const std::size_t num_shards = static_cast<std::size_t>(k) * shards_per_rank;
+  if (labels.size() < num_shards)
+    fail("data.partition = shards: {} samples cannot make {} shards ({} ranks x data.shards_per_rank {})",
+         labels.size(), num_shards, k, shards_per_rank);
+  std::vector<std::int64_t> sorted(labels.size());
+  std::iota(sorted.begin(), sorted.end(), 0);
+  std::stable_sort(sorted.begin(), sorted.end(), [&](std::int64_t a, std::int64_t b) { return labels[a] < labels[b]; });
+  std::vector<std::size_t> shard_ids(num_shards);
+  std::iota(shard_ids.begin(), shard_ids.end(), 0);
+  std::shuffle(shard_ids.begin(), shard_ids.end(), rng);
+  std::vector<std::vector<std::int64_t>> parts(k);
+  for (std::size_t s = 0; s < num_shards; ++s) {
+    const std::size_t id = shard_ids[s];
+    const std::size_t begin = id * labels.size() / num_shards, end = (id + 1) * labels.size() / num_shards;
+    auto& part = parts[s / shards_per_rank];
+    part.insert(part.end(), sorted.begin() + begin, sorted.begin() + end);
+  }
+  return parts;
+}
+
+}  // namespace
+
+std::vector<std::vector<std::int64_t>> partition(std::span<const std::int32_t> labels, int world_size,
+                                                 const PartitionSpec& spec, int num_classes) {
+  if (world_size < 1) fail("partition: world size must be >= 1, got {}", world_size);
+  if (labels.size() < static_cast<std::size_t>(world_size))
+    fail("data: {} training samples cannot be split over {} ranks", labels.size(), world_size);
+  std::mt19937_64 rng(spec.seed * 0x9e3779b97f4a7c15ULL + 17);
+  if (spec.method == "iid") return split_iid(labels.size(), world_size, rng);
+  if (spec.method == "dirichlet") return split_dirichlet(labels, world_size, spec.alpha, num_classes, rng);
+  if (spec.method == "shards") return split_shards(labels, world_size, spec.shards_per_rank, rng);
+  fail("data.partition = '{}' is not one of iid|dirichlet|shards", spec.method);
+}
+
+std::vector<std::int64_t> label_histogram(std::span<const std::int64_t> indices,
+                                          std::span<const std::int32_t> labels, int num_classes) {
+  std::vector<std::int64_t> h(num_classes, 0);
+  for (std::int64_t i : indices) ++h[labels[i]];
+  return h;
+}
+
+}  // namespace lowsync::data

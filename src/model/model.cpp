@@ -1,0 +1,201 @@
+// Model: builds the layer list of an architecture, lays all parameters out in one flat buffer
+// (named views), and runs forward/backward through per-batch-size plans created once.
+#include "lowsync/model/model.hpp"
+
+#include "lowsync/core/error.hpp"
+#include "lowsync/core/rng.hpp"
+
+#include <cmath>
+
+namespace lowsync::model {
+
+struct Model::Plan {
+  int batch = 0;
+  std::vector<std::unique_ptr<layers::LayerPlan>> layer_plans;
+  std::vector<memory::TrackedBuffer<float>> owned;  // activation and gradient storage
+  std::vector<float*> acts;   // acts[i] = input of layer i, acts.back() = logits
+  std::vector<float*> diffs;  // diffs[i] = d loss / d acts[i]
+};
+
+namespace {
+
+std::vector<std::unique_ptr<layers::Layer>> build_layers(const std::string& arch) {
+  std::vector<std::unique_ptr<layers::Layer>> ls;
+  if (arch == "mlp") {
+    ls.push_back(layers::make_flatten({1, 28, 28}));
+    ls.push_back(layers::make_linear(784, 512, true));
+    ls.push_back(layers::make_linear(512, 256, true));
+    ls.push_back(layers::make_linear(256, 10, false));
+  } else if (arch == "cnn") {
+    ls.push_back(layers::make_conv2d({1, 28, 28}, 32, 5, true));   // -> [32, 24, 24]
+    ls.push_back(layers::make_maxpool2d({32, 24, 24}, 2));         // -> [32, 12, 12]
+    ls.push_back(layers::make_conv2d({32, 12, 12}, 64, 5, true));  // -> [64, 8, 8]
+    ls.push_back(layers::make_maxpool2d({64, 8, 8}, 2));           // -> [64, 4, 4]
+    ls.push_back(layers::make_flatten({64, 4, 4}));                // -> [1024]
+    ls.push_back(layers::make_linear(1024, 512, true));
+    ls.push_back(layers::make_linear(512, 10, false));
+  } else {
+    fail("model.arch = '{}' is not one of mlp|cnn", arch);
+  }
+  return ls;
+}
+
+constexpr int kClasses = 10;
+const layers::Shape kInputShape{1, 28, 28};
+
+}  // namespace
+
+Model::Model(const std::string& arch, int batch, std::uint64_t seed) : arch_(arch), batch_(batch) {
+  if (batch < 1) fail("train.batch must be >= 1, got {}", batch);
+  layers_ = build_layers(arch);
+  std::size_t offset = 0;
+  int linear_index = 0, conv_index = 0;
+  for (const auto& layer : layers_) {
+    const auto specs = layer->param_specs();
+    if (specs.empty()) continue;
+    const std::string prefix = layer->name().starts_with("conv") ? fmt::format("conv{}", ++conv_index)
+                                                                 : fmt::format("fc{}", ++linear_index);
+    for (const auto& spec : specs) {
+      const auto count = static_cast<std::size_t>(layers::shape_size(spec.shape));
+      infos_.push_back({prefix + "." + spec.name, spec.shape, offset, count});
+      offset += count;
+    }
+  }
+  params_ = memory::TrackedBuffer<float>("model.params", offset);
+  grads_ = memory::TrackedBuffer<float>("model.grads", offset);
+  initialize(seed);
+  plan_for(batch_);
+}
+
+Model::~Model() = default;
+
+void Model::initialize(std::uint64_t seed) {
+  // Kaiming-uniform as in common frameworks: weights and biases ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+  std::size_t info = 0;
+  for (const auto& layer : layers_) {
+    for (const auto& spec : layer->param_specs()) {
+      const ParamInfo& p = infos_[info++];
+      const float bound = 1.0f / std::sqrt(static_cast<float>(spec.fan_in));
+      const std::uint64_t key = stream_key({seed, 0x1417ULL, static_cast<std::uint64_t>(info)});
+      float* w = params_.data() + p.offset;
+      for (std::size_t i = 0; i < p.count; ++i) w[i] = (2.0f * uniform01(key, i) - 1.0f) * bound;
+    }
+  }
+}
+
+Model::Plan& Model::plan_for(int batch) {
+  for (auto& p : plans_)
+    if (p->batch == batch) return *p;
+  auto plan = std::make_unique<Plan>();
+  plan->batch = batch;
+  // acts[0] is the caller's input; every non-aliasing layer owns its output and its input gradient.
+  plan->acts.assign(layers_.size() + 1, nullptr);
+  plan->diffs.assign(layers_.size() + 1, nullptr);
+  layers::Shape shape = kInputShape;
+  for (std::size_t i = 0; i < layers_.size(); ++i) {
+    const auto out_shape = layers_[i]->output_shape();
+    if (layers_[i]->aliases_input()) {
+      plan->acts[i + 1] = plan->acts[i];  // patched at run time for i == 0
+    } else {
+      const std::size_t n = static_cast<std::size_t>(batch) * layers::shape_size(out_shape);
+      plan->owned.emplace_back(fmt::format("model.act{}", i), n);
+      plan->acts[i + 1] = plan->owned.back().data();
+      plan->owned.emplace_back(fmt::format("model.diff{}", i), n);
+      plan->diffs[i + 1] = plan->owned.back().data();
+    }
+    shape = out_shape;
+  }
+  // Flatten after a real layer aliases that layer's diff too.
+  for (std::size_t i = 0; i < layers_.size(); ++i)
+    if (layers_[i]->aliases_input()) plan->diffs[i + 1] = plan->diffs[i];
+  std::size_t info = 0;
+  for (const auto& layer : layers_) {
+    std::vector<float*> ps, gs;
+    for (std::size_t k = 0; k < layer->param_specs().size(); ++k, ++info) {
+      ps.push_back(params_.data() + infos_[info].offset);
+      gs.push_back(grads_.data() + infos_[info].offset);
+    }
+    plan->layer_plans.push_back(layer->make_plan(batch, exec_, ps, gs));
+  }
+  plans_.push_back(std::move(plan));
+  return *plans_.back();
+}
+
+float Model::run_forward(Plan& plan, const data::Batch& batch, bool training) {
+  LOWSYNC_ASSERT(batch.size == plan.batch, "batch of {} on a plan for {}", batch.size, plan.batch);
+  const float* x = batch.images;
+  for (std::size_t i = 0; i < layers_.size(); ++i) {
+    float* y = layers_[i]->aliases_input() ? const_cast<float*>(x) : plan.acts[i + 1];
+    plan.layer_plans[i]->forward(x, y, training);
+    x = y;
+  }
+  return 0.0f;
+}
+
+float Model::forward_backward(const data::Batch& batch) {
+  Plan& plan = plan_for(batch.size);
+  run_forward(plan, batch, true);
+  const std::size_t n = layers_.size();
+  // Resolve the aliases of this call (the first layers may alias the caller's images).
+  std::vector<const float*> ins(n + 1);
+  ins[0] = batch.images;
+  for (std::size_t i = 0; i < n; ++i) ins[i + 1] = layers_[i]->aliases_input() ? ins[i] : plan.acts[i + 1];
+  const float loss = layers::softmax_cross_entropy(ins[n], batch.labels, batch.size, kClasses, plan.diffs[n]);
+  for (std::size_t i = n; i-- > 0;) {
+    if (layers_[i]->aliases_input()) continue;
+    float* dx = i == 0 ? nullptr : plan.diffs[i];
+    // No layer before this one has parameters or a gradient to receive: stop early.
+    bool needed = false;
+    for (std::size_t j = 0; j < i; ++j) needed = needed || !layers_[j]->param_specs().empty();
+    plan.layer_plans[i]->backward(ins[i], ins[i + 1], plan.diffs[i + 1], needed ? dx : nullptr);
+  }
+  return loss;
+}
+
+float Model::forward_loss(const data::Batch& batch) {
+  Plan& plan = plan_for(batch.size);
+  run_forward(plan, batch, false);
+  const float* logits = plan.acts.back() != nullptr ? plan.acts.back() : batch.images;
+  return layers::softmax_cross_entropy(logits, batch.labels, batch.size, kClasses, nullptr);
+}
+
+EvalResult Model::evaluate(const float* images, const std::int32_t* labels, std::int64_t n) {
+  EvalResult r;
+  if (n <= 0) return r;
+  double loss_sum = 0.0;
+  std::int64_t correct = 0;
+  const std::int64_t sample = layers::shape_size(kInputShape);
+  for (std::int64_t first = 0; first < n;) {
+    const int chunk = static_cast<int>(std::min<std::int64_t>(n - first, eval_batch_));
+    Plan& plan = plan_for(chunk);
+    const data::Batch b{images + first * sample, labels + first, chunk};
+    run_forward(plan, b, false);
+    const float* logits = plan.acts.back();
+    loss_sum += static_cast<double>(layers::softmax_cross_entropy(logits, b.labels, chunk, kClasses, nullptr)) * chunk;
+    correct += layers::count_correct(logits, b.labels, chunk, kClasses);
+    first += chunk;
+  }
+  r.samples = n;
+  r.loss = loss_sum / static_cast<double>(n);
+  r.accuracy = static_cast<double>(correct) / static_cast<double>(n);
+  return r;
+}
+
+double Model::forward_flops_per_sample() const {
+  double f = 0.0;
+  for (const auto& l : layers_) f += l->flops_per_sample();
+  return f;
+}
+
+std::vector<tensor::Tensor> Model::views_of(const memory::TrackedBuffer<float>& flat) const {
+  std::vector<tensor::Tensor> out;
+  for (const auto& p : infos_)
+    out.push_back({p.name, tensor::Tensor::View(flat.data() + p.offset, p.count), p.shape, DType::f32});
+  return out;
+}
+
+void Model::set_profiling(bool on) { exec_.set_profiling(on); }
+double Model::profiled_primitive_seconds() const { return exec_.primitive_seconds(); }
+void Model::reset_profile() { exec_.reset_profile(); }
+
+}  // namespace lowsync::model

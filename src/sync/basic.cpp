@@ -1,0 +1,39 @@
+// The baseline strategies (ALGORITHMS.md "How these combine"): none (independent replicas),
+// allreduce (DDP: average the flat gradient buffer every step, one collective) and periodic
+// (local SGD / FedAvg: average the parameters, optionally the optimizer state, every period steps).
+#include "lowsync/sync/basic.hpp"
+
+#include "lowsync/core/error.hpp"
+
+namespace lowsync::sync {
+
+void Strategy::on_start(StepContext& ctx) {
+  // Replicas start identical: rank 0's initialisation wins.
+  ctx.comm.broadcast(ctx.model.params(), 0, "model");
+}
+
+void average_in_place(comm::Communicator& comm, std::span<float> data, std::string_view traffic) {
+  comm.allreduce(data, comm::ReduceOp::sum, traffic);
+  const float inv = 1.0f / static_cast<float>(comm.size());
+  for (float& x : data) x *= inv;
+}
+
+void AllreduceStrategy::after_backward(StepContext& ctx) {
+  average_in_place(ctx.comm, ctx.model.grads(), "grad");
+  ++syncs_;
+}
+
+PeriodicStrategy::PeriodicStrategy(std::int64_t period, bool average_optimizer_state)
+    : period_(period), average_optimizer_state_(average_optimizer_state) {
+  if (period < 1) fail("sync.period must be >= 1, got {}", period);
+}
+
+void PeriodicStrategy::after_update(StepContext& ctx) {
+  if (ctx.step % period_ != 0) return;
+  average_in_place(ctx.comm, ctx.model.params(), "model");
+  if (average_optimizer_state_)
+    for (auto& s : ctx.optimizer.state()) average_in_place(ctx.comm, s.data, "optim_state");
+  ++syncs_;
+}
+
+}  // namespace lowsync::sync

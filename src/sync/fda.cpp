@@ -1,0 +1,120 @@
+// FDA strategy (ALGORITHMS.md §4 "Per-step pseudocode"): every step each rank sums its local
+// state with the others, all compute the same V^, and the ranks average their models only when
+// V^ > Theta. An int MAX allreduce of the decision keeps the ranks in the same collectives even
+// if their V^ differed in the last bit.
+#include "lowsync/sync/fda.hpp"
+
+#include "lowsync/core/error.hpp"
+#include "lowsync/sync/basic.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+namespace lowsync::sync {
+namespace {
+
+bool all_finite(std::span<const float> x) {
+  return std::all_of(x.begin(), x.end(), [](float v) { return std::isfinite(v); });
+}
+
+}  // namespace
+
+FdaOptions fda_options_from_config(const config::Config& cfg) {
+  FdaOptions o;
+  o.estimator.kind = fda::parse_estimator(cfg.string("sync.fda.estimator"));
+  o.estimator.sketch_depth = static_cast<int>(cfg.integer("sync.fda.sketch_depth"));
+  o.estimator.sketch_width = static_cast<int>(cfg.integer("sync.fda.sketch_width"));
+  o.threshold = cfg.real("sync.fda.threshold");
+  o.threshold_per_param = cfg.real("sync.fda.threshold_per_param");
+  o.seed = static_cast<std::uint64_t>(cfg.integer("train.seed"));
+  o.average_optimizer_state = cfg.boolean("sync.average_optimizer_state");
+  return o;
+}
+
+FdaStrategy::FdaStrategy(const config::Config& cfg) : FdaStrategy(fda_options_from_config(cfg)) {}
+
+FdaStrategy::FdaStrategy(FdaOptions options) : options_(options) {
+  fda::validate(options_.estimator);
+  if (std::isnan(options_.threshold)) fail("sync.fda.threshold: {} is not a number", options_.threshold);
+  if (!(options_.threshold_per_param >= 0.0) || !std::isfinite(options_.threshold_per_param))
+    fail("sync.fda.threshold_per_param: {} is not a finite value >= 0", options_.threshold_per_param);
+}
+
+void FdaStrategy::begin(std::span<const float> params) {
+  const std::size_t d = params.size();
+  threshold_ = options_.threshold >= 0.0 ? options_.threshold
+                                         : options_.threshold_per_param * static_cast<double>(d);
+  w0_ = memory::TrackedBuffer<float>("fda_w0", d);
+  w0_prev_ = memory::TrackedBuffer<float>("fda_w0_prev", d);
+  std::copy(params.begin(), params.end(), w0_.data());
+  std::copy(params.begin(), params.end(), w0_prev_.data());
+  if (options_.estimator.kind == fda::Estimator::linear) {
+    // First round: w0 == w0_prev, so this is the shared Gaussian.
+    xi_ = memory::TrackedBuffer<float>("fda_xi", d);
+    fda::last_move_direction(w0_.span(), w0_prev_.span(), options_.seed, xi_.span());
+  } else {
+    xi_ = memory::TrackedBuffer<float>();
+  }
+  if (options_.estimator.kind == fda::Estimator::sketch)
+    hashes_.emplace(d, options_.estimator.sketch_depth, options_.estimator.sketch_width, options_.seed);
+  else
+    hashes_.reset();
+  state_ = memory::TrackedBuffer<double>("fda_state", fda::state_size(options_.estimator));
+  last_estimate_ = 0.0;
+  last_synced_ = false;
+  started_ = true;
+}
+
+void FdaStrategy::on_start(StepContext& ctx) {
+  Strategy::on_start(ctx);
+  begin(ctx.model.params());
+}
+
+bool FdaStrategy::step(comm::Communicator& comm, std::int64_t step, std::span<float> params,
+                       optim::Optimizer* optimizer) {
+  if (!started_) fail("FDA: step {} before on_start", step);
+  if (params.size() != w0_.size())
+    fail("FDA: {} parameters at step {}, {} at the start", params.size(), step, w0_.size());
+
+  fda::local_state(options_.estimator, params, w0_.span(), xi_.span(),
+                   hashes_ ? &*hashes_ : nullptr, state_.span());
+  comm.allreduce(state_.span(), comm::ReduceOp::sum, "fda_monitor");
+  // +inf only when some rank's state was non-finite: that forces a sync even if Theta = +inf.
+  const double vhat = fda::variance_estimate(options_.estimator, state_.span(), comm.size());
+  const bool forced = std::isinf(vhat);
+  std::int32_t decision = (forced || vhat > threshold_) ? 1 : 0;
+  comm.allreduce(std::span<std::int32_t>(&decision, 1), comm::ReduceOp::max, "fda_monitor");
+  last_estimate_ = vhat;
+  last_synced_ = decision != 0;
+  if (!last_synced_) return false;
+
+  average_in_place(comm, params, "model");
+  if (options_.average_optimizer_state && optimizer != nullptr)
+    for (auto& s : optimizer->state()) average_in_place(comm, s.data, "optim_state");
+  // Only a non-finite state can make the average non-finite (short of fp32 overflow); the
+  // check is then agreed by all ranks so that none throws while the others wait.
+  if (forced && comm.any(!all_finite(params), "fda_monitor"))
+    fail("FDA: averaged model is non-finite at step {}", step);
+
+  std::swap(w0_, w0_prev_);
+  std::copy(params.begin(), params.end(), w0_.data());
+  if (options_.estimator.kind == fda::Estimator::linear)
+    fda::last_move_direction(w0_.span(), w0_prev_.span(), options_.seed, xi_.span());
+  ++syncs_;
+  return true;
+}
+
+void FdaStrategy::after_update(StepContext& ctx) {
+  step(ctx.comm, ctx.step, ctx.model.params(), &ctx.optimizer);
+}
+
+std::vector<std::string> FdaStrategy::metric_names() const {
+  return {"fda_vhat", "fda_threshold", "fda_syncs"};
+}
+
+std::vector<double> FdaStrategy::metric_values() const {
+  return {last_estimate_, threshold_, static_cast<double>(syncs_)};
+}
+
+}  // namespace lowsync::sync

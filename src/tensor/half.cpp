@@ -1,0 +1,55 @@
+// Span conversions between float and the 16-bit formats (ALGORITHMS.md section 3), as Kokkos
+// kernels over the scalar codecs of include/lowsync/tensor/half.hpp.
+#include "lowsync/tensor/half.hpp"
+
+#include <Kokkos_Core.hpp>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "lowsync/core/error.hpp"
+
+namespace lowsync::tensor {
+namespace {
+
+using SerialRange = Kokkos::RangePolicy<Kokkos::Serial, Kokkos::IndexType<std::int64_t>>;
+
+void check_sizes(const char* what, std::size_t in, std::size_t out) {
+  if (in != out) fail("{}: input has {} elements but output has {}", what, in, out);
+}
+
+}  // namespace
+
+void bf16_encode(std::span<const float> x, std::span<Bf16Bits> out) {
+  check_sizes("bf16_encode", x.size(), out.size());
+  const float* in = x.data();
+  Bf16Bits* dst = out.data();
+  Kokkos::parallel_for("lowsync::bf16_encode", SerialRange(0, static_cast<std::int64_t>(x.size())),
+                       KOKKOS_LAMBDA(const std::int64_t i) { dst[i] = bf16_encode(in[i]); });
+}
+
+void bf16_decode(std::span<const Bf16Bits> h, std::span<float> out) {
+  check_sizes("bf16_decode", h.size(), out.size());
+  const Bf16Bits* in = h.data();
+  float* dst = out.data();
+  Kokkos::parallel_for("lowsync::bf16_decode", SerialRange(0, static_cast<std::int64_t>(h.size())),
+                       KOKKOS_LAMBDA(const std::int64_t i) { dst[i] = bf16_decode(in[i]); });
+}
+
+void fp16_encode(std::span<const float> x, std::span<Fp16Bits> out) {
+  check_sizes("fp16_encode", x.size(), out.size());
+  const float* in = x.data();
+  Fp16Bits* dst = out.data();
+  Kokkos::parallel_for("lowsync::fp16_encode", SerialRange(0, static_cast<std::int64_t>(x.size())),
+                       KOKKOS_LAMBDA(const std::int64_t i) { dst[i] = fp16_encode(in[i]); });
+}
+
+void fp16_decode(std::span<const Fp16Bits> h, std::span<float> out) {
+  check_sizes("fp16_decode", h.size(), out.size());
+  const Fp16Bits* in = h.data();
+  float* dst = out.data();
+  Kokkos::parallel_for("lowsync::fp16_decode", SerialRange(0, static_cast<std::int64_t>(h.size())),
+                       KOKKOS_LAMBDA(const std::int64_t i) { dst[i] = fp16_decode(in[i]); });
+}
+
+}  // namespace lowsync::tensor

@@ -1,0 +1,227 @@
+// fp16 and bf16 codecs (ALGORITHMS.md section 3): fp16 against GCC's _Float16 (hardware or
+// libgcc conversion), bf16 against a rounding written from the format definition in double.
+// Decoding is checked on all 2^16 patterns; encoding on every midpoint and 4M random floats.
+#include "lowsync/tensor/half.hpp"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <bit>
+#include <cfloat>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "lowsync/core/error.hpp"
+#include "lowsync/core/rng.hpp"
+
+namespace lowsync::tensor {
+namespace {
+
+constexpr std::uint64_t kRandomFloats = 4'000'000;
+
+static_assert(fp16_encode(1.0f) == 0x3c00 && fp16_decode(0x3c00) == 1.0f);
+static_assert(bf16_encode(1.0f) == 0x3f80 && bf16_decode(0x3f80) == 1.0f);
+
+std::uint32_t bits_of(float x) { return std::bit_cast<std::uint32_t>(x); }
+float float_of(std::uint32_t b) { return std::bit_cast<float>(b); }
+
+// The compiler's IEEE binary16: F16C's vcvtps2ph or libgcc, round-to-nearest-even.
+std::uint16_t gcc_fp16_encode(float x) {
+  volatile float v = x;  // keep the conversion at run time, not folded by the compiler
+  return std::bit_cast<std::uint16_t>(static_cast<_Float16>(v));
+}
+float gcc_fp16_decode(std::uint16_t h) {
+  volatile std::uint16_t v = h;
+  return static_cast<float>(std::bit_cast<_Float16>(static_cast<std::uint16_t>(v)));
+}
+
+// bf16 value from its fields: 8 exponent bits (bias 127), 7 mantissa bits.
+double reference_bf16_decode(std::uint16_t h) {
+  const int e = (h >> 7) & 0xff, m = h & 0x7f;
+  const double sign = (h & 0x8000) ? -1.0 : 1.0;
+  if (e == 0xff)
+    return m == 0 ? sign * std::numeric_limits<double>::infinity()
+                  : std::numeric_limits<double>::quiet_NaN();
+  if (e == 0) return sign * std::ldexp(m / 128.0, -126);
+  return sign * std::ldexp(1.0 + m / 128.0, e - 127);
+}
+
+// Nearest bf16 value to finite x: 8 significant bits, spacing 2^-133 below 2^-126, ties to an
+// even significand; a result of 2^128 (past the largest value 255 * 2^120) is inf.
+double reference_bf16_round(float x) {
+  const double a = std::fabs(static_cast<double>(x));
+  if (a == 0.0) return x;
+  int exponent = 0;
+  std::frexp(a, &exponent);  // a in [2^(exponent-1), 2^exponent)
+  const int quantum = std::max(exponent - 8, -133);
+  const double units = std::ldexp(a, -quantum);  // exact
+  double n = std::floor(units);
+  const double fraction = units - n;
+  if (fraction > 0.5 || (fraction == 0.5 && std::fmod(n, 2.0) == 1.0)) n += 1.0;
+  double r = std::ldexp(n, quantum);
+  if (r >= 0x1p128) r = std::numeric_limits<double>::infinity();
+  return std::copysign(r, static_cast<double>(x));
+}
+
+// Floats that stress a 16-bit encoder: every midpoint between adjacent finite non-negative
+// 16-bit values and its two float neighbours, both signs, then random bit patterns.
+template <class Decode>
+std::vector<float> encode_inputs(Decode decode, std::uint16_t max_finite, std::uint64_t key) {
+  std::vector<float> xs;
+  for (std::uint32_t h = 0; h < max_finite; ++h) {
+    const float lo = decode(std::uint16_t(h)), hi = decode(std::uint16_t(h + 1));
+    const auto m = static_cast<float>(0.5 * (double(lo) + double(hi)));  // exact in float
+    for (float v : {m, std::nextafter(m, 0.0f), std::nextafter(m, INFINITY), lo}) {
+      xs.push_back(v);
+      xs.push_back(-v);
+    }
+  }
+  for (std::uint64_t i = 0; i < kRandomFloats; ++i)
+    xs.push_back(float_of(static_cast<std::uint32_t>(random_bits(key, i))));
+  return xs;
+}
+
+TEST(Fp16, DecodeMatchesGccForAll65536Patterns) {
+  for (std::uint32_t h = 0; h < 65536; ++h) {
+    const float got = fp16_decode(std::uint16_t(h));
+    const float want = gcc_fp16_decode(std::uint16_t(h));
+    if (std::isnan(want)) {
+      ASSERT_TRUE(std::isnan(got)) << std::hex << h;
+      ASSERT_EQ(std::signbit(got), std::signbit(want)) << std::hex << h;
+    } else {
+      ASSERT_EQ(bits_of(got), bits_of(want)) << std::hex << h;  // -0 and subnormals exact
+    }
+  }
+  EXPECT_EQ(fp16_decode(0x0001), 0x1p-24f);
+  EXPECT_EQ(fp16_decode(0x0400), 0x1p-14f);
+  EXPECT_EQ(fp16_decode(0x7bff), 65504.0f);
+  EXPECT_EQ(fp16_decode(0x3c00), 1.0f);
+  EXPECT_EQ(fp16_decode(0xfc00), -INFINITY);
+}
+
+TEST(Fp16, EncodeMatchesGccOnMidpointsAndRandomFloats) {
+  const std::vector<float> xs =
+      encode_inputs([](std::uint16_t v) { return fp16_decode(v); }, 0x7bff, stream_key({11}));
+  ASSERT_GT(xs.size(), kRandomFloats);
+  std::uint64_t mismatches = 0, nans = 0;
+  for (float x : xs) {
+    const std::uint16_t got = fp16_encode(x), want = gcc_fp16_encode(x);
+    if (std::isnan(x)) {
+      ++nans;
+      // Quiet NaN, sign kept; the payload rule (top 10 bits, quiet bit set) matches F16C.
+      EXPECT_EQ(got & 0x7e00, 0x7e00);
+      EXPECT_EQ(got & 0x8000, bits_of(x) >> 16 & 0x8000);
+    }
+    if (got != want && ++mismatches < 10)
+      ADD_FAILURE() << "x = " << x << " (0x" << std::hex << bits_of(x) << "): got 0x" << got
+                    << ", want 0x" << want;
+  }
+  EXPECT_EQ(mismatches, 0u);
+  EXPECT_GT(nans, 0u);
+}
+
+TEST(Fp16, RoundTripAndEdges) {
+  for (std::uint32_t h = 0; h < 65536; ++h) {
+    const float v = fp16_decode(std::uint16_t(h));
+    if (!std::isnan(v)) {
+      ASSERT_EQ(fp16_encode(v), h) << std::hex << h;
+    }
+  }
+  EXPECT_EQ(fp16_encode(65504.0f), 0x7bff);
+  EXPECT_EQ(fp16_encode(std::nextafter(65520.0f, 0.0f)), 0x7bff);
+  EXPECT_EQ(fp16_encode(65520.0f), 0x7c00);  // tie with an odd 65504: rounds up to inf
+  EXPECT_EQ(fp16_encode(-1e10f), 0xfc00);
+  EXPECT_EQ(fp16_encode(0x1p-25f), 0x0000);  // tie between 0 and 2^-24: even is 0
+  EXPECT_EQ(fp16_encode(std::nextafter(0x1p-25f, 1.0f)), 0x0001);
+  EXPECT_EQ(fp16_encode(0x1.8p-24f), 0x0002);  // tie between 1 and 2 units: even is 2
+  EXPECT_EQ(fp16_encode(-0.0f), 0x8000);
+  EXPECT_EQ(fp16_encode(float_of(0x7f800001u)) & 0x7fff, 0x7e00);  // signalling NaN: NaN, not inf
+  EXPECT_EQ(fp16_round(1.0f + 0x1p-11f), 1.0f);                    // half an ulp is lost
+  EXPECT_EQ(fp16_round(1.0f + 0x1p-10f), 1.0f + 0x1p-10f);
+}
+
+TEST(Bf16, DecodeMatchesReferenceForAll65536Patterns) {
+  for (std::uint32_t h = 0; h < 65536; ++h) {
+    const float got = bf16_decode(std::uint16_t(h));
+    const double want = reference_bf16_decode(std::uint16_t(h));
+    if (std::isnan(want)) {
+      ASSERT_TRUE(std::isnan(got)) << std::hex << h;
+    } else {
+      ASSERT_EQ(static_cast<double>(got), want) << std::hex << h;
+    }
+    ASSERT_EQ(std::signbit(got), (h & 0x8000) != 0) << std::hex << h;
+  }
+}
+
+TEST(Bf16, EncodeMatchesReferenceOnMidpointsAndRandomFloats) {
+  const std::vector<float> xs =
+      encode_inputs([](std::uint16_t v) { return bf16_decode(v); }, 0x7f7f, stream_key({12}));
+  std::uint64_t mismatches = 0;
+  for (float x : xs) {
+    const std::uint16_t got = bf16_encode(x);
+    if (std::isnan(x)) {
+      ASSERT_TRUE(std::isnan(bf16_decode(got))) << std::hex << bits_of(x);
+      ASSERT_EQ(got & 0x0040, 0x0040);                    // quiet
+      ASSERT_EQ(got & 0x8000, bits_of(x) >> 16 & 0x8000);  // sign kept
+      continue;
+    }
+    const double want = reference_bf16_round(x);
+    const float got_value = bf16_decode(got);
+    if ((double(got_value) != want || std::signbit(got_value) != std::signbit(x)) &&
+        ++mismatches < 10)
+      ADD_FAILURE() << "x = " << x << " (0x" << std::hex << bits_of(x) << "): got " << got_value
+                    << ", want " << want;
+  }
+  EXPECT_EQ(mismatches, 0u);
+}
+
+TEST(Bf16, RoundTripAndEdges) {
+  for (std::uint32_t h = 0; h < 65536; ++h) {
+    const float v = bf16_decode(std::uint16_t(h));
+    if (!std::isnan(v)) {
+      ASSERT_EQ(bf16_encode(v), h) << std::hex << h;
+    }
+  }
+  EXPECT_EQ(bf16_encode(FLT_MAX), 0x7f80);                // rounds past the largest: inf
+  EXPECT_EQ(bf16_encode(float_of(0x7f7f7fffu)), 0x7f7f);  // just below that midpoint
+  EXPECT_EQ(bf16_encode(float_of(0x3f808000u)), 0x3f80);  // tie, even stays
+  EXPECT_EQ(bf16_encode(float_of(0x3f818000u)), 0x3f82);  // tie, odd rounds up
+  EXPECT_EQ(bf16_encode(float_of(0x00008000u)), 0x0000);  // subnormal tie to even zero
+  EXPECT_EQ(bf16_encode(float_of(0x00018000u)), 0x0002);
+  EXPECT_EQ(bf16_encode(float_of(0x7f800001u)) & 0x7fc0, 0x7fc0);  // signalling NaN stays NaN
+  EXPECT_EQ(bf16_encode(float_of(0xff800001u)), 0xffc0);
+  EXPECT_EQ(bf16_round(1.0f + 0x1p-8f), 1.0f);  // ulp(1) = 2^-7: half an ulp is lost
+  EXPECT_EQ(bf16_round(1.0f + 0x1p-7f), 1.0f + 0x1p-7f);
+}
+
+TEST(Half, SpanKernelsMatchScalarLoops) {
+  const std::uint64_t key = stream_key({13});
+  std::vector<float> x(10007);
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] = 100.0f * normal01(key, i);
+  x[5] = INFINITY;
+  x[6] = NAN;
+  x[7] = 1e-30f;
+  std::vector<std::uint16_t> h(x.size()), b(x.size());
+  std::vector<float> back_h(x.size()), back_b(x.size());
+  fp16_encode(x, h);
+  bf16_encode(x, b);
+  fp16_decode(h, back_h);
+  bf16_decode(b, back_b);
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    ASSERT_EQ(h[i], gcc_fp16_encode(x[i])) << i;
+    ASSERT_EQ(b[i], bf16_encode(x[i])) << i;
+    ASSERT_EQ(bits_of(back_h[i]), bits_of(fp16_decode(h[i]))) << i;
+    ASSERT_EQ(bits_of(back_b[i]), bits_of(bf16_decode(b[i]))) << i;
+  }
+  std::vector<std::uint16_t> short_out(3);
+  std::vector<float> short_float(3);
+  EXPECT_THROW(fp16_encode(x, short_out), lowsync::Error);
+  EXPECT_THROW(bf16_encode(x, short_out), lowsync::Error);
+  EXPECT_THROW(fp16_decode(h, short_float), lowsync::Error);
+  EXPECT_THROW(bf16_decode(b, short_float), lowsync::Error);
+}
+
+}  // namespace
+}  // namespace lowsync::tensor

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The main job: set up, build, then the built-in strategy comparison on Fashion-MNIST (MLP,
+# 4 ranks oversubscribed on this machine), one run per strategy, a table on stdout and the
+# `lowsync compare` report (report.md + PNG plots).
+# env: RANKS (4), STEPS (2000), STRATEGIES (space-separated names of the rows below), OUT
+# (runs/compare-<timestamp>), EXTRA_SETS (key=value words added to every run).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+"$root/tools/setup.sh"
+"$root/tools/build.sh" >/dev/null
+lowsync="$root/build/bin/lowsync"
+ranks="${RANKS:-4}"
+steps="${STEPS:-2000}"
+out="${OUT:-$root/runs/compare-$(date +%Y%m%d-%H%M%S)}"
+mkdir -p "$out"
+export OMP_NUM_THREADS=1
+
+# name -> settings. Every row trains the same MLP for the same number of steps.
+declare -A rows=(
+  [allreduce]="sync.strategy=allreduce optim.name=sgd optim.lr=0.05"
+  [periodic]="sync.strategy=periodic sync.period=10 optim.name=sgd optim.lr=0.05"
+)
+order=(allreduce periodic)
+strategies=(${STRATEGIES:-${order[*]}})
+
+for name in "${strategies[@]}"; do
+  [[ -n "${rows[$name]:-}" ]] || { echo "run.sh: unknown row '$name' (have: ${order[*]})" >&2; exit 2; }
+  sets=()
+  for kv in ${rows[$name]} model.arch=mlp train.steps="$steps" eval.every=250 log.every=50 log.progress=lines ${EXTRA_SETS:-}; do
+    sets+=(--set "$kv")
+  done
+  echo "run.sh: $name on $ranks ranks -> $out/$name"
+  "$root/jobs/lib/launch.sh" "$ranks" "$lowsync" train "${sets[@]}" --out "$out/$name" 2>"$out/$name.log" \
+    || { echo "run.sh: $name failed; see $out/$name.log" >&2; tail -5 "$out/$name.log" >&2; exit 1; }
+done
+
+/usr/bin/python3 - "$out" "${strategies[@]}" <<'PY'
+import json, sys
+out, names = sys.argv[1], sys.argv[2:]
+print(f"\n{'strategy':<12} {'test acc':>9} {'wall s':>8} {'MB sent/rank':>13} {'samples/s':>10}")
+for n in names:
+    s = json.load(open(f"{out}/{n}/summary.json"))
+    print(f"{n:<12} {s['final_test_accuracy']:>9.4f} {s['wall_s']:>8.1f} {s['bytes_sent_per_rank']/1e6:>13.2f} {s['samples_per_s']:>10.0f}")
+PY
+if "$lowsync" compare "${strategies[@]/#/$out/}" --out "$out/report" >/dev/null; then
+  echo "run.sh: report: $out/report/report.md"
+else
+  echo "run.sh: the report could not be written (see above)" >&2
+fi

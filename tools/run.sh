@@ -19,8 +19,10 @@ export OMP_NUM_THREADS=1
 declare -A rows=(
   [allreduce]="sync.strategy=allreduce optim.name=sgd optim.lr=0.05"
   [periodic]="sync.strategy=periodic sync.period=10 optim.name=sgd optim.lr=0.05"
+  [fda]="sync.strategy=fda sync.fda.estimator=linear optim.name=sgd optim.lr=0.05"
+  [demo]="sync.strategy=demo optim.lr=0.001"
 )
-order=(allreduce periodic)
+order=(allreduce periodic fda demo)
 strategies=(${STRATEGIES:-${order[*]}})
 
 for name in "${strategies[@]}"; do

@@ -1032,7 +1032,7 @@ std::vector<fs::path> prune_checkpoints(const fs::path& dir, int keep, MPI_Comm 
       std::error_code ec;
       fs::remove(path, ec);
       lines.push_back(ec ? fmt::format("Echeckpoint {}: cannot delete: {}", path.string(), ec.message())
-                         : "D" + path.string());
+                         : fmt::format("D{}", path.string()));
     }
   }
   lines = broadcast_lines(lines, 0, comm);

@@ -8,7 +8,9 @@
 #include <gtest/gtest.h>
 #include <mpi.h>
 
+#include <chrono>
 #include <numeric>
+#include <thread>
 
 namespace lowsync::comm {
 namespace {
@@ -133,6 +135,25 @@ TEST(Communicator, AnyAgreesOnAFlagSeenByOneRank) {
   Communicator comm(MPI_COMM_WORLD);
   EXPECT_FALSE(comm.any(false));
   EXPECT_TRUE(comm.any(world_rank() == world_size() - 1));
+}
+
+}  // namespace
+}  // namespace lowsync::comm
+
+namespace lowsync::comm {
+namespace {
+
+// Run by tests/integration/watchdog.sh (disabled in the normal suite): the last rank never joins
+// the collective, so the others' watchdog must end the job with a message naming it.
+TEST(Communicator, DISABLED_WatchdogEndsAHang) {
+  Communicator comm(MPI_COMM_WORLD, {false, 2.0});
+  comm.set_step(17);
+  if (world_rank() == world_size() - 1) {
+    std::this_thread::sleep_for(std::chrono::seconds(60));
+  } else {
+    std::vector<float> x(10);
+    comm.allreduce(std::span<float>(x), ReduceOp::sum, "grad");
+  }
 }
 
 }  // namespace

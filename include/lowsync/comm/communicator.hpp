@@ -10,7 +10,11 @@
 
 #include <mpi.h>
 
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
+#include <mutex>
+#include <thread>
 #include <memory>
 #include <span>
 #include <string>
@@ -27,6 +31,43 @@ struct CommOptions {
   // allgather): bitwise identical run after run, same bytes as a ring, a little slower.
   bool deterministic = false;
   double timeout_seconds = 0.0;  // 0 = no watchdog
+};
+
+// Watches one collective at a time from a helper thread (see communicator.cpp). arm/disarm
+// cost a mutex each; with timeout 0 there is no thread and they do nothing.
+class Watchdog {
+ public:
+  Watchdog(double timeout_seconds, int rank);
+  ~Watchdog();
+  void arm(Collective c, std::string_view traffic, std::int64_t step);
+  void disarm();
+
+ private:
+  void run();
+  double timeout_;
+  int rank_;
+  std::thread thread_;
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  bool stop_ = false;
+  bool armed_ = false;
+  std::string what_;
+  std::int64_t step_ = 0;
+  std::chrono::steady_clock::time_point since_;
+};
+
+// Arms the watchdog for the lifetime of one collective call.
+class Guard {
+ public:
+  Guard(const std::unique_ptr<Watchdog>& w, Collective c, std::string_view traffic, std::int64_t step) : w_(*w) {
+    w_.arm(c, traffic, step);
+  }
+  ~Guard() { w_.disarm(); }
+  Guard(const Guard&) = delete;
+  Guard& operator=(const Guard&) = delete;
+
+ private:
+  Watchdog& w_;
 };
 
 class Communicator {
@@ -86,8 +127,6 @@ class Communicator {
   void gather_bytes(const void* send, std::size_t send_count, void* recv, std::size_t recv_count,
                     DType t, int root, std::string_view traffic);
   void deterministic_sum(void* data, std::size_t count, DType t);
-  // Completes a request, polling so the watchdog can fire; aborts the job on timeout.
-  void wait(MPI_Request& request, Collective c, std::string_view traffic);
   void record(Collective c, std::string_view traffic, std::size_t payload_bytes, double start, bool is_root);
 
   MPI_Comm comm_ = MPI_COMM_NULL;
@@ -97,6 +136,7 @@ class Communicator {
   ByteLedger ledger_;
   std::int64_t step_ = 0;
   std::vector<std::byte> scratch_;  // deterministic reduction, grown once
+  std::unique_ptr<Watchdog> watchdog_;
 };
 
 }  // namespace lowsync::comm

@@ -1,6 +1,7 @@
 // Communication benchmark (run under mpirun with >= 2 ranks):
 //  1. our Communicator::allreduce vs raw MPI_Allreduce on the same buffer (the MLP gradient,
-//     535,818 floats), interleaved in one run: reports the ratio (target <= 1.05).
+//     535,818 floats), interleaved in one run: reports the ratio (target <= 1.05), and the cost
+//     of comm.deterministic (rank-ordered sum) on the same buffer.
 //  2. calibration of the alpha-beta network model: ping-pong between ranks 0 and 1 and allreduce
 //     for 4 B ... 64 MiB; prints time, algbw = S/t and busbw = algbw * 2(N-1)/N (as nccl-tests),
 //     and the least-squares alpha (latency) and beta (bandwidth) of t = alpha + S/beta.
@@ -37,7 +38,8 @@ int main(int argc, char** argv) {
 
     // 1. front door overhead
     std::vector<float> grads(535818, 1.0f);
-    std::vector<double> ours, raw;
+    lowsync::comm::Communicator det(MPI_COMM_WORLD, {true, 300.0});
+    std::vector<double> ours, raw, ordered;
     const int reps = quick ? 50 : 300;
     for (int i = 0; i < reps + 10; ++i) {
       MPI_Barrier(MPI_COMM_WORLD);
@@ -48,11 +50,18 @@ int main(int argc, char** argv) {
       t = MPI_Wtime();
       MPI_Allreduce(MPI_IN_PLACE, grads.data(), static_cast<int>(grads.size()), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
       const double b = MPI_Wtime() - t;
-      if (i >= 10) ours.push_back(a), raw.push_back(b);
+      MPI_Barrier(MPI_COMM_WORLD);
+      t = MPI_Wtime();
+      det.allreduce(std::span<float>(grads), lowsync::comm::ReduceOp::sum, "grad");
+      const double c = MPI_Wtime() - t;
+      if (i >= 10) ours.push_back(a), raw.push_back(b), ordered.push_back(c);
     }
     if (rank == 0)
       std::printf("allreduce %zu floats on %d ranks: lowsync %.3f ms, raw MPI_Allreduce %.3f ms (medians), ratio %.3f\n",
                   grads.size(), size, median(ours) * 1e3, median(raw) * 1e3, median(ours) / median(raw));
+    if (rank == 0)
+      std::printf("comm.deterministic allreduce (rank-ordered sum): %.3f ms, ratio to raw %.3f\n", median(ordered) * 1e3,
+                  median(ordered) / median(raw));
 
     // 2. calibration
     if (rank == 0) std::printf("\n%12s %14s %14s %14s %14s\n", "bytes", "pingpong_us", "allreduce_us", "algbw_GBps", "busbw_GBps");

@@ -9,7 +9,7 @@ import numpy as np
 def idx(path):
     with gzip.open(path) as f:
         data = f.read()
-    dims = int.from_bytes(data[2:4], "big") if False else data[3]
+    dims = data[3]  # IDX: the 4th magic byte is the number of dimensions
     shape = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims)]
     return np.frombuffer(data, np.uint8, offset=4 + 4 * dims).reshape(shape)
 

@@ -99,9 +99,15 @@ class Restorer {
     check_compatible(path_, config_from(reader_), s_.cfg);
   }
 
+  // The saved config with keys at their default left unset, as they were in the saved run (a
+  // cross-key check such as "demo sets the optimizer itself" must see them as defaults).
   static config::Config config_from(io::CheckpointReader& r) {
-    config::Config c;
-    c.load_toml_string(r.attribute_string("config_toml"), r.path().string() + ":config_toml");
+    config::Config saved, c;
+    saved.load_toml_string(r.attribute_string("config_toml"), r.path().string() + ":config_toml");
+    for (const auto& [key, value] : saved.values()) {
+      const config::KeySpec* spec = config::find_key(key);
+      if (spec == nullptr || !(spec->default_value == value)) c.set(key, value);
+    }
     return c;
   }
 

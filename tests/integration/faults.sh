@@ -63,6 +63,6 @@ check "inspect of a bit-flipped file names the dataset" '[ $? -eq 2 ] && grep -q
 check "fuzz: every input gives a clean error" '[ $? -eq 0 ]'
 tail -1 "$tmp/fuzz.log"
 
-[ $failed -eq 0 ] || tail -4 "$tmp"/*.log
+[ $failed -eq 0 ] || for f in "$tmp"/*.log; do echo "== $f"; tail -n 4 "$f"; done
 echo "$passed passed, $failed failed"
 [ $failed -eq 0 ]

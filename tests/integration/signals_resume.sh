@@ -73,6 +73,6 @@ final=$("$py" -c "import json; print(json.load(open('$tmp/split/summary.json'))[
 check "eval --checkpoint reproduces the run's final accuracy ($acc vs $final)" \
   '"$py" -c "import sys; sys.exit(abs($acc - $final) > 1e-9)"'
 
-[ $failed -eq 0 ] || tail -5 "$tmp"/*.log
+[ $failed -eq 0 ] || for f in "$tmp"/*.log; do echo "== $f"; tail -n 5 "$f"; done
 echo "$passed passed, $failed failed"
 [ $failed -eq 0 ]

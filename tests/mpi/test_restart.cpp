@@ -134,14 +134,15 @@ TEST_P(Restart, ResumedRunEqualsUninterrupted) {
   const std::string strategy = GetParam();
   ScratchDir dir;
   const std::int64_t k = 3;
-  comm::Communicator comm(MPI_COMM_WORLD, {true, 60.0});
-  {
+  {  // a fresh communicator per run: the byte ledger is per process
+    comm::Communicator comm(MPI_COMM_WORLD, {true, 60.0});
     auto c = small_config(strategy, 2 * k);
     c.set_text(fmt::format("checkpoint.every={}", 2 * k));
     const auto r = train(c, comm, dir.path() / "full");
     EXPECT_EQ(r.exit_code, 0);
   }
   {
+    comm::Communicator comm(MPI_COMM_WORLD, {true, 60.0});
     auto c = small_config(strategy, k);
     c.set_text(fmt::format("checkpoint.every={}", k));
     train(c, comm, dir.path() / "split");
@@ -149,6 +150,7 @@ TEST_P(Restart, ResumedRunEqualsUninterrupted) {
   const auto mid = io::checkpoint_path(dir.path() / "split" / "checkpoints", k);
   {
     // As main.cpp does it: the saved config, then overrides (train.steps counts total steps).
+    comm::Communicator comm(MPI_COMM_WORLD, {true, 60.0});
     auto c = checkpoint_config(mid, MPI_COMM_WORLD);
     EXPECT_EQ(c.integer("train.steps"), k);
     c.set_text(fmt::format("train.steps={}", 2 * k));

@@ -117,7 +117,11 @@ def main():
             judge(f"IDX {victim} {kind} #{i}", *run(cmd, a.timeout))
 
         table = subprocess.run([a.lowsync, "config"], capture_output=True, text=True).stdout
-        keys = re.findall(r"^\| `([a-z_.0-9]+)` \| (\w+) \|", table, re.M)
+        keys = []
+        for key, kind in re.findall(r"^\| `([a-z_.0-9]+)` \| (.*?) \| `", table, re.M):
+            kind = ("integer" if "integer" in kind else "real" if "number" in kind else
+                    "boolean" if "true or false" in kind else "string")
+            keys.append((key, kind))
         assert keys, "could not parse `lowsync config`"
         for i in range(a.count):
             path = os.path.join(work, f"cfg-{i}.toml")

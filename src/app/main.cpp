@@ -1,7 +1,10 @@
-// lowsync command line: train, compare, config (key reference), and --help/--version.
-//   lowsync train [--config FILE.toml] [--set key=value]... [--out DIR]
+// lowsync command line: train, compare, config (key reference), inspect, eval, --help/--version.
+//   lowsync train [--config FILE.toml] [--set key=value]... [--out DIR] [--resume CKPT|RUN_DIR]
+//   lowsync inspect CHECKPOINT               (summary + checksum verification)
+//   lowsync eval --checkpoint CHECKPOINT     (test-set loss and accuracy of the saved model)
 //   lowsync compare RUN_DIR... [--out DIR]   (hands over to tools/compare/compare.py)
 // Exit codes: 0 ok, 1 usage, 2 error, 3 stopped early with a checkpoint, 4 collective timeout.
+#include "lowsync/app/checkpointing.hpp"
 #include "lowsync/app/runtime.hpp"
 #include "lowsync/app/trainer.hpp"
 #include "lowsync/comm/communicator.hpp"
@@ -19,6 +22,7 @@
 #include <cstring>
 #include <ctime>
 #include <filesystem>
+#include <optional>
 
 namespace {
 
@@ -75,7 +79,18 @@ int main(int argc, char** argv) {
   std::vector<std::string> sets;
   train->add_option("--config", config_file, "TOML file with dotted keys or [sections]");
   train->add_option("--set", sets, "override one key: --set optim.lr=0.1 (repeatable)");
-  train->add_option("--out", out_dir, "output folder (default runs/<timestamp>)");
+  train->add_option("--out", out_dir, "output folder (default runs/<timestamp>; with --resume the run's folder)");
+  std::string resume_arg;
+  train->add_option("--resume", resume_arg,
+                    "continue from a checkpoint file, or from the newest good checkpoint of a run folder");
+
+  auto* inspect_cmd = app.add_subcommand("inspect", "summarise a checkpoint and verify its checksums");
+  std::string inspect_path;
+  inspect_cmd->add_option("checkpoint", inspect_path, "checkpoint file (.h5)")->required();
+  auto* eval_cmd = app.add_subcommand("eval", "evaluate a checkpoint's model on the test set (JSON on stdout)");
+  std::string eval_path;
+  eval_cmd->add_option("--checkpoint", eval_path, "checkpoint file (.h5)")->required();
+  eval_cmd->add_option("--set", sets, "override a key of the saved config (e.g. data.dir, eval.batch)");
 
   app.add_subcommand("compare", "compare runs: lowsync compare RUN_DIR... [--out DIR] [--target-acc 0.85]")
       ->allow_extras();
@@ -97,10 +112,38 @@ int main(int argc, char** argv) {
                    stdout);
       return 0;
     }
+    if (*inspect_cmd) {
+      lowsync::app::inspect_checkpoint(inspect_path, MPI_COMM_WORLD);
+      return 0;
+    }
+    if (*eval_cmd) {
+      auto cfg = lowsync::app::checkpoint_config(eval_path, MPI_COMM_WORLD);
+      for (const auto& s : sets) cfg.set_text(s);
+      lowsync::comm::Communicator comm(MPI_COMM_WORLD, {false, cfg.real("comm.timeout_seconds")});
+      const auto result = lowsync::app::evaluate_checkpoint(eval_path, cfg, comm);
+      if (runtime.rank() == 0) std::printf("%s\n", result.dump(2).c_str());
+      return 0;
+    }
+    // --resume: the saved config is the base; --config and --set apply on top (train.steps to
+    // extend a run), but may not change what the checkpoint is (model.arch, sync.strategy, ...).
     lowsync::config::Config cfg;
+    std::optional<std::filesystem::path> resume;
+    if (!resume_arg.empty()) {
+      resume = lowsync::app::resolve_checkpoint(resume_arg, MPI_COMM_WORLD);
+      cfg = lowsync::app::checkpoint_config(*resume, MPI_COMM_WORLD);
+      if (out_dir.empty()) {
+        const std::filesystem::path parent = resume->parent_path();
+        out_dir = std::filesystem::is_directory(resume_arg) ? std::filesystem::path(resume_arg)
+                  : parent.filename() == "checkpoints"      ? parent.parent_path()
+                                                            : parent;
+        if (out_dir.empty()) out_dir = ".";
+      }
+    }
+    const lowsync::config::Config saved = cfg;
     if (!config_file.empty()) cfg.load_toml_file(config_file);
     for (const auto& s : sets) cfg.set_text(s);
     cfg.validate();
+    if (resume) lowsync::app::check_compatible(*resume, saved, cfg);
     lowsync::app::Runtime::set_threads(static_cast<int>(cfg.integer("train.threads")));
     if (cfg.string("comm.backend") == "nccl" && !LOWSYNC_HAS_NCCL)
       lowsync::fail("comm.backend = \"nccl\" but this lowsync was built without NCCL (LOWSYNC_ENABLE_NCCL)");
@@ -108,7 +151,7 @@ int main(int argc, char** argv) {
       lowsync::fail("comm.backend = \"nccl\": the NCCL backend is detected at build time but not implemented yet; use mpi");
     lowsync::comm::Communicator comm(MPI_COMM_WORLD, {cfg.boolean("comm.deterministic"),
                                                       cfg.real("comm.timeout_seconds")});
-    const auto result = lowsync::app::train(cfg, comm, agree_on_out_dir(comm, out_dir));
+    const auto result = lowsync::app::train(cfg, comm, agree_on_out_dir(comm, out_dir), resume);
     return result.exit_code;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "lowsync: rank %d: error: %s\n", runtime.rank(), e.what());

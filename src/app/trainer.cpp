@@ -5,6 +5,10 @@
 // the same step. Evaluation uses the average of the replicas (the global model), split over ranks.
 #include "lowsync/app/trainer.hpp"
 
+#include "lowsync/app/checkpointing.hpp"
+#include "lowsync/app/signals.hpp"
+#include "lowsync/io/checkpoint_file.hpp"
+
 #include "lowsync/comm/netmodel.hpp"
 #include "lowsync/core/error.hpp"
 #include "lowsync/core/log.hpp"
@@ -23,6 +27,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <fstream>
+#include <limits>
 
 namespace lowsync::app {
 namespace {
@@ -97,21 +103,70 @@ void reject_unimplemented(const config::Config& cfg) {
   if (cfg.string("precision.wire") != "fp32") refuse("precision.wire = \"" + cfg.string("precision.wire") + "\"");
   if (cfg.string("prune.method") != "none") refuse("prune.method = \"" + cfg.string("prune.method") + "\"");
   if (cfg.string("optim.name") == "zo") refuse("optim.name = \"zo\"");
-  if (cfg.integer("checkpoint.every") > 0 || cfg.real("checkpoint.every_seconds") > 0.0) refuse("checkpointing");
-  if (cfg.real("train.max_seconds") > 0.0) refuse("train.max_seconds");
 }
+
+// Index of the first parameter tensor with a non-finite value on any rank (all ranks get the
+// same answer), or -1.
+std::int64_t first_nonfinite_tensor(model::Model& model, comm::Communicator& comm) {
+  const auto params = model.params();
+  const auto& infos = model.param_infos();
+  std::int64_t bad = std::numeric_limits<std::int64_t>::max();
+  for (std::size_t t = 0; t < infos.size() && bad == std::numeric_limits<std::int64_t>::max(); ++t)
+    for (std::size_t i = infos[t].offset; i < infos[t].offset + infos[t].count; ++i)
+      if (!std::isfinite(params[i])) {
+        bad = static_cast<std::int64_t>(t);
+        break;
+      }
+  comm.allreduce(std::span<std::int64_t>(&bad, 1), comm::ReduceOp::min, "obs.control");
+  return bad == std::numeric_limits<std::int64_t>::max() ? -1 : bad;
+}
+
+// Rank 0: metrics.csv of a resumed run keeps the rows up to the checkpoint's step (a run killed
+// after its last checkpoint logged rows that the resumed run writes again).
+void truncate_metrics(const std::filesystem::path& path, std::int64_t step) {
+  std::ifstream in(path);
+  if (!in) return;
+  std::string line, kept;
+  bool header = true;
+  while (std::getline(in, line)) {
+    if (!header) {
+      const auto comma = line.find(',');
+      std::int64_t row_step = 0;
+      try {
+        row_step = std::stoll(line.substr(0, comma));
+      } catch (const std::exception&) {
+        continue;  // a partial last line of a killed run
+      }
+      if (row_step > step) break;
+    }
+    kept += line + "\n";
+    header = false;
+  }
+  io::write_file_atomic(path, kept);
+}
+
+// Control flags agreed by all ranks at every step boundary (one small "obs.control" allreduce).
+enum Control : std::size_t { kStopSignal, kTimeLimit, kCheckpointDue, kNonfiniteLoss, kControlCount };
 
 }  // namespace
 
-TrainResult train(const config::Config& cfg, comm::Communicator& comm, const std::filesystem::path& out_dir) {
+TrainResult train(const config::Config& cfg, comm::Communicator& comm, const std::filesystem::path& out_dir,
+                  const std::optional<std::filesystem::path>& resume) {
   cfg.validate();
   reject_unimplemented(cfg);
   const int rank = comm.rank(), world = comm.size();
-  const Timer wall;
+  const Timer wall;  // this segment of the run
+  const StopSignals signals;
   const std::int64_t steps = cfg.integer("train.steps");
   const int batch = static_cast<int>(cfg.integer("train.batch"));
   const auto seed = static_cast<std::uint64_t>(cfg.integer("train.seed"));
   const std::int64_t log_every = cfg.integer("log.every"), eval_every = cfg.integer("eval.every");
+  const std::int64_t ckpt_every = cfg.integer("checkpoint.every");
+  const double ckpt_every_s = cfg.real("checkpoint.every_seconds"), max_seconds = cfg.real("train.max_seconds");
+  const bool checkpointing = ckpt_every > 0 || ckpt_every_s > 0.0;
+  const std::filesystem::path ckpt_dir =
+      cfg.string("checkpoint.dir").empty() ? out_dir / "checkpoints" : std::filesystem::path(cfg.string("checkpoint.dir"));
+  const std::int64_t hang_rank = cfg.integer("debug.hang_rank"), hang_step = cfg.integer("debug.hang_step");
 
   if (rank == 0) {
     std::error_code ec;
@@ -143,25 +198,51 @@ TrainResult train(const config::Config& cfg, comm::Communicator& comm, const std
             model.arch(), model.num_params(), world, batch, strategy->name(), optimizer->name(), steps,
             out_dir.string());
 
+  sync::StepContext ctx{0, comm, model, *optimizer, 0.0f};
+  strategy->on_start(ctx);
+
+  LoopState loop;
+  TrainState state{cfg, comm, model, *optimizer, *strategy, loader, loop};
+  if (resume) {
+    for (const auto& note : load_checkpoint(*resume, state)) log::info("{}", note);
+    log::info("resumed from {} at step {} of {}", resume->string(), loop.step, steps);
+    if (loop.step > steps) fail("checkpoint {} is at step {}, beyond train.steps = {}", resume->string(), loop.step, steps);
+  }
+
   std::vector<std::string> columns = {"step", "epoch", "wall_s", "compute_s", "comm_s", "loss", "test_loss",
                                       "test_acc", "bytes_sent", "payload_bytes", "syncs", "samples_per_s"};
   for (const auto& m : strategy->metric_names()) columns.push_back(m);
   io::MetricsCsv csv;
-  if (rank == 0) csv = io::MetricsCsv(out_dir / "metrics.csv", columns);
+  if (rank == 0) {
+    if (resume) truncate_metrics(out_dir / "metrics.csv", loop.step);
+    csv = io::MetricsCsv(out_dir / "metrics.csv", columns, resume.has_value());
+  }
 
-  sync::StepContext ctx{0, comm, model, *optimizer, 0.0f};
-  strategy->on_start(ctx);
+  const double elapsed_before = loop.elapsed_s;
+  // Checkpoint after step loop.step; params are checked first so a diverged model is never saved.
+  std::int64_t last_saved = resume ? loop.step : -1;
+  double last_saved_s = 0.0;
+  auto checkpoint = [&] {
+    if (const auto bad = first_nonfinite_tensor(model, comm); bad >= 0)
+      fail("non-finite parameters in tensor '{}' at step {}; not checkpointing (last good checkpoint kept in {})",
+           model.param_infos()[static_cast<std::size_t>(bad)].name, loop.step, ckpt_dir.string());
+    loop.elapsed_s = elapsed_before + wall.seconds();
+    last_saved_s = wall.seconds();
+    const Timer t;
+    const auto path = io::checkpoint_path(ckpt_dir, loop.step);
+    save_checkpoint(path, state);
+    const auto pruned = io::prune_checkpoints(ckpt_dir, static_cast<int>(cfg.integer("checkpoint.keep")), comm.mpi_comm());
+    log::info("checkpoint {} ({:.2f} s{})", path.string(), t.seconds(),
+              pruned.empty() ? "" : fmt::format(", removed {} old", pruned.size()));
+    last_saved = loop.step;
+  };
 
   Progress progress(cfg.string("log.progress"), rank, steps);
-  double compute_s = 0.0, train_s = 0.0, timed_s = 0.0;
-  double loss_window = 0.0;
-  std::int64_t window_steps = 0, timed_steps = 0;
-  double window_train_s = 0.0;
-  bool nonfinite = false;
-  double last_loss = NAN, last_test_acc = NAN, last_test_loss = NAN;
   const std::int64_t warmup = warmup_steps(steps);
+  int stop_signal = 0;
+  std::string stop_reason;
 
-  for (std::int64_t step = 1; step <= steps; ++step) {
+  for (std::int64_t step = loop.step + 1; step <= steps; ++step) {
     comm.set_step(step);
     ctx.step = step;
     const Timer step_timer;
@@ -169,6 +250,10 @@ TrainResult train(const config::Config& cfg, comm::Communicator& comm, const std
     const Timer compute_timer;
     const float loss = model.forward_backward(b);
     double step_compute = compute_timer.seconds();
+    if (hang_rank == rank && hang_step == step) {  // test-only (debug.hang_*): a rank stuck in a step
+      log::warn("debug.hang_rank: rank {} hangs at step {}", rank, step);
+      for (;;) ::pause();
+    }
     ctx.local_loss = loss;
     strategy->after_backward(ctx);
     if (!strategy->owns_update()) {
@@ -177,56 +262,83 @@ TrainResult train(const config::Config& cfg, comm::Communicator& comm, const std
       step_compute += t.seconds();
     }
     strategy->after_update(ctx);
+    loop.step = step;
     const double step_s = step_timer.seconds();
-    compute_s += step_compute;
-    train_s += step_s;
-    window_train_s += step_s;
+    loop.compute_s += step_compute;
+    loop.train_s += step_s;
+    loop.window_train_s += step_s;
     if (step > warmup) {
-      timed_s += step_s;
-      ++timed_steps;
+      loop.timed_s += step_s;
+      ++loop.timed_steps;
     }
-    nonfinite = nonfinite || !std::isfinite(loss);
-    loss_window += loss;
-    ++window_steps;
+    loop.loss_window += loss;
+    ++loop.window_steps;
+
+    // Step boundary: every rank learns what any rank saw (signal, clock, non-finite loss).
+    std::int32_t control[kControlCount] = {};
+    control[kStopSignal] = StopSignals::received() > 0 ? StopSignals::last_signal() : 0;
+    control[kTimeLimit] = max_seconds > 0.0 && wall.seconds() >= max_seconds ? 1 : 0;
+    control[kCheckpointDue] = (ckpt_every > 0 && step % ckpt_every == 0) ||
+                              (ckpt_every_s > 0.0 && wall.seconds() - last_saved_s >= ckpt_every_s);
+    control[kNonfiniteLoss] = std::isfinite(loss) ? 0 : 1;
+    comm.allreduce(std::span<std::int32_t>(control, kControlCount), comm::ReduceOp::max, "obs.control");
+    if (control[kNonfiniteLoss] != 0) {
+      const auto bad = first_nonfinite_tensor(model, comm);
+      fail("non-finite training loss at step {}{} (lower optim.lr?); last good checkpoint kept in {}", step,
+           bad >= 0 ? fmt::format(", non-finite parameters in tensor '{}'", model.param_infos()[static_cast<std::size_t>(bad)].name) : "",
+           checkpointing ? ckpt_dir.string() : "(checkpointing off)");
+    }
 
     const bool eval_now = step == steps || (eval_every > 0 && step % eval_every == 0);
-    if (step % log_every != 0 && !eval_now) continue;
-
-    // One "obs" allreduce: loss sum, non-finite flag, bytes (for the rank mean).
-    const auto total = comm.ledger().total();
-    double obs[5] = {loss_window / static_cast<double>(window_steps), nonfinite ? 1.0 : 0.0,
-                     static_cast<double>(total.wire_bytes), static_cast<double>(total.payload_bytes), total.seconds};
-    comm.allreduce(std::span<double>(obs, 5), comm::ReduceOp::sum, "obs.metrics");
-    if (obs[1] > 0.0)
-      fail("non-finite training loss at step {} on {} rank(s) (lower optim.lr?)", step, static_cast<int>(obs[1]));
-    last_loss = obs[0] / world;
-    std::optional<double> test_loss, test_acc;
-    if (eval_now) {
-      const auto ev = evaluator.run(model, comm);
-      test_loss = last_test_loss = ev.loss;
-      test_acc = last_test_acc = ev.accuracy;
+    if (step % log_every == 0 || eval_now) {
+      // One "obs" allreduce: loss sum and bytes (for the rank mean).
+      const auto total = comm.ledger().total();
+      double obs[4] = {loop.loss_window / static_cast<double>(loop.window_steps), static_cast<double>(total.wire_bytes),
+                       static_cast<double>(total.payload_bytes), total.seconds};
+      comm.allreduce(std::span<double>(obs, 4), comm::ReduceOp::sum, "obs.metrics");
+      loop.last_loss = obs[0] / world;
+      std::optional<double> test_loss, test_acc;
+      if (eval_now) {
+        const auto ev = evaluator.run(model, comm);
+        test_loss = loop.last_test_loss = ev.loss;
+        test_acc = loop.last_test_acc = ev.accuracy;
+      }
+      const double now = elapsed_before + wall.seconds();
+      const double window_rate =
+          static_cast<double>(loop.window_steps * batch * world) / std::max(loop.window_train_s, 1e-9);
+      std::vector<std::optional<double>> row = {static_cast<double>(step), loader.epoch_progress(), now, loop.compute_s,
+                                                obs[3] / world, loop.last_loss, test_loss, test_acc, obs[1] / world,
+                                                obs[2] / world, static_cast<double>(strategy->syncs()), window_rate};
+      for (double v : strategy->metric_values()) row.emplace_back(v);
+      csv.write_row(row);
+      progress.update(step, loop.last_loss, window_rate, now, test_acc.value_or(NAN));
+      loop.loss_window = 0.0;
+      loop.window_steps = 0;
+      loop.window_train_s = 0.0;
     }
-    const double now = wall.seconds();
-    const double window_rate = static_cast<double>(window_steps * batch * world) / std::max(window_train_s, 1e-9);
-    std::vector<std::optional<double>> row = {static_cast<double>(step), loader.epoch_progress(), now, compute_s,
-                                              obs[4] / world, last_loss, test_loss, test_acc, obs[2] / world,
-                                              obs[3] / world, static_cast<double>(strategy->syncs()), window_rate};
-    for (double v : strategy->metric_values()) row.emplace_back(v);
-    csv.write_row(row);
-    progress.update(step, last_loss, window_rate, now, test_acc.value_or(NAN));
-    loss_window = 0.0;
-    window_steps = 0;
-    window_train_s = 0.0;
+
+    if (control[kStopSignal] != 0 || control[kTimeLimit] != 0) {
+      stop_signal = control[kStopSignal];
+      stop_reason = stop_signal != 0 ? fmt::format("signal {}", stop_signal)
+                                     : fmt::format("train.max_seconds = {} reached", max_seconds);
+      progress.finish();
+      log::info("stopping after step {} ({}): writing a checkpoint", step, stop_reason);
+      checkpoint();
+      break;
+    }
+    if (control[kCheckpointDue] != 0) checkpoint();
   }
   progress.finish();
+  // The last state of a run that checkpoints is always saved, so it can be continued further.
+  if (checkpointing && stop_reason.empty() && last_saved != loop.step) checkpoint();
 
   // Aggregate the run over ranks: means of bytes and times, maxima of memory.
   const auto total = comm.ledger().total();
   double sums[4] = {static_cast<double>(total.wire_bytes), static_cast<double>(total.payload_bytes), total.seconds,
-                    compute_s};
+                    loop.compute_s};
   comm.allreduce(std::span<double>(sums, 4), comm::ReduceOp::sum, "obs.summary");
   std::int64_t maxima[4] = {memory::peak_rss_bytes(), memory::peak_bytes(), static_cast<std::int64_t>(total.wire_bytes),
-                            static_cast<std::int64_t>(timed_s * 1e6)};
+                            static_cast<std::int64_t>(loop.timed_s * 1e6)};
   comm.allreduce(std::span<std::int64_t>(maxima, 4), comm::ReduceOp::max, "obs.summary");
   Json by_traffic = Json::object();
   for (const auto& [key, e] : comm.ledger().entries())
@@ -256,16 +368,19 @@ TrainResult train(const config::Config& cfg, comm::Communicator& comm, const std
       {"precision_wire", cfg.string("precision.wire")},
       {"partition", cfg.string("data.partition")},
       {"ranks", world},
-      {"steps", steps},
+      {"steps", loop.step},
+      {"stopped_early", !stop_reason.empty()},
+      {"stop_reason", stop_reason},
+      {"resumed_from", resume ? resume->string() : std::string()},
       {"batch_per_rank", batch},
       {"num_params", model.num_params()},
-      {"final_test_accuracy", last_test_acc},
-      {"final_test_loss", last_test_loss},
-      {"final_loss", last_loss},
-      {"samples_per_s", timed_steps > 0 ? static_cast<double>(timed_steps * batch * world) / slowest_timed_s : 0.0},
-      {"wall_s", wall.seconds()},
+      {"final_test_accuracy", loop.last_test_acc},
+      {"final_test_loss", loop.last_test_loss},
+      {"final_loss", loop.last_loss},
+      {"samples_per_s", loop.timed_steps > 0 ? static_cast<double>(loop.timed_steps * batch * world) / slowest_timed_s : 0.0},
+      {"wall_s", elapsed_before + wall.seconds()},
       {"compute_s", sums[3] / world},
-      {"compute_s_per_step", steps > 0 ? sums[3] / world / static_cast<double>(steps) : 0.0},
+      {"compute_s_per_step", loop.step > 0 ? sums[3] / world / static_cast<double>(loop.step) : 0.0},
       {"comm_s", sums[2] / world},
       {"bytes_sent_per_rank", sums[0] / world},
       {"bytes_sent_max_rank", maxima[2]},
@@ -284,10 +399,34 @@ TrainResult train(const config::Config& cfg, comm::Communicator& comm, const std
       {"config", cfg_json},
   };
   if (rank == 0) io::write_file_atomic(out_dir / "summary.json", summary.dump(2) + "\n");
+  if (!stop_reason.empty()) {
+    log::info("stopped at step {} ({}); resume with: lowsync train --resume {}", loop.step, stop_reason, out_dir.string());
+    return {summary, kExitStopped};
+  }
   log::info("done: test accuracy {:.4f}, loss {:.4f}, {:.0f} samples/s, {:.2f} MB sent per rank, {:.1f} s -> {}",
-            last_test_acc, last_loss, summary["samples_per_s"].get<double>(), sums[0] / world / 1e6, wall.seconds(),
+            loop.last_test_acc, loop.last_loss, summary["samples_per_s"].get<double>(), sums[0] / world / 1e6, wall.seconds(),
             (out_dir / "summary.json").string());
   return {summary, 0};
+}
+
+Json evaluate_checkpoint(const std::filesystem::path& path, const config::Config& cfg, comm::Communicator& comm) {
+  cfg.validate();
+  const auto test = data::load_fashion_mnist(cfg.string("data.dir"), cfg.integer("data.train_limit")).test;
+  model::Model model(cfg.string("model.arch"), static_cast<int>(cfg.integer("train.batch")),
+                     static_cast<std::uint64_t>(cfg.integer("train.seed")));
+  model.set_eval_batch(static_cast<int>(cfg.integer("eval.batch")));
+  const auto mean = checkpoint_mean_params(path, comm.mpi_comm(), model.num_params());
+  std::copy(mean.begin(), mean.end(), model.params().begin());
+  // Every rank holds the same model: evaluate this rank's slice and sum (no parameter average).
+  Evaluator slice(test, comm.rank(), comm.size(), model.num_params());
+  const auto local = model.evaluate(slice.images.data(), slice.labels.data(), static_cast<std::int64_t>(slice.labels.size()));
+  double sums[3] = {local.loss * static_cast<double>(local.samples), local.accuracy * static_cast<double>(local.samples),
+                    static_cast<double>(local.samples)};
+  comm.allreduce(std::span<double>(sums, 3), comm::ReduceOp::sum, "obs.eval");
+  io::CheckpointReader reader(path, comm.mpi_comm());
+  return {{"checkpoint", path.string()},        {"step", reader.attribute_int("step")},
+          {"arch", model.arch()},               {"test_loss", sums[0] / sums[2]},
+          {"test_accuracy", sums[1] / sums[2]}, {"samples", static_cast<std::int64_t>(sums[2])}};
 }
 
 }  // namespace lowsync::app

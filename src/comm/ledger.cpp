@@ -71,4 +71,11 @@ void ByteLedger::restore(const LedgerEntry& total) {
   total_ = total;
 }
 
+void ByteLedger::restore(const std::map<std::pair<Collective, std::string>, LedgerEntry>& entries) {
+  entries_ = entries;
+  total_ = LedgerEntry{};
+  for (const auto& [key, e] : entries_)
+    if (!key.second.starts_with("obs")) total_ += e;
+}
+
 }  // namespace lowsync::comm

@@ -92,6 +92,9 @@ std::vector<KeySpec> build_schema() {
       real("checkpoint.every_seconds", 0.0, 0.0, kBig, "seconds between checkpoints (0 = none)"),
       integer("checkpoint.keep", 2, 1, 1000, "complete checkpoints kept"),
       text("checkpoint.dir", "", "checkpoint folder (default <out>/checkpoints)"),
+      // test-only fault injection
+      integer("debug.hang_rank", -1, -1, 1 << 20, "TEST ONLY: this rank sleeps forever inside debug.hang_step (-1 = off)"),
+      integer("debug.hang_step", 0, 0, kBig, "TEST ONLY: step at which debug.hang_rank hangs"),
   };
 }
 

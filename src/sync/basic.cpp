@@ -12,6 +12,12 @@ void Strategy::on_start(StepContext& ctx) {
   ctx.comm.broadcast(ctx.model.params(), 0, "model");
 }
 
+std::int64_t find_counter(std::span<const StateCounter> counters, std::string_view name, std::int64_t fallback) {
+  for (const StateCounter& c : counters)
+    if (c.name == name) return c.value;
+  return fallback;
+}
+
 void average_in_place(comm::Communicator& comm, std::span<float> data, std::string_view traffic) {
   comm.allreduce(data, comm::ReduceOp::sum, traffic);
   const float inv = 1.0f / static_cast<float>(comm.size());
@@ -34,6 +40,16 @@ void PeriodicStrategy::after_update(StepContext& ctx) {
   if (average_optimizer_state_)
     for (auto& s : ctx.optimizer.state()) average_in_place(ctx.comm, s.data, "optim_state");
   ++syncs_;
+}
+
+}  // namespace lowsync::sync
+
+namespace lowsync::sync {
+
+std::string PeriodicStrategy::reshard(StepContext& ctx) {
+  // The averaged parameters are what a sync would produce; the period continues by step number.
+  return fmt::format("periodic: replicas start from the average, next sync at step {}",
+                     (ctx.step / period_ + 1) * period_);
 }
 
 }  // namespace lowsync::sync

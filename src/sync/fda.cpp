@@ -109,6 +109,19 @@ void FdaStrategy::after_update(StepContext& ctx) {
   step(ctx.comm, ctx.step, ctx.model.params(), &ctx.optimizer);
 }
 
+std::vector<optim::StateBuffer> FdaStrategy::state_buffers() {
+  std::vector<optim::StateBuffer> out = {{"fda_w0", w0_.span()}, {"fda_w0_prev", w0_prev_.span()}};
+  if (xi_.size() > 0) out.push_back({"fda_xi", xi_.span()});
+  return out;
+}
+
+std::string FdaStrategy::reshard(StepContext& ctx) {
+  // The averaged w0/w0_prev describe rounds of the old ranks; the new replicas are identical, so
+  // a new round starts here exactly as after a sync (syncs kept).
+  begin(ctx.model.params());
+  return "fda: new round from the averaged parameters (w0 = w0_prev = params, xi reset)";
+}
+
 std::vector<std::string> FdaStrategy::metric_names() const {
   return {"fda_vhat", "fda_threshold", "fda_syncs"};
 }

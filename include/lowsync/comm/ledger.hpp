@@ -39,6 +39,8 @@ class ByteLedger {
   const std::map<std::pair<Collective, std::string>, LedgerEntry>& entries() const { return entries_; }
   // Restores totals from a checkpoint (entries are summarised under "restored").
   void restore(const LedgerEntry& total);
+  // Restores every entry from a checkpoint (totals recomputed as record() would).
+  void restore(const std::map<std::pair<Collective, std::string>, LedgerEntry>& entries);
 
  private:
   std::map<std::pair<Collective, std::string>, LedgerEntry> entries_;

@@ -18,6 +18,8 @@ class AllreduceStrategy final : public Strategy {
   std::string_view name() const override { return "allreduce"; }
   void after_backward(StepContext& ctx) override;
   std::int64_t syncs() const override { return syncs_; }
+  std::vector<StateCounter> state_counters() const override { return {{"syncs", syncs_}}; }
+  void restore_counters(std::span<const StateCounter> c) override { syncs_ = find_counter(c, "syncs"); }
 
  private:
   std::int64_t syncs_ = 0;
@@ -29,6 +31,9 @@ class PeriodicStrategy final : public Strategy {
   std::string_view name() const override { return "periodic"; }
   void after_update(StepContext& ctx) override;
   std::int64_t syncs() const override { return syncs_; }
+  std::vector<StateCounter> state_counters() const override { return {{"syncs", syncs_}}; }
+  void restore_counters(std::span<const StateCounter> c) override { syncs_ = find_counter(c, "syncs"); }
+  std::string reshard(StepContext& ctx) override;
 
  private:
   std::int64_t period_;

@@ -44,6 +44,16 @@ class DemoStrategy : public Strategy {
   std::vector<std::string> metric_names() const override;
   std::vector<double> metric_values() const override;
   std::int64_t syncs() const override { return syncs_; }
+  // delta (averaged over the old ranks on a reshard), syncs and skipped_steps.
+  std::vector<optim::StateBuffer> state_buffers() override { return state(); }
+  std::vector<StateCounter> state_counters() const override {
+    return {{"syncs", syncs_}, {"skipped_steps", skipped_}};
+  }
+  void restore_counters(std::span<const StateCounter> c) override {
+    syncs_ = find_counter(c, "syncs");
+    skipped_ = find_counter(c, "skipped_steps");
+  }
+  std::string reshard(StepContext&) override { return "demo: delta = mean of the old ranks' delta"; }
 
   // One DeMo step over the tensors `infos` of the flat params/grads buffers (what
   // after_backward calls; tests drive it with synthetic gradients). Every rank must call it at

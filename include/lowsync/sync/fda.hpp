@@ -42,6 +42,12 @@ class FdaStrategy final : public Strategy {
   std::vector<std::string> metric_names() const override;
   std::vector<double> metric_values() const override;
   std::int64_t syncs() const override { return syncs_; }
+  // w0, w0_prev, xi (linear only) and syncs; a reshard starts a new round from the averaged
+  // parameters (begin()), as after a sync.
+  std::vector<optim::StateBuffer> state_buffers() override;
+  std::vector<StateCounter> state_counters() const override { return {{"syncs", syncs_}}; }
+  void restore_counters(std::span<const StateCounter> c) override { syncs_ = find_counter(c, "syncs"); }
+  std::string reshard(StepContext& ctx) override;
 
   // on_start without the broadcast: w0 = w0_prev = params, xi = the shared Gaussian, sketch
   // tables built, Theta resolved from params.size(). Every rank must pass identical params.

@@ -10,12 +10,19 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
 
 namespace lowsync::sync {
+
+// A named integer counter of a strategy's checkpoint state ("syncs", "skipped_steps", ...).
+struct StateCounter {
+  std::string name;
+  std::int64_t value = 0;
+};
 
 struct StepContext {
   std::int64_t step = 0;  // 1-based number of the step being taken
@@ -40,7 +47,22 @@ class Strategy {
   virtual std::vector<std::string> metric_names() const { return {}; }
   virtual std::vector<double> metric_values() const { return {}; }
   virtual std::int64_t syncs() const { return 0; }
+
+  // Checkpoint state (app/checkpointing.cpp stores it per rank, README "Checkpoints"). Valid after
+  // on_start. A strategy with more state adds buffers/counters here; nothing else changes:
+  //   state_buffers    float buffers, restored by writing into the spans (after on_start)
+  //   state_counters   integer counters, given back to restore_counters by name
+  //   reshard          called after a resume on a different rank count, once params, buffers
+  //                    (averaged over the old ranks) and counters are restored; fixes whatever
+  //                    the average does not and returns what it did, for the log line
+  virtual std::vector<optim::StateBuffer> state_buffers() { return {}; }
+  virtual std::vector<StateCounter> state_counters() const { return {}; }
+  virtual void restore_counters(std::span<const StateCounter> counters) {}
+  virtual std::string reshard(StepContext& ctx) { return "nothing to adjust"; }
 };
+
+// Value of `name` in counters; `fallback` when absent (state saved by an older strategy).
+std::int64_t find_counter(std::span<const StateCounter> counters, std::string_view name, std::int64_t fallback = 0);
 
 // sync.strategy = none | allreduce | periodic | ... ; validates the strategy's own keys.
 std::unique_ptr<Strategy> make_strategy(const config::Config& cfg);

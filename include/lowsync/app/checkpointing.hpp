@@ -1,0 +1,78 @@
+// Trainer checkpoints: everything the training loop needs to continue exactly (config, step,
+// parameters, optimizer, strategy, loader, ledger and loop state per rank), in one HDF5 file
+// written with io::CheckpointWriter, and restored on the same or a different rank count (the
+// reshard policy). The layout is documented in the README, section "Checkpoints".
+#pragma once
+
+#include "lowsync/comm/communicator.hpp"
+#include "lowsync/config/config.hpp"
+#include "lowsync/data/loader.hpp"
+#include "lowsync/model/model.hpp"
+#include "lowsync/optim/optimizer.hpp"
+#include "lowsync/sync/strategy.hpp"
+
+#include <cmath>
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace lowsync::app {
+
+// Version of what the trainer stores (root attribute "trainer_state_version"), on top of the
+// file format's own format_version. Readers reject any other value.
+inline constexpr std::int64_t kTrainerStateVersion = 1;
+
+// Loop variables besides model, optimizer, strategy and loader.
+struct LoopState {
+  std::int64_t step = 0;   // steps completed
+  double elapsed_s = 0.0;  // wall seconds of the earlier segments of this run (before a resume)
+  // Per rank (averaged over the old ranks on a reshard):
+  double compute_s = 0.0, train_s = 0.0, timed_s = 0.0;
+  std::int64_t timed_steps = 0;
+  double loss_window = 0.0;  // sum of losses since the last metrics row
+  std::int64_t window_steps = 0;
+  double window_train_s = 0.0;
+  // Same on every rank:
+  double last_loss = NAN, last_test_acc = NAN, last_test_loss = NAN;
+};
+
+// The live objects a checkpoint reads from and restores into.
+struct TrainState {
+  const config::Config& cfg;
+  comm::Communicator& comm;
+  model::Model& model;
+  optim::Optimizer& optimizer;
+  sync::Strategy& strategy;
+  data::Loader& loader;
+  LoopState& loop;
+};
+
+// Collective. Writes `path` atomically (io::CheckpointWriter: .tmp, fsync, rename, verify).
+void save_checkpoint(const std::filesystem::path& path, TrainState& s);
+
+// Collective; call after strategy.on_start. Same rank count: restores every buffer bitwise.
+// Different rank count: the reshard policy of the README; the returned lines say what was done.
+// Every problem (wrong model, sizes, corrupt data) throws one line naming the file.
+std::vector<std::string> load_checkpoint(const std::filesystem::path& path, TrainState& s);
+
+// Collective. --resume PATH: PATH itself when it is a file, else the newest good checkpoint in
+// PATH/checkpoints (a run folder) or PATH (a checkpoint folder); throws when there is none.
+std::filesystem::path resolve_checkpoint(const std::filesystem::path& path, MPI_Comm comm);
+
+// Collective. The configuration stored in a checkpoint (its TOML text, parsed).
+config::Config checkpoint_config(const std::filesystem::path& path, MPI_Comm comm);
+
+// Keys whose change makes a checkpoint meaningless for a run (model.arch, sync.strategy, ...):
+// throws "checkpoint 'FILE' ... KEY is A there, B here" for the first one that differs.
+void check_compatible(const std::filesystem::path& path, const config::Config& saved, const config::Config& now);
+
+// Collective. Prints a summary of a checkpoint (rank 0) and verifies every checksum.
+void inspect_checkpoint(const std::filesystem::path& path, MPI_Comm comm);
+
+// Collective. Parameters of a checkpoint as one model: the mean of the saved replicas (exact
+// when they are identical). Checks num_params.
+std::vector<float> checkpoint_mean_params(const std::filesystem::path& path, MPI_Comm comm,
+                                          std::size_t num_params);
+
+}  // namespace lowsync::app

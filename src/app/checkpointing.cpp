@@ -1,0 +1,371 @@
+// Trainer checkpoints (see checkpointing.hpp and README "Checkpoints"): what the trainer saves
+// into an io::CheckpointWriter file, how it restores it bitwise on the same rank count, and the
+// reshard policy on another one (per-rank float state averaged over the old ranks, counters from
+// old rank 0, data re-partitioned, then Strategy::reshard fixes what an average does not).
+#include "lowsync/app/checkpointing.hpp"
+
+#include "lowsync/core/error.hpp"
+#include "lowsync/core/log.hpp"
+#include "lowsync/io/checkpoint_file.hpp"
+#include "lowsync/config.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <map>
+
+namespace lowsync::app {
+namespace {
+
+namespace fs = std::filesystem;
+using Json = nlohmann::json;
+
+// The per-rank loop scalars, in the order of dataset "trainer/loop".
+constexpr std::size_t kLoopFields = 7;
+
+std::vector<double> loop_row(const LoopState& l) {
+  return {l.compute_s, l.train_s, l.timed_s, static_cast<double>(l.timed_steps), l.loss_window,
+          static_cast<double>(l.window_steps), l.window_train_s};
+}
+
+void set_loop_row(LoopState& l, std::span<const double> r) {
+  l.compute_s = r[0];
+  l.train_s = r[1];
+  l.timed_s = r[2];
+  l.timed_steps = static_cast<std::int64_t>(r[3]);
+  l.loss_window = r[4];
+  l.window_steps = static_cast<std::int64_t>(r[5]);
+  l.window_train_s = r[6];
+}
+
+std::string ledger_json(const comm::ByteLedger& ledger) {
+  Json j = Json::array();
+  for (const auto& [key, e] : ledger.entries())
+    j.push_back({static_cast<int>(key.first), key.second, e.calls, e.payload_bytes, e.wire_bytes, e.seconds});
+  return j.dump();
+}
+
+using LedgerMap = std::map<std::pair<comm::Collective, std::string>, comm::LedgerEntry>;
+
+LedgerMap parse_ledger(const fs::path& path, std::span<const std::uint8_t> bytes) {
+  const auto end = std::find(bytes.begin(), bytes.end(), std::uint8_t{0});
+  const std::string text(bytes.begin(), end);
+  LedgerMap out;
+  try {
+    for (const Json& e : Json::parse(text)) {
+      const int c = e.at(0).get<int>();
+      if (c < 0 || c > static_cast<int>(comm::Collective::recv)) fail("collective {}", c);
+      out[{static_cast<comm::Collective>(c), e.at(1).get<std::string>()}] =
+          comm::LedgerEntry{e.at(2).get<std::uint64_t>(), e.at(3).get<std::uint64_t>(), e.at(4).get<std::uint64_t>(),
+                            e.at(5).get<double>()};
+    }
+  } catch (const std::exception& e) {
+    fail("checkpoint {}: dataset 'comm/ledger' is not a valid ledger: {}", path.string(), e.what());
+  }
+  return out;
+}
+
+// Keys that must agree between a checkpoint and the run resuming from it.
+constexpr const char* kIdentityKeys[] = {"model.arch",        "sync.strategy",     "optim.name",
+                                         "train.seed",        "data.partition",    "data.train_limit",
+                                         "precision.compute", "precision.wire",    "prune.method",
+                                         "sync.fda.estimator", "optim.zo.update",  "optim.demo.chunk",
+                                         "optim.demo.topk"};
+
+class Restorer {
+ public:
+  Restorer(const fs::path& path, TrainState& s)
+      : s_(s), reader_(path, s.comm.mpi_comm()), path_(path), rank_(s.comm.rank()), world_(s.comm.size()) {}
+
+  io::CheckpointReader& reader() { return reader_; }
+  int saved_world() const { return saved_world_; }
+  bool resharding() const { return saved_world_ != world_; }
+
+  void check_header() {
+    const std::int64_t version = reader_.has_attribute("trainer_state_version")
+                                     ? reader_.attribute_int("trainer_state_version") : -1;
+    if (version != kTrainerStateVersion)
+      fail("checkpoint {}: trainer_state_version {} (this lowsync reads {}): not a lowsync training checkpoint "
+           "or from an incompatible version",
+           path_.string(), version, kTrainerStateVersion);
+    saved_world_ = static_cast<int>(reader_.attribute_int("world_size"));
+    if (saved_world_ < 1 || static_cast<std::size_t>(saved_world_) != reader_.saved_ranks("model/params"))
+      fail("checkpoint {}: world_size {} but model/params has {} rows", path_.string(), saved_world_,
+           reader_.saved_ranks("model/params"));
+    const auto num_params = reader_.attribute_int("num_params");
+    if (num_params != static_cast<std::int64_t>(s_.model.num_params()))
+      fail("checkpoint {}: num_params is {} there, {} here (model.arch {})", path_.string(), num_params,
+           s_.model.num_params(), s_.model.arch());
+    check_compatible(path_, config_from(reader_), s_.cfg);
+  }
+
+  // The saved config with keys at their default left unset, as they were in the saved run (a
+  // cross-key check such as "demo sets the optimizer itself" must see them as defaults).
+  static config::Config config_from(io::CheckpointReader& r) {
+    config::Config saved, c;
+    saved.load_toml_string(r.attribute_string("config_toml"), r.path().string() + ":config_toml");
+    for (const auto& [key, value] : saved.values()) {
+      const config::KeySpec* spec = config::find_key(key);
+      if (spec == nullptr || !(spec->default_value == value)) c.set(key, value);
+    }
+    return c;
+  }
+
+  // Per-rank float dataset -> out: this rank's row, or the mean of all rows when resharding.
+  void read_floats(const std::string& ds, std::span<float> out) {
+    if (!reader_.has_dataset(ds)) fail("checkpoint {}: no dataset '{}' (needed by this run)", path_.string(), ds);
+    if (reader_.row_length(ds) != out.size())
+      fail("checkpoint {}: dataset '{}' has {} values per rank, this run needs {}", path_.string(), ds,
+           reader_.row_length(ds), out.size());
+    if (!resharding()) {
+      reader_.read_row<float>(ds, static_cast<std::size_t>(rank_), out);
+      return;
+    }
+    // Sums in double: the mean of identical rows is exactly that row.
+    std::vector<double> acc(out.size(), 0.0);
+    std::vector<float> row(out.size());
+    for (int r = 0; r < saved_world_; ++r) {
+      reader_.read_row<float>(ds, static_cast<std::size_t>(r), std::span<float>(row));
+      for (std::size_t i = 0; i < row.size(); ++i) acc[i] += static_cast<double>(row[i]);
+    }
+    for (std::size_t i = 0; i < out.size(); ++i) out[i] = static_cast<float>(acc[i] / saved_world_);
+  }
+
+  std::vector<double> read_doubles_mean(const std::string& ds, std::size_t n) {
+    if (reader_.row_length(ds) != n)
+      fail("checkpoint {}: dataset '{}' has {} values per rank, expected {}", path_.string(), ds,
+           reader_.row_length(ds), n);
+    std::vector<double> out(n, 0.0), row(n);
+    if (!resharding()) {
+      reader_.read_row<double>(ds, static_cast<std::size_t>(rank_), std::span<double>(out));
+      return out;
+    }
+    for (int r = 0; r < saved_world_; ++r) {
+      reader_.read_row<double>(ds, static_cast<std::size_t>(r), std::span<double>(row));
+      for (std::size_t i = 0; i < n; ++i) out[i] += row[i] / saved_world_;
+    }
+    return out;
+  }
+
+  // Per-rank int64 row: this rank's, or old rank 0's when resharding.
+  std::vector<std::int64_t> read_ints(const std::string& ds, std::size_t n) {
+    if (!reader_.has_dataset(ds)) fail("checkpoint {}: no dataset '{}'", path_.string(), ds);
+    if (reader_.row_length(ds) != n)
+      fail("checkpoint {}: dataset '{}' has {} values per rank, expected {}", path_.string(), ds,
+           reader_.row_length(ds), n);
+    std::vector<std::int64_t> out(n);
+    reader_.read_row<std::int64_t>(ds, resharding() ? 0 : static_cast<std::size_t>(rank_), std::span<std::int64_t>(out));
+    return out;
+  }
+
+  LedgerMap read_ledger() {
+    const std::string ds = "comm/ledger";
+    const std::size_t n = reader_.row_length(ds);
+    std::vector<std::uint8_t> row(n);
+    if (!resharding()) {
+      reader_.read_row<std::uint8_t>(ds, static_cast<std::size_t>(rank_), std::span<std::uint8_t>(row));
+      return parse_ledger(path_, row);
+    }
+    // Reshard: the mean over the old ranks of every entry (bytes per rank stay comparable).
+    LedgerMap sum;
+    for (int r = 0; r < saved_world_; ++r) {
+      reader_.read_row<std::uint8_t>(ds, static_cast<std::size_t>(r), std::span<std::uint8_t>(row));
+      for (const auto& [k, e] : parse_ledger(path_, row)) sum[k] += e;
+    }
+    const auto k = static_cast<std::uint64_t>(saved_world_);
+    for (auto& [key, e] : sum) e = {e.calls / k, e.payload_bytes / k, e.wire_bytes / k, e.seconds / saved_world_};
+    return sum;
+  }
+
+ private:
+  TrainState& s_;
+  io::CheckpointReader reader_;
+  fs::path path_;
+  int rank_, world_;
+  int saved_world_ = 0;
+};
+
+}  // namespace
+
+void check_compatible(const fs::path& path, const config::Config& saved, const config::Config& now) {
+  for (const char* key : kIdentityKeys) {
+    const std::string a = config::format_value(saved.values().at(key)), b = config::format_value(now.values().at(key));
+    if (a != b) fail("checkpoint {} is from a different run: {} is {} there, {} here", path.string(), key, a, b);
+  }
+}
+
+void save_checkpoint(const fs::path& path, TrainState& s) {
+  io::CheckpointWriter w(path, s.comm.mpi_comm());
+  w.set_attribute("trainer_state_version", kTrainerStateVersion);
+  w.set_attribute("lowsync_version", LOWSYNC_VERSION);
+  w.set_attribute("step", s.loop.step);
+  w.set_attribute("world_size", s.comm.size());
+  w.set_attribute("arch", s.model.arch());
+  w.set_attribute("num_params", static_cast<std::int64_t>(s.model.num_params()));
+  w.set_attribute("strategy", s.strategy.name());
+  w.set_attribute("optimizer", s.optimizer.name());
+  w.set_attribute("optimizer_step_count", s.optimizer.step_count());
+  w.set_attribute("learning_rate", s.optimizer.learning_rate());
+  w.set_attribute("config_toml", s.cfg.to_toml());
+  w.set_attribute("elapsed_s", s.loop.elapsed_s);
+  w.set_attribute("last_loss", s.loop.last_loss);
+  w.set_attribute("last_test_acc", s.loop.last_test_acc);
+  w.set_attribute("last_test_loss", s.loop.last_test_loss);
+  std::string names;
+  for (const auto& info : s.model.param_infos()) names += (names.empty() ? "" : ",") + info.name;
+  w.set_attribute("param_names", names);
+
+  // model: layout (global) and every replica (per rank: periodic/FDA replicas differ).
+  std::vector<std::int64_t> layout;
+  for (const auto& info : s.model.param_infos()) {
+    layout.push_back(static_cast<std::int64_t>(info.offset));
+    layout.push_back(static_cast<std::int64_t>(info.count));
+  }
+  w.write_global<std::int64_t>("model/layout", layout, {layout.size() / 2, 2});
+  w.write_per_rank<float>("model/params", s.model.params());
+  for (const auto& b : s.optimizer.state()) w.write_per_rank<float>("optim/" + b.name, b.data);
+  for (const auto& b : s.strategy.state_buffers()) w.write_per_rank<float>("strategy/" + b.name, b.data);
+  for (const auto& c : s.strategy.state_counters())
+    w.write_per_rank<std::int64_t>("strategy/counters/" + c.name, std::span<const std::int64_t>(&c.value, 1));
+
+  const auto cursor = s.loader.cursor();
+  const std::int64_t cur[3] = {cursor.epoch, cursor.position, s.loader.samples()};
+  w.write_per_rank<std::int64_t>("data/cursor", std::span<const std::int64_t>(cur, 3));
+  const auto loop = loop_row(s.loop);
+  w.write_per_rank<double>("trainer/loop", loop);
+
+  // The ledger as JSON bytes, zero-padded to the longest rank's text.
+  const std::string ledger = ledger_json(s.comm.ledger());
+  std::int64_t longest = static_cast<std::int64_t>(ledger.size()) + 1;
+  s.comm.allreduce(std::span<std::int64_t>(&longest, 1), comm::ReduceOp::max, "obs.checkpoint");
+  std::vector<std::uint8_t> bytes(static_cast<std::size_t>(longest), 0);
+  std::copy(ledger.begin(), ledger.end(), bytes.begin());
+  w.write_per_rank<std::uint8_t>("comm/ledger", bytes);
+  w.commit();
+}
+
+std::vector<std::string> load_checkpoint(const fs::path& path, TrainState& s) {
+  Restorer r(path, s);
+  r.check_header();
+  auto& reader = r.reader();
+  std::vector<std::string> notes;
+  const int old_world = r.saved_world();
+
+  r.read_floats("model/params", s.model.params());
+  for (auto& b : s.optimizer.state()) r.read_floats("optim/" + b.name, b.data);
+  s.optimizer.set_step_count(reader.attribute_int("optimizer_step_count"));
+  for (auto& b : s.strategy.state_buffers()) r.read_floats("strategy/" + b.name, b.data);
+  std::vector<sync::StateCounter> counters = s.strategy.state_counters();
+  for (auto& c : counters) c.value = r.read_ints("strategy/counters/" + c.name, 1)[0];
+  s.strategy.restore_counters(counters);
+
+  s.loop.step = reader.attribute_int("step");
+  s.loop.elapsed_s = reader.attribute_double("elapsed_s");
+  s.loop.last_loss = reader.attribute_double("last_loss");
+  s.loop.last_test_acc = reader.attribute_double("last_test_acc");
+  s.loop.last_test_loss = reader.attribute_double("last_test_loss");
+  set_loop_row(s.loop, r.read_doubles_mean("trainer/loop", kLoopFields));
+  s.comm.ledger().restore(r.read_ledger());
+
+  if (!r.resharding()) {
+    const auto cur = r.read_ints("data/cursor", 3);
+    if (cur[2] != s.loader.samples())
+      fail("checkpoint {}: rank {} had {} training samples there, {} here (data.* changed?)", path.string(),
+           s.comm.rank(), cur[2], s.loader.samples());
+    s.loader.set_cursor({cur[0], cur[1]});
+    return notes;
+  }
+
+  // Reshard. Every rank starts a fresh epoch of its new partition, numbered after the furthest
+  // epoch any old rank reached, so the shuffles do not repeat an old rank's order.
+  std::int64_t epoch = 0;
+  std::vector<std::int64_t> cur(3);
+  for (int q = 0; q < old_world; ++q) {
+    reader.read_row<std::int64_t>("data/cursor", static_cast<std::size_t>(q), std::span<std::int64_t>(cur));
+    epoch = std::max(epoch, cur[0]);
+  }
+  s.loader.set_cursor({epoch + 1, 0});
+  sync::StepContext ctx{s.loop.step, s.comm, s.model, s.optimizer, 0.0f};
+  notes.push_back(fmt::format(
+      "resharding {} -> {} ranks at step {}: parameters, optimizer state ({}), strategy buffers and loop sums "
+      "averaged over the old ranks; counters from old rank 0; data re-partitioned over {} ranks, each starting "
+      "epoch {}; ledger = mean per old rank",
+      old_world, s.comm.size(), s.loop.step, s.optimizer.state().empty() ? "none" : "averaged", s.comm.size(),
+      epoch + 1));
+  notes.push_back(s.strategy.reshard(ctx));
+  return notes;
+}
+
+fs::path resolve_checkpoint(const fs::path& path, MPI_Comm comm) {
+  std::error_code ec;
+  if (fs::is_regular_file(path, ec)) return path;
+  if (!fs::is_directory(path, ec)) fail("--resume {}: no such checkpoint file or run folder", path.string());
+  for (const fs::path& dir : {path / "checkpoints", path}) {
+    if (!fs::is_directory(dir, ec)) continue;
+    if (auto found = io::find_latest_checkpoint(dir, comm)) return *found;
+  }
+  fail("--resume {}: no complete checkpoint in {} or {}", path.string(), (path / "checkpoints").string(), path.string());
+}
+
+config::Config checkpoint_config(const fs::path& path, MPI_Comm comm) {
+  io::CheckpointReader reader(path, comm);
+  if (!reader.has_attribute("config_toml"))
+    fail("checkpoint {}: no attribute 'config_toml': not a lowsync training checkpoint", path.string());
+  return Restorer::config_from(reader);
+}
+
+void inspect_checkpoint(const fs::path& path, MPI_Comm comm) {
+  io::CheckpointReader reader(path, comm);
+  int rank = 0;
+  MPI_Comm_rank(comm, &rank);
+  auto attr = [&](const char* k) -> std::string {
+    if (!reader.has_attribute(k)) return "?";
+    try {
+      return std::to_string(reader.attribute_int(k));
+    } catch (const Error&) {
+    }
+    try {
+      return fmt::format("{}", reader.attribute_double(k));
+    } catch (const Error&) {
+    }
+    return reader.attribute_string(k);
+  };
+  std::vector<std::string> lines;
+  lines.push_back(fmt::format("checkpoint {}", path.string()));
+  lines.push_back(fmt::format("  step {}  ranks {}  arch {}  num_params {}  strategy {}  optimizer {}",
+                              attr("step"), attr("world_size"), attr("arch"), attr("num_params"),
+                              attr("strategy"), attr("optimizer")));
+  lines.push_back(fmt::format("  format_version {}  trainer_state_version {}  lowsync {}  file size {} bytes",
+                              attr("format_version"), attr("trainer_state_version"), attr("lowsync_version"),
+                              fs::file_size(path)));
+  for (const auto& name : reader.dataset_names()) {
+    const auto shape = reader.dataset_shape(name);
+    std::string dims;
+    for (const auto d : shape) dims += (dims.empty() ? "" : " x ") + std::to_string(d);
+    lines.push_back(fmt::format("  {:<32} {:<6} [{}]{}", name, dtype_name(reader.dataset_dtype(name)),
+                                dims.empty() ? "scalar" : dims, reader.is_per_rank(name) ? " per rank" : ""));
+  }
+  reader.verify_all();
+  lines.push_back("  checksums: all OK");
+  if (rank == 0)
+    for (const auto& l : lines) fmt::print("{}\n", l);
+}
+
+std::vector<float> checkpoint_mean_params(const fs::path& path, MPI_Comm comm, std::size_t num_params) {
+  io::CheckpointReader reader(path, comm);
+  if (!reader.has_dataset("model/params")) fail("checkpoint {}: no dataset 'model/params'", path.string());
+  if (reader.row_length("model/params") != num_params)
+    fail("checkpoint {}: model/params has {} values per rank, the model has {}", path.string(),
+         reader.row_length("model/params"), num_params);
+  const std::size_t k = reader.saved_ranks("model/params");
+  std::vector<double> acc(num_params, 0.0);
+  std::vector<float> row(num_params);
+  for (std::size_t r = 0; r < k; ++r) {
+    reader.read_row<float>("model/params", r, std::span<float>(row));
+    for (std::size_t i = 0; i < num_params; ++i) acc[i] += row[i];
+  }
+  for (std::size_t i = 0; i < num_params; ++i) row[i] = static_cast<float>(acc[i] / static_cast<double>(k));
+  return row;
+}
+
+}  // namespace lowsync::app

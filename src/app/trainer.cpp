@@ -343,6 +343,12 @@ TrainResult train(const config::Config& cfg, comm::Communicator& comm, const std
   Json by_traffic = Json::object();
   for (const auto& [key, e] : comm.ledger().entries())
     if (!key.second.starts_with("obs")) by_traffic[key.second] = by_traffic.value(key.second, 0.0) + static_cast<double>(e.wire_bytes);
+  // Monitoring (traffic classes "*_monitor", e.g. FDA's variance state) versus everything else
+  // the strategy sends (model, grad, optimizer state, ...): rank 0's wire bytes, summing to its
+  // bytes_sent.
+  double monitor_bytes = 0.0, sync_bytes = 0.0;
+  for (const auto& [traffic, bytes] : by_traffic.items())
+    (traffic.ends_with("_monitor") ? monitor_bytes : sync_bytes) += bytes.get<double>();
   Json by_collective = Json::object();
   for (const auto& [key, e] : comm.ledger().entries())
     if (!key.second.starts_with("obs"))
@@ -386,6 +392,8 @@ TrainResult train(const config::Config& cfg, comm::Communicator& comm, const std
       {"bytes_sent_max_rank", maxima[2]},
       {"payload_bytes_per_rank", sums[1] / world},
       {"bytes_by_traffic", by_traffic},
+      {"monitor_bytes", monitor_bytes},
+      {"sync_bytes", sync_bytes},
       {"ledger", ledger},
       {"net_alpha_s", net.alpha_seconds},
       {"net_beta_Bps", net.beta_bytes_per_s},

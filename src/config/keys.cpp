@@ -70,6 +70,7 @@ std::vector<KeySpec> build_schema() {
       real("sync.fda.threshold_per_param", 3.9e-5, 0.0, kBig, "FDA threshold as Theta = c * num_params"),
       integer("sync.fda.sketch_depth", 5, 1, 64, "FDA AMS sketch rows"),
       integer("sync.fda.sketch_width", 250, 1, 32768, "FDA AMS sketch columns"),
+      real("sync.fda.sketch_eps", -1.0, -1.0, kBig, "FDA sketch discount: subtract M/(1+eps); -1 = 1.5/sqrt(sketch_width) (spec: 1/sqrt(width))"),
       // precision
       choice("precision.compute", "fp32", {"fp32", "bf16", "fp16", "fp8"}, "compute precision of forward/backward"),
       choice("precision.wire", "fp32", {"fp32", "bf16", "fp16", "fp8_e4m3", "fp8_e5m2"}, "format of what strategies send"),

@@ -25,6 +25,7 @@ FdaOptions fda_options_from_config(const config::Config& cfg) {
   o.estimator.kind = fda::parse_estimator(cfg.string("sync.fda.estimator"));
   o.estimator.sketch_depth = static_cast<int>(cfg.integer("sync.fda.sketch_depth"));
   o.estimator.sketch_width = static_cast<int>(cfg.integer("sync.fda.sketch_width"));
+  o.estimator.sketch_eps = cfg.real("sync.fda.sketch_eps");
   o.threshold = cfg.real("sync.fda.threshold");
   o.threshold_per_param = cfg.real("sync.fda.threshold_per_param");
   o.seed = static_cast<std::uint64_t>(cfg.integer("train.seed"));

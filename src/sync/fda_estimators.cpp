@@ -153,6 +153,12 @@ void validate(const EstimatorSpec& spec) {
   if (spec.sketch_depth < 1) fail("sync.fda.sketch_depth: {} is below 1", spec.sketch_depth);
   if (spec.sketch_width < 1 || spec.sketch_width > SketchHashes::kMaxWidth)
     fail("sync.fda.sketch_width: {} is outside [1, {}]", spec.sketch_width, SketchHashes::kMaxWidth);
+  if (!std::isfinite(spec.sketch_eps)) fail("sync.fda.sketch_eps: {} is not finite", spec.sketch_eps);
+}
+
+double sketch_eps(const EstimatorSpec& spec) {
+  if (spec.sketch_eps >= 0.0) return spec.sketch_eps;
+  return kDefaultSketchEpsFactor / std::sqrt(static_cast<double>(spec.sketch_width));
 }
 
 std::size_t state_size(const EstimatorSpec& spec) {
@@ -230,8 +236,7 @@ double variance_estimate(const EstimatorSpec& spec, std::span<const double> stat
     // M is quadratic and the median commutes with positive scaling, so M(sum / K) = M(sum) / K^2
     // (equal up to rounding) without copying the sketch.
     const double m = sketch_norm_estimate(state_sum.subspan(1), spec.sketch_depth, spec.sketch_width);
-    const double eps = 1.0 / std::sqrt(static_cast<double>(spec.sketch_width));
-    v -= m / (k * k) / (1.0 + eps);
+    v -= m / (k * k) / (1.0 + sketch_eps(spec));
   }
   if (!std::isfinite(v)) return std::numeric_limits<double>::infinity();
   return v < 0.0 ? 0.0 : v;

@@ -243,6 +243,8 @@ TEST(FdaStrategy, ReadsItsConfigKeys) {
   EXPECT_EQ(fda.options().estimator.sketch_depth, 3);
   EXPECT_EQ(fda.options().estimator.sketch_width, 100);
   EXPECT_EQ(fda.options().seed, 42u);
+  EXPECT_EQ(fda.options().estimator.sketch_eps, -1.0);  // default: 1.5 / sqrt(width)
+  EXPECT_DOUBLE_EQ(fda::sketch_eps(fda.options().estimator), 0.15);
   const std::vector<float> params(1000, 0.5f);
   fda.begin(params);
   EXPECT_DOUBLE_EQ(fda.threshold(), 2e-3 * 1000);  // threshold unset (-1): per-param rule
@@ -263,6 +265,10 @@ TEST(FdaStrategy, ReadsItsConfigKeys) {
   const std::vector<std::string> names = absolute.metric_names();
   ASSERT_EQ(names.size(), absolute.metric_values().size());
   EXPECT_EQ(names[0], "fda_vhat");
+
+  cfg.set_text("sync.fda.sketch_eps=0.063");  // the spec's 1/sqrt(250)
+  EXPECT_EQ(FdaStrategy(cfg).options().estimator.sketch_eps, 0.063);
+  EXPECT_THROW(cfg.set_text("sync.fda.sketch_eps=-2"), lowsync::Error);
 
   // Beyond the 15-bit bucket codes: the schema refuses it, naming the key.
   EXPECT_THROW(cfg.set_text("sync.fda.sketch_width=40000"), lowsync::Error);

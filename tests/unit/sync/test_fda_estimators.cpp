@@ -398,20 +398,25 @@ TEST(FdaEstimators, NaiveAndLinearNeverUnderestimate) {
   }
 }
 
-TEST(FdaEstimators, SketchIsConservativeInMostTrials) {
+TEST(FdaEstimators, SketchIsConservativeInAtLeast95PercentOfTrials) {
   // V^ >= V exactly when M(mean sketch) / (1 + eps) <= ||D_bar||^2. For K = 1 the clamp at 0
-  // makes that certain (V = 0); for K >= 2 it is the sketch's high-probability guarantee, and
-  // with the spec's eps = 1/sqrt(m) it is weaker than 95%: for d >> m a row estimate is about
-  // ||D_bar||^2 chi2_m / m, which exceeds (1 + eps) ||D_bar||^2 with probability 0.237 (m = 250),
-  // so the median of 5 rows does with sum_{j>=3} C(5,j) 0.237^j 0.763^(5-j) = 0.090. Smaller d
-  // collides less and does better. We require >= 88% for K >= 2 and >= 90% over all trials
-  // (measured 92.4% and 94.3%; without the (1 + eps) discount K >= 2 drops to 55%).
-  const EstimatorSpec spec{Estimator::sketch, 5, 250};
-  const double eps = 1.0 / std::sqrt(250.0);
+  // makes that certain (V = 0); for K >= 2 it is the sketch's high-probability guarantee. For
+  // d >> m a row estimate is about ||D_bar||^2 chi2_m / m (sd sqrt(2/m)), so with the spec's
+  // eps = 1/sqrt(m) a row overshoots (1 + eps) ||D_bar||^2 with probability 0.237 (m = 250) and
+  // the median of 5 rows with sum_{j>=3} C(5,j) p^j (1-p)^(5-j) = 0.090: below the 95%.
+  // The default eps = 1.5/sqrt(m) gives p = 0.145 and 0.024 (smaller d collides less and does
+  // better). The bound is asserted on the default, over all trials and over K >= 2; the
+  // spec's eps is measured alongside and only bounded loosely (it is the documented deviation).
+  const EstimatorSpec spec{Estimator::sketch, 5, 250};  // sketch_eps < 0: the default
+  EstimatorSpec spec_eps = spec;
+  spec_eps.sketch_eps = 1.0 / std::sqrt(250.0);
+  const double eps = 1.5 / std::sqrt(250.0);
+  EXPECT_DOUBLE_EQ(sketch_eps(spec), eps);
+  EXPECT_DOUBLE_EQ(sketch_eps(spec_eps), 1.0 / std::sqrt(250.0));
   std::mt19937_64 rng(8);
   std::uniform_int_distribution<std::size_t> dim(50, 2000);
   const int trials = 1000;
-  int conservative = 0, conservative_multi = 0, multi = 0, conservative_large = 0, large = 0;
+  int ok_all = 0, ok_multi = 0, multi = 0, ok_large = 0, large = 0, ok_spec_all = 0, ok_spec_multi = 0;
   for (int t = 0; t < trials; ++t) {
     const int world_size = 1 + t % 4;
     const std::size_t d = dim(rng);
@@ -421,6 +426,7 @@ TEST(FdaEstimators, SketchIsConservativeInMostTrials) {
                               5000 + static_cast<std::uint64_t>(t));
     const std::vector<double> sum = summed_state(spec, r, {}, &hashes);
     const double v = variance_estimate(spec, sum, world_size);
+    const double v_spec = variance_estimate(spec_eps, sum, world_size);
 
     // Same formula spelled out: mean sketch, its median row norm, the (1 + eps) discount.
     std::vector<double> mean_sketch(sum.begin() + 1, sum.end());
@@ -429,21 +435,31 @@ TEST(FdaEstimators, SketchIsConservativeInMostTrials) {
     const double expected = std::max(0.0, sum[0] / world_size - m / (1.0 + eps));
     ASSERT_NEAR(v, expected, 1e-12 * e.mean_sq_norm);
 
-    const bool ok = v >= e.variance - 1e-9 * e.mean_sq_norm;
-    conservative += ok;
+    const double tol = 1e-9 * e.mean_sq_norm;
+    const bool ok = v >= e.variance - tol;
+    const bool ok_spec = v_spec >= e.variance - tol;
+    ok_all += ok;
+    ok_spec_all += ok_spec;
     if (world_size > 1) {
       ++multi;
-      conservative_multi += ok;
+      ok_multi += ok;
+      ok_spec_multi += ok_spec;
       if (d >= 1000) {
         ++large;
-        conservative_large += ok;
+        ok_large += ok;
       }
     }
   }
-  std::printf("sketch V^ >= V: %d / %d trials; K >= 2: %d / %d; K >= 2 and d >= 1000: %d / %d\n",
-              conservative, trials, conservative_multi, multi, conservative_large, large);
-  EXPECT_GE(conservative_multi, multi * 88 / 100);
-  EXPECT_GE(conservative, trials * 90 / 100);
+  std::printf("sketch V^ >= V, eps = 1.5/sqrt(m): %d / %d trials; K >= 2: %d / %d; "
+              "K >= 2 and d >= 1000: %d / %d\n",
+              ok_all, trials, ok_multi, multi, ok_large, large);
+  std::printf("sketch V^ >= V, eps = 1/sqrt(m) (spec): %d / %d trials; K >= 2: %d / %d\n",
+              ok_spec_all, trials, ok_spec_multi, multi);
+  EXPECT_GE(ok_all, trials * 95 / 100);
+  EXPECT_GE(ok_multi, multi * 95 / 100);
+  // The spec's eps is weaker but not broken (independent of the default's choice).
+  EXPECT_GE(ok_spec_all, trials * 88 / 100);
+  EXPECT_LE(ok_spec_all, ok_all);  // a larger eps can only add conservative trials
 }
 
 TEST(FdaEstimators, ClampsNegativeAndMapsNonFiniteToInfinity) {

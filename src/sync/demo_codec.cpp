@@ -15,6 +15,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <numeric>
 #include <numbers>
 
 namespace lowsync::sync::demo {
@@ -57,105 +58,159 @@ std::int64_t chunk_origin(const TensorPlan& plan, std::int64_t c) {
   return (c / chunks_per_row) * plan.chunk_rows * plan.cols + (c % chunks_per_row) * plan.chunk_cols;
 }
 
-// Y = Ba X Bb^T for one chunk: X [a, b] read from the tensor at chunk c, Y [a*b] written to out.
-// Both products are axpy loops over contiguous rows (vectorisable without reassociation).
-void forward_chunk(const TensorPlan& plan, const float* x, std::int64_t c, float* out, float* work) {
-  const std::int64_t a = plan.chunk_rows, b = plan.chunk_cols;
-  const float* ba = basis_for(a).forward.data();
-  const float* bbt = basis_for(b).transposed.data();
-  const float* block = x + chunk_origin(plan, c);
-  // work[i, :] = sum_j X[i, j] * Bb^T[j, :]
-  std::fill(work, work + a * b, 0.0f);
-  for (std::int64_t i = 0; i < a; ++i) {
-    float* row = work + i * b;
-    for (std::int64_t j = 0; j < b; ++j) {
-      const float xij = block[i * plan.cols + j];
-      const float* brow = bbt + j * b;
-      for (std::int64_t v = 0; v < b; ++v) row[v] += xij * brow[v];
+// ---- small matrix product --------------------------------------------------------------------
+// C[m, n] = A[m, kk] B[kk, n] (or C -= that), row-major with leading dimensions. Every element of
+// C is ((0 + a_0 b_0) + a_1 b_1) + ... in kk order, each a multiply then an add (the build uses
+// -ffp-contract=off), whatever the tile it falls in: the bits depend neither on the tiling nor on
+// the vector width, so ranks on different ISAs still decode the same Q. Register tiles of up to
+// 4 rows x 32 columns reuse each loaded row of B four times.
+using V8 = float __attribute__((vector_size(32)));
+
+enum class Store { assign, subtract };
+
+template <int MR, int NV>
+inline void gemm_tile(std::int64_t kk, const float* a, std::int64_t lda, const float* b,
+                      std::int64_t ldb, float* c, std::int64_t ldc, Store store) {
+  V8 acc[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int j = 0; j < NV; ++j) acc[r][j] = V8{};
+  for (std::int64_t k = 0; k < kk; ++k) {
+    V8 brow[NV];
+    for (int j = 0; j < NV; ++j) std::memcpy(&brow[j], b + k * ldb + 8 * j, sizeof(V8));
+    for (int r = 0; r < MR; ++r) {
+      const float ar = a[r * lda + k];
+      for (int j = 0; j < NV; ++j) acc[r][j] += ar * brow[j];
     }
   }
-  // out[u, :] = sum_i Ba[u, i] * work[i, :]
-  std::fill(out, out + a * b, 0.0f);
-  for (std::int64_t u = 0; u < a; ++u) {
-    float* row = out + u * b;
-    for (std::int64_t i = 0; i < a; ++i) {
-      const float w = ba[u * a + i];
-      const float* trow = work + i * b;
-      for (std::int64_t v = 0; v < b; ++v) row[v] += w * trow[v];
+  for (int r = 0; r < MR; ++r)
+    for (int j = 0; j < NV; ++j) {
+      float* dst = c + r * ldc + 8 * j;
+      if (store == Store::assign) {
+        std::memcpy(dst, &acc[r][j], sizeof(V8));
+      } else {
+        V8 old;
+        std::memcpy(&old, dst, sizeof(V8));
+        old -= acc[r][j];
+        std::memcpy(dst, &old, sizeof(V8));
+      }
     }
-  }
 }
 
-// X = Ba^T Y Bb for one chunk: Y [a*b] -> the tensor block of chunk c in x.
-void inverse_chunk(const TensorPlan& plan, const float* coeffs, std::int64_t c, float* x, float* work) {
+template <int MR>
+void gemm_rows(std::int64_t n, std::int64_t kk, const float* a, std::int64_t lda, const float* b,
+               std::int64_t ldb, float* c, std::int64_t ldc, Store store) {
+  std::int64_t j = 0;
+  for (; j + 32 <= n; j += 32) gemm_tile<MR, 4>(kk, a, lda, b + j, ldb, c + j, ldc, store);
+  if (j + 16 <= n) {
+    gemm_tile<MR, 2>(kk, a, lda, b + j, ldb, c + j, ldc, store);
+    j += 16;
+  }
+  if (j + 8 <= n) {
+    gemm_tile<MR, 1>(kk, a, lda, b + j, ldb, c + j, ldc, store);
+    j += 8;
+  }
+  for (; j < n; ++j)  // scalar tail, same summation order
+    for (int r = 0; r < MR; ++r) {
+      float acc = 0.0f;
+      for (std::int64_t k = 0; k < kk; ++k) acc += a[r * lda + k] * b[k * ldb + j];
+      float& dst = c[r * ldc + j];
+      dst = store == Store::assign ? acc : dst - acc;
+    }
+}
+
+void gemm(std::int64_t m, std::int64_t n, std::int64_t kk, const float* a, std::int64_t lda,
+          const float* b, std::int64_t ldb, float* c, std::int64_t ldc, Store store) {
+  std::int64_t i = 0;
+  for (; i + 4 <= m; i += 4) gemm_rows<4>(n, kk, a + i * lda, lda, b, ldb, c + i * ldc, ldc, store);
+  for (; i < m; ++i) gemm_rows<1>(n, kk, a + i * lda, lda, b, ldb, c + i * ldc, ldc, store);
+}
+
+// The bases one tensor needs, looked up once per call rather than per chunk.
+struct Bases {
+  const float* ba;   // [a, a]
+  const float* bat;  // [a, a] = ba^T
+  const float* bb;   // [b, b]
+  const float* bbt;  // [b, b] = bb^T
+};
+
+Bases bases_for(const TensorPlan& plan) {
+  const Basis& a = basis_for(plan.chunk_rows);
+  const Basis& b = basis_for(plan.chunk_cols);
+  return {a.forward.data(), a.transposed.data(), b.forward.data(), b.transposed.data()};
+}
+
+// Y = Ba X Bb^T for one chunk: X [a, b] read from the tensor at chunk c, Y [a*b] written to out.
+void forward_chunk(const TensorPlan& plan, const Bases& bs, const float* x, std::int64_t c, float* out,
+                   float* work) {
   const std::int64_t a = plan.chunk_rows, b = plan.chunk_cols;
-  const float* ba = basis_for(a).forward.data();
-  const float* bb = basis_for(b).forward.data();
-  // work[u, :] = sum_v Y[u, v] * Bb[v, :]
-  std::fill(work, work + a * b, 0.0f);
-  for (std::int64_t u = 0; u < a; ++u) {
-    float* row = work + u * b;
-    for (std::int64_t v = 0; v < b; ++v) {
-      const float y = coeffs[u * b + v];
-      const float* brow = bb + v * b;
-      for (std::int64_t j = 0; j < b; ++j) row[j] += y * brow[j];
+  gemm(a, b, b, x + chunk_origin(plan, c), plan.cols, bs.bbt, b, work, b, Store::assign);  // X Bb^T
+  gemm(a, b, a, bs.ba, a, work, b, out, b, Store::assign);                                 // Ba (.)
+}
+
+// X = Ba^T Y Bb for one chunk: Y [a*b] -> the tensor block of chunk c in x (dense Y).
+void inverse_chunk(const TensorPlan& plan, const Bases& bs, const float* coeffs, std::int64_t c, float* x,
+                   float* work) {
+  const std::int64_t a = plan.chunk_rows, b = plan.chunk_cols;
+  gemm(a, b, b, coeffs, b, bs.bb, b, work, b, Store::assign);                                // Y Bb
+  gemm(a, b, a, bs.bat, a, work, b, x + chunk_origin(plan, c), plan.cols, Store::assign);   // Ba^T (.)
+}
+
+// Sparse inverse of one chunk: Y has the m nonzeros (pos[s], y[s]) with pos ascending; the block
+// of chunk c gets Ba^T Y Bb (assign) or loses it (subtract, error feedback). Only the rows u of Y
+// that hold a value are transformed: work[t, :] = Y[u_t, :] Bb, then block = Ba[u_., :]^T work.
+// work: [a, b] scratch, at: [a, a] scratch.
+void sparse_inverse_chunk(const TensorPlan& plan, const Bases& bs, const std::int32_t* pos, const float* y,
+                          std::int64_t m, std::int64_t c, float* x, float* work, float* at,
+                          std::int32_t* rows, Store store) {
+  const std::int64_t a = plan.chunk_rows, b = plan.chunk_cols;
+  std::int64_t nu = 0, last_u = -1;
+  float* w = work;
+  for (std::int64_t s = 0; s < m; ++s) {
+    const std::int64_t u = pos[s] / b, v = pos[s] % b;
+    if (u != last_u) {
+      w = work + nu * b;
+      std::fill(w, w + b, 0.0f);
+      rows[nu++] = static_cast<std::int32_t>(u);
+      last_u = u;
     }
+    const float ys = y[s];
+    const float* brow = bs.bb + v * b;
+    for (std::int64_t j = 0; j < b; ++j) w[j] += ys * brow[j];
   }
-  // X[i, :] = sum_u Ba[u, i] * work[u, :]
-  float* block = x + chunk_origin(plan, c);
-  for (std::int64_t i = 0; i < a; ++i) {
-    float* row = block + i * plan.cols;
-    std::fill(row, row + b, 0.0f);
-    for (std::int64_t u = 0; u < a; ++u) {
-      const float w = ba[u * a + i];
-      const float* srow = work + u * b;
-      for (std::int64_t j = 0; j < b; ++j) row[j] += w * srow[j];
-    }
-  }
+  for (std::int64_t i = 0; i < a; ++i)
+    for (std::int64_t t = 0; t < nu; ++t) at[i * nu + t] = bs.ba[rows[t] * a + i];
+  gemm(a, b, nu, at, nu, work, b, x + chunk_origin(plan, c), plan.cols, store);
 }
 
 // Top-k of one chunk's coefficients [n]; idx/val [k] ascending by index. Each candidate is one
 // u64 key: high half |x|'s bit pattern + 1 (monotonic for non-negative floats; NaN gets 0 so it
 // ranks lowest), low half ~index (so on equal magnitude the lower index has the larger key).
-// Larger key = preferred, a strict total order, so the selected set is unique.
-void topk_chunk(const float* coeffs, std::int64_t n, std::int64_t k, std::int64_t* idx, float* val,
-                std::vector<std::uint64_t>& keys) {
-  keys.resize(static_cast<std::size_t>(n));
-  for (std::int64_t i = 0; i < n; ++i) {
-    const float m = std::fabs(coeffs[i]);
-    const std::uint64_t high = std::isnan(m) ? 0u : std::uint64_t{std::bit_cast<std::uint32_t>(m)} + 1u;
-    keys[static_cast<std::size_t>(i)] = (high << 32) | (0xffffffffu - static_cast<std::uint32_t>(i));
-  }
-  if (k < n) std::nth_element(keys.begin(), keys.begin() + (k - 1), keys.end(), std::greater<>());
-  for (std::int64_t s = 0; s < k; ++s)
-    idx[s] = 0xffffffffu - static_cast<std::uint32_t>(keys[static_cast<std::size_t>(s)] & 0xffffffffu);
-  std::sort(idx, idx + k);
-  for (std::int64_t s = 0; s < k; ++s) val[s] = coeffs[idx[s]];
+// Larger key = preferred, a strict total order, so the selected set is unique. One pass with a
+// min-heap of the k best keys so far; most candidates fail the cheap magnitude test at the root.
+inline std::uint64_t topk_key(float x, std::int64_t i) {
+  const float m = std::fabs(x);
+  const std::uint64_t high = std::isnan(m) ? 0u : std::uint64_t{std::bit_cast<std::uint32_t>(m)} + 1u;
+  return (high << 32) | (0xffffffffu - static_cast<std::uint32_t>(i));
 }
 
-// delta block of chunk c -= sum_s val[s] * (Ba[u_s, :]^T outer Bb[v_s, :]); the k products are
-// summed into work first, then subtracted once.
-void subtract_chunk(const TensorPlan& plan, const std::int64_t* idx, const float* val, std::int64_t c,
-                    float* delta, float* work) {
-  const std::int64_t a = plan.chunk_rows, b = plan.chunk_cols;
-  const float* ba = basis_for(a).forward.data();
-  const float* bb = basis_for(b).forward.data();
-  std::fill(work, work + a * b, 0.0f);
-  for (std::int64_t s = 0; s < plan.k; ++s) {
-    const std::int64_t u = idx[s] / b, v = idx[s] % b;
-    const float* brow = bb + v * b;
-    for (std::int64_t i = 0; i < a; ++i) {
-      const float w = val[s] * ba[u * a + i];
-      float* row = work + i * b;
-      for (std::int64_t j = 0; j < b; ++j) row[j] += w * brow[j];
+template <typename Index>
+void topk_chunk(const float* coeffs, std::int64_t n, std::int64_t k, Index* idx, float* val,
+                std::vector<std::uint64_t>& heap) {
+  heap.resize(static_cast<std::size_t>(k));
+  for (std::int64_t i = 0; i < k; ++i) heap[static_cast<std::size_t>(i)] = topk_key(coeffs[i], i);
+  std::make_heap(heap.begin(), heap.end(), std::greater<>());  // root = smallest kept key
+  for (std::int64_t i = k; i < n; ++i) {
+    const std::uint64_t key = topk_key(coeffs[i], i);
+    if (key > heap.front()) {
+      std::pop_heap(heap.begin(), heap.end(), std::greater<>());
+      heap.back() = key;
+      std::push_heap(heap.begin(), heap.end(), std::greater<>());
     }
   }
-  float* block = delta + chunk_origin(plan, c);
-  for (std::int64_t i = 0; i < a; ++i) {
-    float* row = block + i * plan.cols;
-    const float* wrow = work + i * b;
-    for (std::int64_t j = 0; j < b; ++j) row[j] -= wrow[j];
-  }
+  for (std::int64_t s = 0; s < k; ++s)
+    idx[s] = static_cast<Index>(0xffffffffu - static_cast<std::uint32_t>(heap[static_cast<std::size_t>(s)] & 0xffffffffu));
+  std::sort(idx, idx + k);
+  for (std::int64_t s = 0; s < k; ++s) val[s] = coeffs[idx[s]];
 }
 
 void write_index(DType type, std::uint8_t* dst, std::int64_t value) {
@@ -251,9 +306,10 @@ void dct_forward(const TensorPlan& plan, std::span<const float> x, std::span<flo
     std::copy(x.begin(), x.end(), coeffs.begin());
     return;
   }
+  const Bases bs = bases_for(plan);
   std::vector<float> work(static_cast<std::size_t>(plan.chunk_elems()));
   for (std::int64_t c = 0; c < plan.num_chunks(); ++c)
-    forward_chunk(plan, x.data(), c, coeffs.data() + c * plan.chunk_elems(), work.data());
+    forward_chunk(plan, bs, x.data(), c, coeffs.data() + c * plan.chunk_elems(), work.data());
 }
 
 void dct_inverse(const TensorPlan& plan, std::span<const float> coeffs, std::span<float> x) {
@@ -264,9 +320,10 @@ void dct_inverse(const TensorPlan& plan, std::span<const float> coeffs, std::spa
     std::copy(coeffs.begin(), coeffs.end(), x.begin());
     return;
   }
+  const Bases bs = bases_for(plan);
   std::vector<float> work(static_cast<std::size_t>(plan.chunk_elems()));
   for (std::int64_t c = 0; c < plan.num_chunks(); ++c)
-    inverse_chunk(plan, coeffs.data() + c * plan.chunk_elems(), c, x.data(), work.data());
+    inverse_chunk(plan, bs, coeffs.data() + c * plan.chunk_elems(), c, x.data(), work.data());
 }
 
 void topk_encode(const TensorPlan& plan, std::span<const float> coeffs, std::span<std::int64_t> idx,
@@ -291,9 +348,23 @@ void subtract_sparse_inverse(const TensorPlan& plan, std::span<const std::int64_
   check_size("subtract_sparse_inverse delta", delta.size(), static_cast<std::size_t>(plan.numel()));
   for (const std::int64_t i : idx)
     if (i < 0 || i >= plan.chunk_elems()) fail("DeMo: coefficient index {} outside chunk of {}", i, plan.chunk_elems());
+  const Bases bs = bases_for(plan);
+  const auto k = static_cast<std::size_t>(plan.k);
   std::vector<float> work(static_cast<std::size_t>(plan.chunk_elems()));
-  for (std::int64_t c = 0; c < plan.num_chunks(); ++c)
-    subtract_chunk(plan, idx.data() + c * plan.k, val.data() + c * plan.k, c, delta.data(), work.data());
+  std::vector<float> at(static_cast<std::size_t>(plan.chunk_rows * plan.chunk_rows)), y(k);
+  std::vector<std::int32_t> rows(static_cast<std::size_t>(plan.chunk_rows)), pos(k), order(k);
+  for (std::int64_t c = 0; c < plan.num_chunks(); ++c) {
+    const std::size_t first = static_cast<std::size_t>(c) * k;
+    std::iota(order.begin(), order.end(), 0);  // the sparse inverse wants ascending positions
+    std::stable_sort(order.begin(), order.end(),
+                     [&](std::int32_t l, std::int32_t r) { return idx[first + l] < idx[first + r]; });
+    for (std::size_t s = 0; s < k; ++s) {
+      pos[s] = static_cast<std::int32_t>(idx[first + order[s]]);
+      y[s] = val[first + order[s]];
+    }
+    sparse_inverse_chunk(plan, bs, pos.data(), y.data(), plan.k, c, delta.data(), work.data(), at.data(),
+                         rows.data(), Store::subtract);
+  }
 }
 
 void check_wire(const TensorPlan& plan, WireFormat wire) {
@@ -342,8 +413,10 @@ void unpack_tensor(const TensorPlan& plan, WireFormat wire, std::span<const std:
   for (std::size_t s = 0; s < sent; ++s) val[s] = read_value(wire.value, values + s * vb);
 }
 
-void decode_average(const TensorPlan& plan, WireFormat wire, std::span<const std::uint8_t> gathered,
-                    std::size_t block_bytes, std::size_t offset, int world_size, std::span<float> q) {
+namespace {
+
+void check_decode(const TensorPlan& plan, WireFormat wire, std::span<const std::uint8_t> gathered,
+                  std::size_t block_bytes, std::size_t offset, int world_size, std::span<float> q) {
   check_wire(plan, wire);
   if (world_size < 1) fail("DeMo: decode needs world_size >= 1, got {}", world_size);
   const std::size_t tensor_bytes = tensor_payload_bytes(plan, wire);
@@ -351,8 +424,68 @@ void decode_average(const TensorPlan& plan, WireFormat wire, std::span<const std
     fail("DeMo: tensor bytes [{}, {}) run past the block of {}", offset, offset + tensor_bytes, block_bytes);
   check_size("decode gathered bytes", gathered.size(), block_bytes * static_cast<std::size_t>(world_size));
   check_size("decode output", q.size(), static_cast<std::size_t>(plan.numel()));
+}
+
+// Step 7 of a sparse tensor, chunk by chunk: sums per position in rank order 0..K-1 over the
+// positions some rank chose (only those are touched), divided by their contributor count, then
+// the sparse inverse DCT over the touched positions in ascending order. Arguments checked.
+void decode_sparse(const TensorPlan& plan, WireFormat wire, std::span<const std::uint8_t> gathered,
+                   std::size_t block_bytes, std::size_t offset, int world_size, std::span<float> q,
+                   DecodeScratch& sc) {
   const std::size_t ib = dtype_bytes(wire.index), vb = dtype_bytes(wire.value);
   const std::int64_t n = plan.chunk_elems(), k = plan.k;
+  const auto kept = static_cast<std::size_t>(plan.coeffs_sent());
+  const Bases bs = bases_for(plan);
+  float* sum = sc.sum.data();
+  std::int32_t* count = sc.count.data();
+  std::int32_t* pos = sc.pos.data();
+  for (std::int64_t c = 0; c < plan.num_chunks(); ++c) {
+    std::int64_t m = 0;
+    for (int r = 0; r < world_size; ++r) {
+      const std::uint8_t* base = gathered.data() + static_cast<std::size_t>(r) * block_bytes + offset;
+      const std::uint8_t* indices = base + static_cast<std::size_t>(c * k) * ib;
+      const std::uint8_t* values = base + kept * ib + static_cast<std::size_t>(c * k) * vb;
+      for (std::int64_t s = 0; s < k; ++s) {
+        const std::int64_t p = read_index(wire.index, indices + s * ib);
+        if (p < 0 || p >= n) {
+          for (std::int64_t t = 0; t < m; ++t) sum[pos[t]] = 0.0f, count[pos[t]] = 0;  // keep the invariant
+          fail("DeMo: rank {} sent coefficient index {} outside chunk of {}", r, p, n);
+        }
+        if (count[p]++ == 0) pos[m++] = static_cast<std::int32_t>(p);
+        sum[p] += read_value(wire.value, values + s * vb);
+      }
+    }
+    std::sort(pos, pos + m);
+    for (std::int64_t t = 0; t < m; ++t) {
+      const std::int32_t p = pos[t];
+      sc.y[static_cast<std::size_t>(t)] = sum[p] / static_cast<float>(count[p]);
+      sum[p] = 0.0f;
+      count[p] = 0;
+    }
+    sparse_inverse_chunk(plan, bs, pos, sc.y.data(), m, c, q.data(), sc.work.data(), sc.at.data(),
+                         sc.rows.data(), Store::assign);
+  }
+}
+
+}  // namespace
+
+void DecodeScratch::reserve(std::int64_t chunk_elems, std::int64_t chunk_rows, std::int64_t touched) {
+  auto grow = [](auto& v, std::int64_t size) {
+    if (v.size() < static_cast<std::size_t>(size)) v.resize(static_cast<std::size_t>(size));
+  };
+  grow(sum, chunk_elems);
+  grow(count, chunk_elems);
+  grow(work, chunk_elems);
+  grow(pos, touched);
+  grow(y, touched);
+  grow(at, chunk_rows * chunk_rows);
+  grow(rows, chunk_rows);
+}
+
+void decode_average(const TensorPlan& plan, WireFormat wire, std::span<const std::uint8_t> gathered,
+                    std::size_t block_bytes, std::size_t offset, int world_size, std::span<float> q) {
+  check_decode(plan, wire, gathered, block_bytes, offset, world_size, q);
+  const std::size_t vb = dtype_bytes(wire.value);
   const auto kept = static_cast<std::size_t>(plan.coeffs_sent());
 
   if (plan.dense) {  // every rank contributes every position: plain mean in rank order
@@ -366,32 +499,15 @@ void decode_average(const TensorPlan& plan, WireFormat wire, std::span<const std
     return;
   }
 
-  std::vector<float> sum(static_cast<std::size_t>(n)), work(static_cast<std::size_t>(n));
-  std::vector<std::int32_t> contributors(static_cast<std::size_t>(n));
-  for (std::int64_t c = 0; c < plan.num_chunks(); ++c) {
-    std::fill(sum.begin(), sum.end(), 0.0f);
-    std::fill(contributors.begin(), contributors.end(), 0);
-    for (int r = 0; r < world_size; ++r) {
-      const std::uint8_t* base = gathered.data() + static_cast<std::size_t>(r) * block_bytes + offset;
-      const std::uint8_t* indices = base + static_cast<std::size_t>(c * k) * ib;
-      const std::uint8_t* values = base + kept * ib + static_cast<std::size_t>(c * k) * vb;
-      for (std::int64_t s = 0; s < k; ++s) {
-        const std::int64_t p = read_index(wire.index, indices + s * ib);
-        if (p < 0 || p >= n) fail("DeMo: rank {} sent coefficient index {} outside chunk of {}", r, p, n);
-        sum[static_cast<std::size_t>(p)] += read_value(wire.value, values + s * vb);
-        ++contributors[static_cast<std::size_t>(p)];
-      }
-    }
-    for (std::size_t p = 0; p < sum.size(); ++p)
-      sum[p] = contributors[p] > 0 ? sum[p] / static_cast<float>(contributors[p]) : 0.0f;
-    inverse_chunk(plan, sum.data(), c, q.data(), work.data());
-  }
+  DecodeScratch scratch;
+  scratch.reserve(plan.chunk_elems(), plan.chunk_rows, plan.k * world_size);
+  decode_sparse(plan, wire, gathered, block_bytes, offset, world_size, q, scratch);
 }
 
 Codec::Codec(const std::vector<std::vector<std::int64_t>>& shapes, std::int64_t chunk_target,
              std::int64_t topk, WireFormat wire)
     : wire_(wire) {
-  std::int64_t largest_chunk = 1;
+  std::int64_t largest_chunk = 1, largest_rows = 1, largest_k = 1;
   for (const auto& shape : shapes) {
     const TensorPlan plan = plan_tensor(shape, chunk_target, topk);
     check_wire(plan, wire);
@@ -399,12 +515,17 @@ Codec::Codec(const std::vector<std::vector<std::int64_t>>& shapes, std::int64_t 
     offsets_.push_back(block_bytes_);
     block_bytes_ += tensor_payload_bytes(plan, wire);
     coeffs_sent_ += plan.coeffs_sent();
-    if (!plan.dense) largest_chunk = std::max(largest_chunk, plan.chunk_elems());
+    if (!plan.dense) {
+      largest_chunk = std::max(largest_chunk, plan.chunk_elems());
+      largest_rows = std::max(largest_rows, plan.chunk_rows);
+      largest_k = std::max(largest_k, plan.k);
+    }
   }
   chunk_.resize(static_cast<std::size_t>(largest_chunk));
-  work_.resize(static_cast<std::size_t>(largest_chunk));
-  idx_.resize(static_cast<std::size_t>(largest_chunk));
-  val_.resize(static_cast<std::size_t>(largest_chunk));
+  idx_.resize(static_cast<std::size_t>(largest_k));
+  val_.resize(static_cast<std::size_t>(largest_k));
+  // Decode scratch for any world size up to what the first decode asks for (grown there once).
+  scratch_.reserve(largest_chunk, largest_rows, largest_k);
 }
 
 void Codec::encode(std::size_t t, std::span<float> delta, std::span<std::uint8_t> block) {
@@ -424,9 +545,10 @@ void Codec::encode(std::size_t t, std::span<float> delta, std::span<std::uint8_t
     return;
   }
 
+  const Bases bs = bases_for(p);
   for (std::int64_t c = 0; c < p.num_chunks(); ++c) {
-    forward_chunk(p, delta.data(), c, chunk_.data(), work_.data());
-    topk_chunk(chunk_.data(), p.chunk_elems(), p.k, idx_.data(), val_.data(), keys_);
+    forward_chunk(p, bs, delta.data(), c, chunk_.data(), scratch_.work.data());
+    topk_chunk(chunk_.data(), p.chunk_elems(), p.k, idx_.data(), val_.data(), heap_);
     std::uint8_t* indices = base + static_cast<std::size_t>(c * p.k) * ib;
     std::uint8_t* values = base + kept * ib + static_cast<std::size_t>(c * p.k) * vb;
     for (std::int64_t s = 0; s < p.k; ++s) {
@@ -436,13 +558,21 @@ void Codec::encode(std::size_t t, std::span<float> delta, std::span<std::uint8_t
     }
     // The chunk's forward transform read delta before this subtraction touches it (chunks are
     // disjoint blocks of delta), so encoding chunk by chunk equals transform-all-then-subtract.
-    subtract_chunk(p, idx_.data(), val_.data(), c, delta.data(), work_.data());
+    sparse_inverse_chunk(p, bs, idx_.data(), val_.data(), p.k, c, delta.data(), scratch_.work.data(),
+                         scratch_.at.data(), scratch_.rows.data(), Store::subtract);
   }
 }
 
 void Codec::decode(std::size_t t, std::span<const std::uint8_t> gathered, int world_size,
-                   std::span<float> q) const {
-  decode_average(plan(t), wire_, gathered, block_bytes_, offsets_.at(t), world_size, q);
+                   std::span<float> q) {
+  const TensorPlan& p = plan(t);
+  if (p.dense) {
+    decode_average(p, wire_, gathered, block_bytes_, offsets_.at(t), world_size, q);
+    return;
+  }
+  check_decode(p, wire_, gathered, block_bytes_, offsets_.at(t), world_size, q);
+  scratch_.reserve(p.chunk_elems(), p.chunk_rows, p.k * world_size);
+  decode_sparse(p, wire_, gathered, block_bytes_, offsets_.at(t), world_size, q, scratch_);
 }
 
 }  // namespace lowsync::sync::demo

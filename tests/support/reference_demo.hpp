@@ -90,6 +90,60 @@ inline std::vector<double> demo_idct(const DemoView& v, const std::vector<double
   return x;
 }
 
+// The same two transforms, separably (rows then columns of each chunk) with the weights of
+// dct_weight tabulated once per call: O(a*b*(a+b)) per chunk instead of O((a*b)^2), so the
+// reference can step a whole model. Same formula, fp64, still independent of src/.
+inline std::vector<double> dct_table(std::int64_t size) {  // [k, n] = dct_weight(size, k, n)
+  std::vector<double> w(static_cast<std::size_t>(size * size));
+  for (std::int64_t k = 0; k < size; ++k)
+    for (std::int64_t n = 0; n < size; ++n) w[static_cast<std::size_t>(k * size + n)] = dct_weight(size, k, n);
+  return w;
+}
+
+inline std::vector<double> demo_dct_separable(const DemoView& v, const std::vector<double>& x) {
+  const std::vector<double> wa = dct_table(v.a), wb = dct_table(v.b);
+  std::vector<double> out(static_cast<std::size_t>(v.numel()), 0.0), t(static_cast<std::size_t>(v.a * v.b));
+  for (std::int64_t br = 0; br < v.rows / v.a; ++br)
+    for (std::int64_t bc = 0; bc < v.cols / v.b; ++bc) {
+      for (std::int64_t i = 0; i < v.a; ++i)  // t[i, w] = sum_j x[i, j] W_b[w, j]
+        for (std::int64_t w = 0; w < v.b; ++w) {
+          double s = 0.0;
+          for (std::int64_t j = 0; j < v.b; ++j)
+            s += x[static_cast<std::size_t>((br * v.a + i) * v.cols + bc * v.b + j)] * wb[w * v.b + j];
+          t[static_cast<std::size_t>(i * v.b + w)] = s;
+        }
+      for (std::int64_t u = 0; u < v.a; ++u)  // out[u, w] = sum_i W_a[u, i] t[i, w]
+        for (std::int64_t w = 0; w < v.b; ++w) {
+          double s = 0.0;
+          for (std::int64_t i = 0; i < v.a; ++i) s += wa[u * v.a + i] * t[static_cast<std::size_t>(i * v.b + w)];
+          out[static_cast<std::size_t>(coeff_index(v, br, bc, u, w))] = s;
+        }
+    }
+  return out;
+}
+
+inline std::vector<double> demo_idct_separable(const DemoView& v, const std::vector<double>& coeffs) {
+  const std::vector<double> wa = dct_table(v.a), wb = dct_table(v.b);
+  std::vector<double> x(static_cast<std::size_t>(v.numel()), 0.0), t(static_cast<std::size_t>(v.a * v.b));
+  for (std::int64_t br = 0; br < v.rows / v.a; ++br)
+    for (std::int64_t bc = 0; bc < v.cols / v.b; ++bc) {
+      for (std::int64_t u = 0; u < v.a; ++u)  // t[u, j] = sum_w C[u, w] W_b[w, j]
+        for (std::int64_t j = 0; j < v.b; ++j) {
+          double s = 0.0;
+          for (std::int64_t w = 0; w < v.b; ++w)
+            s += coeffs[static_cast<std::size_t>(coeff_index(v, br, bc, u, w))] * wb[w * v.b + j];
+          t[static_cast<std::size_t>(u * v.b + j)] = s;
+        }
+      for (std::int64_t i = 0; i < v.a; ++i)  // x[i, j] = sum_u W_a[u, i] t[u, j]
+        for (std::int64_t j = 0; j < v.b; ++j) {
+          double s = 0.0;
+          for (std::int64_t u = 0; u < v.a; ++u) s += wa[u * v.a + i] * t[static_cast<std::size_t>(u * v.b + j)];
+          x[static_cast<std::size_t>((br * v.a + i) * v.cols + bc * v.b + j)] = s;
+        }
+    }
+  return x;
+}
+
 // Positions of the k largest |chunk[p]|, ties to the lower position, returned ascending.
 template <class T>
 std::vector<std::int64_t> topk_positions(const T* chunk, std::int64_t n, std::int64_t k) {
@@ -128,12 +182,21 @@ struct DemoTensor {
 };
 
 // One DeMo step for K simulated ranks (fp32 wire: values are exact). params: the shared
-// replica, updated in place; deltas[r] and grads[r]: rank r's flat buffers.
+// replica, updated in place; deltas[r] and grads[r]: rank r's flat buffers. separable picks the
+// tabulated separable transforms (whole models); q_out, when given, receives Q (flat).
 inline void demo_step(const std::vector<DemoTensor>& tensors, std::vector<double>& params,
                       std::vector<std::vector<double>>& deltas,
                       const std::vector<std::vector<double>>& grads, double lr, double weight_decay,
-                      double beta, std::int64_t target, std::int64_t topk) {
+                      double beta, std::int64_t target, std::int64_t topk, bool separable = false,
+                      std::vector<double>* q_out = nullptr) {
   const std::size_t world = deltas.size();
+  auto dct = [&](const DemoView& v, const std::vector<double>& x) {
+    return separable ? demo_dct_separable(v, x) : demo_dct(v, x);
+  };
+  auto idct = [&](const DemoView& v, const std::vector<double>& c) {
+    return separable ? demo_idct_separable(v, c) : demo_idct(v, c);
+  };
+  if (q_out) q_out->assign(params.size(), 0.0);
   for (const DemoTensor& t : tensors) {
     const DemoView v = demo_view(t.shape, target, topk);
     const auto n = static_cast<std::size_t>(v.numel());
@@ -157,7 +220,7 @@ inline void demo_step(const std::vector<DemoTensor>& tensors, std::vector<double
       std::vector<std::vector<std::int64_t>> positions(world);
       std::vector<std::vector<double>> values(world);
       for (std::size_t r = 0; r < world; ++r) {
-        const std::vector<double> coeffs = demo_dct(v, local[r]);  // 4
+        const std::vector<double> coeffs = dct(v, local[r]);  // 4
         std::vector<double> sparse(n, 0.0);
         for (std::int64_t c = 0; c < v.numel() / chunk; ++c) {
           const double* base = coeffs.data() + c * chunk;
@@ -167,11 +230,12 @@ inline void demo_step(const std::vector<DemoTensor>& tensors, std::vector<double
             sparse[static_cast<std::size_t>(c * chunk + p)] = base[p];
           }
         }
-        const std::vector<double> sent = demo_idct(v, sparse);  // 5
+        const std::vector<double> sent = idct(v, sparse);  // 5
         for (std::size_t i = 0; i < n; ++i) deltas[r][t.offset + i] -= sent[i];
       }
-      q = demo_idct(v, average_contributors(v, positions, values));  // 6, 7
+      q = idct(v, average_contributors(v, positions, values));  // 6, 7
     }
+    if (q_out) std::copy(q.begin(), q.end(), q_out->begin() + static_cast<std::ptrdiff_t>(t.offset));
     for (std::size_t i = 0; i < n; ++i)
       params[t.offset + i] -= lr * static_cast<double>((q[i] > 0.0) - (q[i] < 0.0));  // 8
   }

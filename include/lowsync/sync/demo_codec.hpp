@@ -94,8 +94,23 @@ void unpack_tensor(const TensorPlan& plan, WireFormat wire, std::span<const std:
 void decode_average(const TensorPlan& plan, WireFormat wire, std::span<const std::uint8_t> gathered,
                     std::size_t block_bytes, std::size_t offset, int world_size, std::span<float> q);
 
+// Scratch of the sparse decode and of the error feedback, kept so that a step allocates nothing.
+// sum and count are all zero between chunks (each chunk resets the positions it touched).
+struct DecodeScratch {
+  std::vector<float> sum;           // [chunk elems] per-position sums of the ranks' values
+  std::vector<std::int32_t> count;  // [chunk elems] contributors per position
+  std::vector<std::int32_t> pos;    // [K*k] positions touched in the chunk, then sorted
+  std::vector<float> y;             // [K*k] their averages
+  std::vector<float> work;          // [chunk elems] transform intermediate
+  std::vector<float> at;            // [a*a] rows of the basis the sparse inverse needs
+  std::vector<std::int32_t> rows;   // [a] which rows of Y hold a value
+  // Grows (never shrinks) every buffer to the given sizes.
+  void reserve(std::int64_t chunk_elems, std::int64_t chunk_rows, std::int64_t touched);
+};
+
 // All tensors of one step: the plans, where each tensor sits in a rank's block, and the
-// per-chunk encode (steps 4-5) and decode (step 7). Scratch is a few chunks, held here.
+// per-chunk encode (steps 4-5) and decode (step 7). Scratch is a few chunks, held here, so a
+// Codec is not safe to share between threads.
 class Codec {
  public:
   // shapes: one per tensor, in the order the block lays them out.
@@ -115,7 +130,7 @@ class Codec {
   void encode(std::size_t t, std::span<float> delta, std::span<std::uint8_t> block);
   // Step 7 for tensor t over world_size gathered blocks; q: [numel] in tensor layout.
   void decode(std::size_t t, std::span<const std::uint8_t> gathered, int world_size,
-              std::span<float> q) const;
+              std::span<float> q);
 
  private:
   std::vector<TensorPlan> plans_;
@@ -124,10 +139,10 @@ class Codec {
   std::size_t block_bytes_ = 0;
   std::int64_t coeffs_sent_ = 0;
   std::vector<float> chunk_;            // one chunk's coefficients
-  std::vector<float> work_;             // transform intermediate
-  std::vector<std::int64_t> idx_;       // one chunk's kept indices
+  std::vector<std::int32_t> idx_;       // one chunk's kept indices
   std::vector<float> val_;              // one chunk's kept values
-  std::vector<std::uint64_t> keys_;     // top-k selection scratch
+  std::vector<std::uint64_t> heap_;     // top-k selection scratch
+  DecodeScratch scratch_;
 };
 
 }  // namespace lowsync::sync::demo

@@ -90,11 +90,21 @@ struct Evaluator {
   }
 };
 
+// Precision combinations (ALGORITHMS.md "How these combine"). The wire format's own rules (which
+// strategies it applies to) are checked by the strategy factory.
+void validate_precision(const config::Config& cfg) {
+  const std::string& compute = cfg.string("precision.compute");
+  // mu = 1e-4 is far below the E4M3 spacing (relative 2^-3): the perturbation would vanish.
+  if (compute == "fp8" && cfg.string("optim.name") == "zo")
+    fail("precision.compute = \"fp8\" with optim.name = \"zo\": the ZO perturbation vanishes under E4M3 "
+         "weight quantization (ALGORITHMS.md \"How these combine\"); use fp32 or bf16 compute for ZO");
+}
+
 // Keys declared in the schema for features that are not built yet: refuse rather than ignore.
 void reject_unimplemented(const config::Config& cfg) {
   auto refuse = [](const std::string& what) { fail("{} is not implemented in this version of lowsync", what); };
-  if (cfg.string("precision.compute") != "fp32") refuse("precision.compute = \"" + cfg.string("precision.compute") + "\"");
-  if (cfg.string("precision.wire") != "fp32") refuse("precision.wire = \"" + cfg.string("precision.wire") + "\"");
+  const std::string& compute = cfg.string("precision.compute");
+  if (compute == "bf16" || compute == "fp16") refuse("precision.compute = \"" + compute + "\"");
   if (cfg.string("prune.method") != "none") refuse("prune.method = \"" + cfg.string("prune.method") + "\"");
   if (cfg.string("optim.name") == "zo") refuse("optim.name = \"zo\"");
   if (cfg.integer("checkpoint.every") > 0 || cfg.real("checkpoint.every_seconds") > 0.0) refuse("checkpointing");
@@ -105,6 +115,7 @@ void reject_unimplemented(const config::Config& cfg) {
 
 TrainResult train(const config::Config& cfg, comm::Communicator& comm, const std::filesystem::path& out_dir) {
   cfg.validate();
+  validate_precision(cfg);
   reject_unimplemented(cfg);
   const int rank = comm.rank(), world = comm.size();
   const Timer wall;
@@ -134,7 +145,7 @@ TrainResult train(const config::Config& cfg, comm::Communicator& comm, const std
   }
   data::Loader loader(fm.train, std::move(parts[rank]), batch, seed, rank);
 
-  model::Model model(cfg.string("model.arch"), batch, seed);
+  model::Model model(cfg.string("model.arch"), batch, seed, model::parse_compute(cfg.string("precision.compute")));
   model.set_eval_batch(static_cast<int>(cfg.integer("eval.batch")));
   auto optimizer = optim::make_optimizer(cfg, model.num_params());
   auto strategy = sync::make_strategy(cfg);

@@ -45,7 +45,14 @@ const layers::Shape kInputShape{1, 28, 28};
 
 }  // namespace
 
-Model::Model(const std::string& arch, int batch, std::uint64_t seed) : arch_(arch), batch_(batch) {
+Compute parse_compute(const std::string& name) {
+  if (name == "fp32") return Compute::fp32;
+  if (name == "fp8") return Compute::fp8;
+  fail("precision.compute = '{}' is not a model compute mode (fp32|fp8)", name);
+}
+
+Model::Model(const std::string& arch, int batch, std::uint64_t seed, Compute compute)
+    : arch_(arch), batch_(batch), compute_(compute) {
   if (batch < 1) fail("train.batch must be >= 1, got {}", batch);
   layers_ = build_layers(arch);
   std::size_t offset = 0;
@@ -63,6 +70,7 @@ Model::Model(const std::string& arch, int batch, std::uint64_t seed) : arch_(arc
   }
   params_ = memory::TrackedBuffer<float>("model.params", offset);
   grads_ = memory::TrackedBuffer<float>("model.grads", offset);
+  if (compute_ == Compute::fp8) params_fp8_ = memory::TrackedBuffer<float>("model.params_fp8", offset);
   initialize(seed);
   plan_for(batch_);
 }
@@ -109,13 +117,29 @@ Model::Plan& Model::plan_for(int batch) {
   for (std::size_t i = 0; i < layers_.size(); ++i)
     if (layers_[i]->aliases_input()) plan->diffs[i + 1] = plan->diffs[i];
   std::size_t info = 0;
+  layers::Shape in_shape = kInputShape;
   for (const auto& layer : layers_) {
     std::vector<float*> ps, gs;
+    const std::size_t first = info;
     for (std::size_t k = 0; k < layer->param_specs().size(); ++k, ++info) {
       ps.push_back(params_.data() + infos_[info].offset);
       gs.push_back(grads_.data() + infos_[info].offset);
     }
-    plan->layer_plans.push_back(layer->make_plan(batch, exec_, ps, gs));
+    if (compute_ == Compute::fp8 && !ps.empty()) {
+      // The primitive reads the fake-quantized weight (param 0); the bias stays fp32.
+      const ParamInfo& w = infos_[first];
+      ps[0] = params_fp8_.data() + w.offset;
+      auto inner = layer->make_plan(batch, exec_, ps, gs);
+      const auto n = static_cast<std::size_t>(batch);
+      plan->layer_plans.push_back(layers::make_fp8_plan(
+          std::move(inner), n * static_cast<std::size_t>(layers::shape_size(in_shape)),
+          n * static_cast<std::size_t>(layers::shape_size(layer->output_shape())),
+          {{params_.data() + w.offset, w.count}, {params_fp8_.data() + w.offset, w.count},
+           {grads_.data() + w.offset, w.count}}));
+    } else {
+      plan->layer_plans.push_back(layer->make_plan(batch, exec_, ps, gs));
+    }
+    in_shape = layer->output_shape();
   }
   plans_.push_back(std::move(plan));
   return *plans_.back();

@@ -30,10 +30,16 @@ struct EvalResult {
   std::int64_t samples = 0;
 };
 
+// precision.compute modes the model runs. fp8: fake quantization (layers::make_fp8_plan) of
+// weights and GEMM/conv inputs (E4M3) and output gradients (E5M2); params() stay the fp32 master.
+enum class Compute : std::uint8_t { fp32, fp8 };
+Compute parse_compute(const std::string& name);  // fp32 | fp8, else lowsync::Error
+
 class Model {
  public:
   // arch = "mlp" | "cnn"; batch = training batch per rank (primitives are built for it once).
-  Model(const std::string& arch, int batch, std::uint64_t seed);
+  Model(const std::string& arch, int batch, std::uint64_t seed, Compute compute = Compute::fp32);
+  Compute compute() const { return compute_; }
   ~Model();
   Model(const Model&) = delete;
   Model& operator=(const Model&) = delete;
@@ -77,6 +83,8 @@ class Model {
   std::vector<ParamInfo> infos_;
   memory::TrackedBuffer<float> params_;
   memory::TrackedBuffer<float> grads_;
+  Compute compute_ = Compute::fp32;
+  memory::TrackedBuffer<float> params_fp8_;  // [d] fp8: fake-quantized weights (bias slots unused)
   layers::Executor exec_;
   std::vector<std::unique_ptr<Plan>> plans_;
   int eval_batch_ = 1000;

@@ -55,6 +55,8 @@ def main():
     ap.add_argument("--slack", type=float, default=2.0, help="step multiplier of the low-precision wire runs")
     ap.add_argument("--out", default=os.path.join(ROOT, "runs", "precision-" + time.strftime("%Y%m%d-%H%M%S")))
     ap.add_argument("--only", choices=["compute", "wire"], default=None)
+    ap.add_argument("--computes", default="fp32,bf16,fp16,fp8")
+    ap.add_argument("--wires", default="fp32,bf16,fp8_e4m3", help="fp32 first: it sets the target")
     ap.add_argument("--lowsync", default=os.path.join(ROOT, "build", "bin", "lowsync"))
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
@@ -63,7 +65,7 @@ def main():
 
     if a.only in (None, "compute"):
         rows = []
-        for compute in ["fp32", "bf16", "fp16", "fp8"]:
+        for compute in a.computes.split(","):
             out = os.path.join(a.out, f"compute-{compute}")
             s = run(a.lowsync, a.ranks, out,
                     common + ["sync.strategy=allreduce", f"precision.compute={compute}", f"train.steps={a.steps}",
@@ -93,7 +95,7 @@ def main():
         md.append("|---|---|---|---|---|---|---|---|")
         for name, sets in strategies.items():
             base = None
-            for wire in ["fp32", "bf16", "fp8_e4m3"]:
+            for wire in a.wires.split(","):
                 steps = a.steps if wire == "fp32" else int(a.steps * a.slack)
                 out = os.path.join(a.out, f"{name}-{wire}")
                 s = run(a.lowsync, a.ranks, out,

@@ -100,11 +100,28 @@ void validate_precision(const config::Config& cfg) {
          "weight quantization (ALGORITHMS.md \"How these combine\"); use fp32 or bf16 compute for ZO");
 }
 
+// Bytes of parameters + gradients + optimizer state: as stored by this build ("stored": float
+// buffers, plus the fake-quantized weight copy for fp8) and as a native implementation of the
+// compute dtype holds them ("in_compute_dtype": 2 bytes per value for bf16/fp16; fp8 keeps fp32
+// shadow weights, gradients and state, plus 1 byte per weight).
+Json state_bytes_json(model::Model& model, optim::Optimizer& optimizer) {
+  const auto d = static_cast<std::int64_t>(model.num_params());
+  std::int64_t state = 0;
+  for (const auto& s : optimizer.state()) state += static_cast<std::int64_t>(s.data.size());
+  const std::int64_t values = 2 * d + state;
+  std::int64_t stored = 4 * values, native = 4 * values;
+  if (model.compute() == model::Compute::fp8) {
+    stored += 4 * d;
+    native += d;
+  } else if (model::is_16bit(model.compute())) {
+    native = 2 * values;
+  }
+  return {{"values", values}, {"stored", stored}, {"in_compute_dtype", native}};
+}
+
 // Keys declared in the schema for features that are not built yet: refuse rather than ignore.
 void reject_unimplemented(const config::Config& cfg) {
   auto refuse = [](const std::string& what) { fail("{} is not implemented in this version of lowsync", what); };
-  const std::string& compute = cfg.string("precision.compute");
-  if (compute == "bf16" || compute == "fp16") refuse("precision.compute = \"" + compute + "\"");
   if (cfg.string("prune.method") != "none") refuse("prune.method = \"" + cfg.string("prune.method") + "\"");
   if (cfg.string("optim.name") == "zo") refuse("optim.name = \"zo\"");
   if (cfg.integer("checkpoint.every") > 0 || cfg.real("checkpoint.every_seconds") > 0.0) refuse("checkpointing");
@@ -182,12 +199,14 @@ TrainResult train(const config::Config& cfg, comm::Communicator& comm, const std
     double step_compute = compute_timer.seconds();
     ctx.local_loss = loss;
     strategy->after_backward(ctx);
+    model.round_to_compute(model.grads());  // 16-bit compute: the fp32 mean is stored in 16 bits
     if (!strategy->owns_update()) {
       const Timer t;
       optimizer->step(model.params(), model.grads());
       step_compute += t.seconds();
     }
     strategy->after_update(ctx);
+    model.round_to_compute(model.params());
     const double step_s = step_timer.seconds();
     compute_s += step_compute;
     train_s += step_s;
@@ -202,6 +221,12 @@ TrainResult train(const config::Config& cfg, comm::Communicator& comm, const std
 
     const bool eval_now = step == steps || (eval_every > 0 && step % eval_every == 0);
     if (step % log_every != 0 && !eval_now) continue;
+    // Standalone 16-bit has no loss scaling or master copy to fall back on: an overflow to inf
+    // in the weights stops the run at the next logged step (ALGORITHMS.md §3 "Edge cases").
+    if (model::is_16bit(model.compute())) {
+      const auto w = model.params();
+      nonfinite = nonfinite || !std::all_of(w.begin(), w.end(), [](float v) { return std::isfinite(v); });
+    }
 
     // One "obs" allreduce: loss sum, non-finite flag, bytes (for the rank mean).
     const auto total = comm.ledger().total();
@@ -209,7 +234,8 @@ TrainResult train(const config::Config& cfg, comm::Communicator& comm, const std
                      static_cast<double>(total.wire_bytes), static_cast<double>(total.payload_bytes), total.seconds};
     comm.allreduce(std::span<double>(obs, 5), comm::ReduceOp::sum, "obs.metrics");
     if (obs[1] > 0.0)
-      fail("non-finite training loss at step {} on {} rank(s) (lower optim.lr?)", step, static_cast<int>(obs[1]));
+      fail("non-finite training loss or weights at step {} on {} rank(s) (precision.compute = {}; lower optim.lr?)",
+           step, static_cast<int>(obs[1]), cfg.string("precision.compute"));
     last_loss = obs[0] / world;
     std::optional<double> test_loss, test_acc;
     if (eval_now) {
@@ -289,6 +315,7 @@ TrainResult train(const config::Config& cfg, comm::Communicator& comm, const std
       {"calls_by_collective", by_collective},
       {"syncs", strategy->syncs()},
       {"peak_rss_bytes", maxima[0]},
+      {"param_grad_optim_bytes", state_bytes_json(model, *optimizer)},
       {"train_state_bytes", maxima[1]},
       {"forward_flops_per_sample", model.forward_flops_per_sample()},
       {"label_histograms", histograms},

@@ -91,6 +91,12 @@ struct Fp8Tensors {
 std::unique_ptr<LayerPlan> make_fp8_plan(std::unique_ptr<LayerPlan> inner, std::size_t input_size,
                                          std::size_t output_size, Fp8Tensors weight);
 
+// Emulated standalone 16-bit compute (precision.compute = bf16 | fp16): after the inner plan runs,
+// its output (forward), input gradient and parameter gradients (backward) are rounded to the
+// 16-bit grid in place. input_size / output_size: elements of x / y for the plan's batch.
+std::unique_ptr<LayerPlan> make_half_plan(std::unique_ptr<LayerPlan> inner, std::size_t input_size,
+                                          std::size_t output_size, bool bf16, std::vector<std::span<float>> grads);
+
 // Softmax cross-entropy over logits [N, C] and labels [N]: returns the mean loss; writes
 // dlogits = (softmax - onehot) / N when dlogits != nullptr. Log-sum-exp subtracts the row max.
 // Accuracy helper: number of rows whose argmax equals the label.

@@ -4,6 +4,7 @@
 #include "lowsync/core/rng.hpp"
 #include "lowsync/model/model.hpp"
 #include "lowsync/tensor/fp8.hpp"
+#include "lowsync/tensor/half.hpp"
 
 #include <gtest/gtest.h>
 
@@ -136,6 +137,41 @@ TEST(Fp8Compute, CnnTrainsAndKeepsMasterFp32) {
   }
   EXPECT_GT(num, 0.0);
   EXPECT_LT(std::sqrt(num / den), 0.3);
+}
+
+}  // namespace
+}  // namespace lowsync::model
+
+namespace lowsync::model {
+namespace {
+
+// Emulated standalone 16-bit compute: every stored value is on the 16-bit grid, and the loss and
+// gradients stay close to fp32 (the 16-bit rounding is the only difference).
+TEST(HalfCompute, ValuesStayOnTheSixteenBitGridAndNearFp32) {
+  for (Compute c : {Compute::bf16, Compute::fp16}) {
+    const bool bf16 = c == Compute::bf16;
+    auto on_grid = [&](float x) { return (bf16 ? tensor::bf16_round(x) : tensor::fp16_round(x)) == x; };
+    const int n = 8;
+    Model m("cnn", n, 4, c), m32("cnn", n, 4, Compute::fp32);
+    for (float w : m.params()) ASSERT_TRUE(on_grid(w));
+    // Same starting point for the comparison: the 16-bit model's (rounded) parameters.
+    std::copy(m.params().begin(), m.params().end(), m32.params().begin());
+    std::vector<float> images(n * 784);
+    std::vector<std::int32_t> labels(n);
+    for (std::size_t i = 0; i < images.size(); ++i) images[i] = uniform01(8, i);
+    for (int i = 0; i < n; ++i) labels[i] = (3 * i) % 10;
+    const data::Batch batch{images.data(), labels.data(), n};
+    const float l16 = m.forward_backward(batch), l32 = m32.forward_backward(batch);
+    for (float g : m.grads()) ASSERT_TRUE(on_grid(g));
+    EXPECT_NEAR(l16, l32, (bf16 ? 2e-2 : 2e-3) * std::fabs(l32));
+    double num = 0.0, den = 0.0;
+    for (std::size_t i = 0; i < m.num_params(); ++i) {
+      num += std::pow(m.grads()[i] - m32.grads()[i], 2);
+      den += std::pow(m32.grads()[i], 2);
+    }
+    EXPECT_GT(num, 0.0);
+    EXPECT_LT(std::sqrt(num / den), bf16 ? 0.1 : 0.02);
+  }
 }
 
 }  // namespace

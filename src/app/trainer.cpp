@@ -96,11 +96,38 @@ struct Evaluator {
   }
 };
 
+// Precision combinations (ALGORITHMS.md "How these combine"). The wire format's own rules (which
+// strategies it applies to) are checked by the strategy factory.
+void validate_precision(const config::Config& cfg) {
+  const std::string& compute = cfg.string("precision.compute");
+  // mu = 1e-4 is far below the E4M3 spacing (relative 2^-3): the perturbation would vanish.
+  if (compute == "fp8" && cfg.string("optim.name") == "zo")
+    fail("precision.compute = \"fp8\" with optim.name = \"zo\": the ZO perturbation vanishes under E4M3 "
+         "weight quantization (ALGORITHMS.md \"How these combine\"); use fp32 or bf16 compute for ZO");
+}
+
+// Bytes of parameters + gradients + optimizer state: as stored by this build ("stored": float
+// buffers, plus the fake-quantized weight copy for fp8) and as a native implementation of the
+// compute dtype holds them ("in_compute_dtype": 2 bytes per value for bf16/fp16; fp8 keeps fp32
+// shadow weights, gradients and state, plus 1 byte per weight).
+Json state_bytes_json(model::Model& model, optim::Optimizer& optimizer) {
+  const auto d = static_cast<std::int64_t>(model.num_params());
+  std::int64_t state = 0;
+  for (const auto& s : optimizer.state()) state += static_cast<std::int64_t>(s.data.size());
+  const std::int64_t values = 2 * d + state;
+  std::int64_t stored = 4 * values, native = 4 * values;
+  if (model.compute() == model::Compute::fp8) {
+    stored += 4 * d;
+    native += d;
+  } else if (model::is_16bit(model.compute())) {
+    native = 2 * values;
+  }
+  return {{"values", values}, {"stored", stored}, {"in_compute_dtype", native}};
+}
+
 // Keys declared in the schema for features that are not built yet: refuse rather than ignore.
 void reject_unimplemented(const config::Config& cfg) {
   auto refuse = [](const std::string& what) { fail("{} is not implemented in this version of lowsync", what); };
-  if (cfg.string("precision.compute") != "fp32") refuse("precision.compute = \"" + cfg.string("precision.compute") + "\"");
-  if (cfg.string("precision.wire") != "fp32") refuse("precision.wire = \"" + cfg.string("precision.wire") + "\"");
   if (cfg.string("prune.method") != "none") refuse("prune.method = \"" + cfg.string("prune.method") + "\"");
   if (cfg.string("optim.name") == "zo") refuse("optim.name = \"zo\"");
 }
@@ -153,6 +180,7 @@ enum Control : std::size_t { kStopSignal, kTimeLimit, kCheckpointDue, kNonfinite
 TrainResult train(const config::Config& cfg, comm::Communicator& comm, const std::filesystem::path& out_dir,
                   const std::optional<std::filesystem::path>& resume) {
   cfg.validate();
+  validate_precision(cfg);
   reject_unimplemented(cfg);
   const int rank = comm.rank(), world = comm.size();
   const Timer wall;  // this segment of the run
@@ -189,7 +217,7 @@ TrainResult train(const config::Config& cfg, comm::Communicator& comm, const std
   }
   data::Loader loader(fm.train, std::move(parts[rank]), batch, seed, rank);
 
-  model::Model model(cfg.string("model.arch"), batch, seed);
+  model::Model model(cfg.string("model.arch"), batch, seed, model::parse_compute(cfg.string("precision.compute")));
   model.set_eval_batch(static_cast<int>(cfg.integer("eval.batch")));
   auto optimizer = optim::make_optimizer(cfg, model.num_params());
   auto strategy = sync::make_strategy(cfg);
@@ -256,12 +284,14 @@ TrainResult train(const config::Config& cfg, comm::Communicator& comm, const std
     }
     ctx.local_loss = loss;
     strategy->after_backward(ctx);
+    model.round_to_compute(model.grads());  // 16-bit compute: the fp32 mean is stored in 16 bits
     if (!strategy->owns_update()) {
       const Timer t;
       optimizer->step(model.params(), model.grads());
       step_compute += t.seconds();
     }
     strategy->after_update(ctx);
+    model.round_to_compute(model.params());
     loop.step = step;
     const double step_s = step_timer.seconds();
     loop.compute_s += step_compute;
@@ -280,13 +310,21 @@ TrainResult train(const config::Config& cfg, comm::Communicator& comm, const std
     control[kTimeLimit] = max_seconds > 0.0 && wall.seconds() >= max_seconds ? 1 : 0;
     control[kCheckpointDue] = (ckpt_every > 0 && step % ckpt_every == 0) ||
                               (ckpt_every_s > 0.0 && wall.seconds() - last_saved_s >= ckpt_every_s);
-    control[kNonfiniteLoss] = std::isfinite(loss) ? 0 : 1;
+    bool nonfinite = !std::isfinite(loss);
+    // Standalone 16-bit has no loss scaling or master copy to fall back on: an overflow to inf
+    // in the weights stops the run (ALGORITHMS.md §3 "Edge cases").
+    if (!nonfinite && model::is_16bit(model.compute())) {
+      const auto w = model.params();
+      nonfinite = !std::all_of(w.begin(), w.end(), [](float v) { return std::isfinite(v); });
+    }
+    control[kNonfiniteLoss] = nonfinite ? 1 : 0;
     comm.allreduce(std::span<std::int32_t>(control, kControlCount), comm::ReduceOp::max, "obs.control");
     if (control[kNonfiniteLoss] != 0) {
       const auto bad = first_nonfinite_tensor(model, comm);
-      fail("non-finite training loss at step {}{} (lower optim.lr?); last good checkpoint kept in {}", step,
+      fail("non-finite training loss or weights at step {}{} (precision.compute = {}; lower optim.lr?); last good checkpoint kept in {}",
+           step,
            bad >= 0 ? fmt::format(", non-finite parameters in tensor '{}'", model.param_infos()[static_cast<std::size_t>(bad)].name) : "",
-           checkpointing ? ckpt_dir.string() : "(checkpointing off)");
+           cfg.string("precision.compute"), checkpointing ? ckpt_dir.string() : "(checkpointing off)");
     }
 
     const bool eval_now = step == steps || (eval_every > 0 && step % eval_every == 0);
@@ -401,6 +439,7 @@ TrainResult train(const config::Config& cfg, comm::Communicator& comm, const std
       {"calls_by_collective", by_collective},
       {"syncs", strategy->syncs()},
       {"peak_rss_bytes", maxima[0]},
+      {"param_grad_optim_bytes", state_bytes_json(model, *optimizer)},
       {"train_state_bytes", maxima[1]},
       {"forward_flops_per_sample", model.forward_flops_per_sample()},
       {"label_histograms", histograms},

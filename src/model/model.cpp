@@ -4,6 +4,7 @@
 
 #include "lowsync/core/error.hpp"
 #include "lowsync/core/rng.hpp"
+#include "lowsync/tensor/half.hpp"
 
 #include <cmath>
 
@@ -15,6 +16,7 @@ struct Model::Plan {
   std::vector<memory::TrackedBuffer<float>> owned;  // activation and gradient storage
   std::vector<float*> acts;   // acts[i] = input of layer i, acts.back() = logits
   std::vector<float*> diffs;  // diffs[i] = d loss / d acts[i]
+  memory::TrackedBuffer<float> input16;  // [N, 1, 28, 28] 16-bit compute: the rounded batch
 };
 
 namespace {
@@ -45,7 +47,20 @@ const layers::Shape kInputShape{1, 28, 28};
 
 }  // namespace
 
-Model::Model(const std::string& arch, int batch, std::uint64_t seed) : arch_(arch), batch_(batch) {
+Compute parse_compute(const std::string& name) {
+  if (name == "fp32") return Compute::fp32;
+  if (name == "fp8") return Compute::fp8;
+  if (name == "bf16") return Compute::bf16;
+  if (name == "fp16") return Compute::fp16;
+  fail("precision.compute = '{}' is not a model compute mode (fp32|fp8|bf16|fp16)", name);
+}
+
+void Model::round_to_compute(std::span<float> x) const {
+  if (is_16bit(compute_)) tensor::round_to_16bit(x, compute_ == Compute::bf16);
+}
+
+Model::Model(const std::string& arch, int batch, std::uint64_t seed, Compute compute)
+    : arch_(arch), batch_(batch), compute_(compute) {
   if (batch < 1) fail("train.batch must be >= 1, got {}", batch);
   layers_ = build_layers(arch);
   std::size_t offset = 0;
@@ -63,6 +78,7 @@ Model::Model(const std::string& arch, int batch, std::uint64_t seed) : arch_(arc
   }
   params_ = memory::TrackedBuffer<float>("model.params", offset);
   grads_ = memory::TrackedBuffer<float>("model.grads", offset);
+  if (compute_ == Compute::fp8) params_fp8_ = memory::TrackedBuffer<float>("model.params_fp8", offset);
   initialize(seed);
   plan_for(batch_);
 }
@@ -81,6 +97,7 @@ void Model::initialize(std::uint64_t seed) {
       for (std::size_t i = 0; i < p.count; ++i) w[i] = (2.0f * uniform01(key, i) - 1.0f) * bound;
     }
   }
+  round_to_compute(params_.span());
 }
 
 Model::Plan& Model::plan_for(int batch) {
@@ -109,38 +126,72 @@ Model::Plan& Model::plan_for(int batch) {
   for (std::size_t i = 0; i < layers_.size(); ++i)
     if (layers_[i]->aliases_input()) plan->diffs[i + 1] = plan->diffs[i];
   std::size_t info = 0;
+  layers::Shape in_shape = kInputShape;
   for (const auto& layer : layers_) {
     std::vector<float*> ps, gs;
+    const std::size_t first = info;
     for (std::size_t k = 0; k < layer->param_specs().size(); ++k, ++info) {
       ps.push_back(params_.data() + infos_[info].offset);
       gs.push_back(grads_.data() + infos_[info].offset);
     }
-    plan->layer_plans.push_back(layer->make_plan(batch, exec_, ps, gs));
+    if (compute_ == Compute::fp8 && !ps.empty()) {
+      // The primitive reads the fake-quantized weight (param 0); the bias stays fp32.
+      const ParamInfo& w = infos_[first];
+      ps[0] = params_fp8_.data() + w.offset;
+      auto inner = layer->make_plan(batch, exec_, ps, gs);
+      const auto n = static_cast<std::size_t>(batch);
+      plan->layer_plans.push_back(layers::make_fp8_plan(
+          std::move(inner), n * static_cast<std::size_t>(layers::shape_size(in_shape)),
+          n * static_cast<std::size_t>(layers::shape_size(layer->output_shape())),
+          {{params_.data() + w.offset, w.count}, {params_fp8_.data() + w.offset, w.count},
+           {grads_.data() + w.offset, w.count}}));
+    } else if (is_16bit(compute_) && !layer->aliases_input()) {
+      std::vector<std::span<float>> grad_spans;
+      for (std::size_t k = first; k < info; ++k) grad_spans.push_back({grads_.data() + infos_[k].offset, infos_[k].count});
+      const auto n = static_cast<std::size_t>(batch);
+      plan->layer_plans.push_back(layers::make_half_plan(
+          layer->make_plan(batch, exec_, ps, gs), n * static_cast<std::size_t>(layers::shape_size(in_shape)),
+          n * static_cast<std::size_t>(layers::shape_size(layer->output_shape())), compute_ == Compute::bf16,
+          std::move(grad_spans)));
+    } else {
+      plan->layer_plans.push_back(layer->make_plan(batch, exec_, ps, gs));
+    }
+    in_shape = layer->output_shape();
   }
+  if (is_16bit(compute_))
+    plan->input16 = memory::TrackedBuffer<float>("model.input16", static_cast<std::size_t>(batch) * layers::shape_size(kInputShape));
   plans_.push_back(std::move(plan));
   return *plans_.back();
 }
 
-float Model::run_forward(Plan& plan, const data::Batch& batch, bool training) {
+const float* Model::run_forward(Plan& plan, const data::Batch& batch, bool training) {
   LOWSYNC_ASSERT(batch.size == plan.batch, "batch of {} on a plan for {}", batch.size, plan.batch);
   const float* x = batch.images;
+  if (is_16bit(compute_)) {  // inputs are cast to 16 bits (ALGORITHMS.md §3)
+    std::copy(batch.images, batch.images + plan.input16.size(), plan.input16.data());
+    round_to_compute(plan.input16.span());
+    x = plan.input16.data();
+  }
+  const float* input = x;
   for (std::size_t i = 0; i < layers_.size(); ++i) {
     float* y = layers_[i]->aliases_input() ? const_cast<float*>(x) : plan.acts[i + 1];
     plan.layer_plans[i]->forward(x, y, training);
     x = y;
   }
-  return 0.0f;
+  return input;
 }
 
 float Model::forward_backward(const data::Batch& batch) {
   Plan& plan = plan_for(batch.size);
-  run_forward(plan, batch, true);
+  const float* input = run_forward(plan, batch, true);
   const std::size_t n = layers_.size();
   // Resolve the aliases of this call (the first layers may alias the caller's images).
   std::vector<const float*> ins(n + 1);
-  ins[0] = batch.images;
+  ins[0] = input;
   for (std::size_t i = 0; i < n; ++i) ins[i + 1] = layers_[i]->aliases_input() ? ins[i] : plan.acts[i + 1];
   const float loss = layers::softmax_cross_entropy(ins[n], batch.labels, batch.size, kClasses, plan.diffs[n]);
+  if (is_16bit(compute_))
+    round_to_compute({plan.diffs[n], static_cast<std::size_t>(batch.size) * kClasses});
   for (std::size_t i = n; i-- > 0;) {
     if (layers_[i]->aliases_input()) continue;
     float* dx = i == 0 ? nullptr : plan.diffs[i];
@@ -154,8 +205,8 @@ float Model::forward_backward(const data::Batch& batch) {
 
 float Model::forward_loss(const data::Batch& batch) {
   Plan& plan = plan_for(batch.size);
-  run_forward(plan, batch, false);
-  const float* logits = plan.acts.back() != nullptr ? plan.acts.back() : batch.images;
+  const float* input = run_forward(plan, batch, false);
+  const float* logits = plan.acts.back() != nullptr ? plan.acts.back() : input;
   return layers::softmax_cross_entropy(logits, batch.labels, batch.size, kClasses, nullptr);
 }
 

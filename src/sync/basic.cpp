@@ -24,19 +24,36 @@ void average_in_place(comm::Communicator& comm, std::span<float> data, std::stri
   for (float& x : data) x *= inv;
 }
 
+std::vector<std::size_t> tensor_counts(const model::Model& model) {
+  std::vector<std::size_t> counts;
+  for (const auto& p : model.param_infos()) counts.push_back(p.count);
+  return counts;
+}
+
+void AllreduceStrategy::on_start(StepContext& ctx) {
+  Strategy::on_start(ctx);
+  counts_ = tensor_counts(ctx.model);
+}
+
 void AllreduceStrategy::after_backward(StepContext& ctx) {
-  average_in_place(ctx.comm, ctx.model.grads(), "grad");
+  average_via_wire(ctx.comm, ctx.model.grads(), counts_, wire_, seed_, ctx.step, "grad");
   ++syncs_;
 }
 
-PeriodicStrategy::PeriodicStrategy(std::int64_t period, bool average_optimizer_state)
-    : period_(period), average_optimizer_state_(average_optimizer_state) {
+PeriodicStrategy::PeriodicStrategy(std::int64_t period, bool average_optimizer_state, WireFormat wire,
+                                   std::uint64_t seed)
+    : period_(period), average_optimizer_state_(average_optimizer_state), server_(wire, seed) {
   if (period < 1) fail("sync.period must be >= 1, got {}", period);
+}
+
+void PeriodicStrategy::on_start(StepContext& ctx) {
+  Strategy::on_start(ctx);
+  server_.begin(ctx.comm, ctx.model.params(), tensor_counts(ctx.model));
 }
 
 void PeriodicStrategy::after_update(StepContext& ctx) {
   if (ctx.step % period_ != 0) return;
-  average_in_place(ctx.comm, ctx.model.params(), "model");
+  server_.average(ctx.comm, ctx.model.params(), ctx.step, "model");
   if (average_optimizer_state_)
     for (auto& s : ctx.optimizer.state()) average_in_place(ctx.comm, s.data, "optim_state");
   ++syncs_;

@@ -8,10 +8,18 @@ namespace lowsync::sync {
 
 std::unique_ptr<Strategy> make_strategy(const config::Config& cfg) {
   const std::string& name = cfg.string("sync.strategy");
+  const WireFormat wire = parse_wire_format(cfg.string("precision.wire"));
+  // ALGORITHMS.md "How these combine": the wire format applies to gradients (allreduce) and
+  // models (periodic, fda). DeMo has its own value format (optim.demo.value); none sends nothing.
+  if (wire != WireFormat::fp32 && (name == "none" || name == "demo"))
+    fail("precision.wire = '{}' does not apply to sync.strategy = '{}' (use allreduce, periodic or fda{})",
+         wire_format_name(wire), name, name == "demo" ? "; DeMo's values: optim.demo.value" : "");
   if (name == "none") return std::make_unique<NoneStrategy>();
-  if (name == "allreduce") return std::make_unique<AllreduceStrategy>();
+  const auto seed = static_cast<std::uint64_t>(cfg.integer("train.seed"));
+  if (name == "allreduce") return std::make_unique<AllreduceStrategy>(wire, seed);
   if (name == "periodic")
-    return std::make_unique<PeriodicStrategy>(cfg.integer("sync.period"), cfg.boolean("sync.average_optimizer_state"));
+    return std::make_unique<PeriodicStrategy>(cfg.integer("sync.period"), cfg.boolean("sync.average_optimizer_state"),
+                                              wire, seed);
   if (name == "fda") return std::make_unique<FdaStrategy>(cfg);
   if (name == "demo") return std::make_unique<DemoStrategy>(cfg);
   fail("sync.strategy = '{}' is not available in this build", name);

@@ -30,6 +30,7 @@ FdaOptions fda_options_from_config(const config::Config& cfg) {
   o.threshold_per_param = cfg.real("sync.fda.threshold_per_param");
   o.seed = static_cast<std::uint64_t>(cfg.integer("train.seed"));
   o.average_optimizer_state = cfg.boolean("sync.average_optimizer_state");
+  o.wire = parse_wire_format(cfg.string("precision.wire"));
   return o;
 }
 
@@ -65,10 +66,12 @@ void FdaStrategy::begin(std::span<const float> params) {
   last_estimate_ = 0.0;
   last_synced_ = false;
   started_ = true;
+  server_started_ = false;
 }
 
 void FdaStrategy::on_start(StepContext& ctx) {
   Strategy::on_start(ctx);
+  counts_ = tensor_counts(ctx.model);
   begin(ctx.model.params());
 }
 
@@ -90,7 +93,12 @@ bool FdaStrategy::step(comm::Communicator& comm, std::int64_t step, std::span<fl
   last_synced_ = decision != 0;
   if (!last_synced_) return false;
 
-  average_in_place(comm, params, "model");
+  if (!server_started_) {
+    server_ = ServerAverager(options_.wire, options_.seed);
+    server_.begin(comm, w0_.span(), counts_);
+    server_started_ = true;
+  }
+  server_.average(comm, params, step, "model");
   if (options_.average_optimizer_state && optimizer != nullptr)
     for (auto& s : optimizer->state()) average_in_place(comm, s.data, "optim_state");
   // Only a non-finite state can make the average non-finite (short of fp32 overflow); the

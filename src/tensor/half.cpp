@@ -52,4 +52,14 @@ void fp16_decode(std::span<const Fp16Bits> h, std::span<float> out) {
                        KOKKOS_LAMBDA(const std::int64_t i) { dst[i] = fp16_decode(in[i]); });
 }
 
+void round_to_16bit(std::span<float> x, bool bf16) {
+  float* p = x.data();
+  if (bf16)
+    Kokkos::parallel_for("lowsync::bf16_round", SerialRange(0, static_cast<std::int64_t>(x.size())),
+                         KOKKOS_LAMBDA(const std::int64_t i) { p[i] = bf16_round(p[i]); });
+  else
+    Kokkos::parallel_for("lowsync::fp16_round", SerialRange(0, static_cast<std::int64_t>(x.size())),
+                         KOKKOS_LAMBDA(const std::int64_t i) { p[i] = fp16_round(p[i]); });
+}
+
 }  // namespace lowsync::tensor

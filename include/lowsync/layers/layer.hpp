@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -76,6 +77,25 @@ std::unique_ptr<Layer> make_conv2d(Shape input, std::int64_t out_channels, std::
 std::unique_ptr<Layer> make_maxpool2d(Shape input, std::int64_t window);
 std::unique_ptr<Layer> make_relu(Shape shape);
 std::unique_ptr<Layer> make_flatten(Shape input);
+
+// FP8 compute (precision.compute = fp8, ALGORITHMS.md §1): wraps the plan of a GEMM/conv layer
+// whose weight pointer is `quantized`. Forward: quantized = fake_quant_E4M3(master); the input is
+// fake-quantized to E4M3 (kept for backward); the inner plan runs on both. Backward: dy is
+// fake-quantized to E5M2, the inner plan writes grads (into `grad` for the weight), then the
+// straight-through estimator zeroes the weight and input gradients where the forward clamped.
+struct Fp8Tensors {
+  std::span<const float> master;  // [weights] fp32 shadow weights (the model's flat parameters)
+  std::span<float> quantized;     // [weights] what the primitive reads
+  std::span<float> grad;          // [weights] gradient of the weight
+};
+std::unique_ptr<LayerPlan> make_fp8_plan(std::unique_ptr<LayerPlan> inner, std::size_t input_size,
+                                         std::size_t output_size, Fp8Tensors weight);
+
+// Emulated standalone 16-bit compute (precision.compute = bf16 | fp16): after the inner plan runs,
+// its output (forward), input gradient and parameter gradients (backward) are rounded to the
+// 16-bit grid in place. input_size / output_size: elements of x / y for the plan's batch.
+std::unique_ptr<LayerPlan> make_half_plan(std::unique_ptr<LayerPlan> inner, std::size_t input_size,
+                                          std::size_t output_size, bool bf16, std::vector<std::span<float>> grads);
 
 // Softmax cross-entropy over logits [N, C] and labels [N]: returns the mean loss; writes
 // dlogits = (softmax - onehot) / N when dlogits != nullptr. Log-sum-exp subtracts the row max.

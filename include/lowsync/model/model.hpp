@@ -30,10 +30,22 @@ struct EvalResult {
   std::int64_t samples = 0;
 };
 
+// precision.compute modes the model runs. fp8: fake quantization (layers::make_fp8_plan) of
+// weights and GEMM/conv inputs (E4M3) and output gradients (E5M2); params() stay the fp32 master.
+// bf16, fp16: standalone 16-bit numerics, emulated: parameters, activations and gradients are
+// rounded to the 16-bit grid at every store (layers::make_half_plan), storage stays float.
+enum class Compute : std::uint8_t { fp32, fp8, bf16, fp16 };
+Compute parse_compute(const std::string& name);  // fp32 | fp8 | bf16 | fp16, else lowsync::Error
+constexpr bool is_16bit(Compute c) { return c == Compute::bf16 || c == Compute::fp16; }
+
 class Model {
  public:
   // arch = "mlp" | "cnn"; batch = training batch per rank (primitives are built for it once).
-  Model(const std::string& arch, int batch, std::uint64_t seed);
+  Model(const std::string& arch, int batch, std::uint64_t seed, Compute compute = Compute::fp32);
+  Compute compute() const { return compute_; }
+  // 16-bit compute: round a buffer (parameters after an update or an average) to the 16-bit grid;
+  // no-op otherwise.
+  void round_to_compute(std::span<float> x) const;
   ~Model();
   Model(const Model&) = delete;
   Model& operator=(const Model&) = delete;
@@ -69,7 +81,8 @@ class Model {
   struct Plan;  // layer buffers and primitives for one batch size
   Plan& plan_for(int batch);
   std::vector<tensor::Tensor> views_of(const memory::TrackedBuffer<float>& flat) const;
-  float run_forward(Plan& plan, const data::Batch& batch, bool keep_for_backward);
+  // Returns the input the first layer read (the batch, or its 16-bit rounded copy).
+  const float* run_forward(Plan& plan, const data::Batch& batch, bool keep_for_backward);
 
   std::string arch_;
   int batch_ = 0;
@@ -77,6 +90,8 @@ class Model {
   std::vector<ParamInfo> infos_;
   memory::TrackedBuffer<float> params_;
   memory::TrackedBuffer<float> grads_;
+  Compute compute_ = Compute::fp32;
+  memory::TrackedBuffer<float> params_fp8_;  // [d] fp8: fake-quantized weights (bias slots unused)
   layers::Executor exec_;
   std::vector<std::unique_ptr<Plan>> plans_;
   int eval_batch_ = 1000;

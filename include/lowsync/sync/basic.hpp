@@ -2,33 +2,47 @@
 #pragma once
 
 #include "lowsync/sync/strategy.hpp"
+#include "lowsync/sync/wire.hpp"
 
 namespace lowsync::sync {
 
 // data = mean over ranks of data (sum allreduce, then scale).
 void average_in_place(comm::Communicator& comm, std::span<float> data, std::string_view traffic);
 
+// Elements per parameter tensor of the model (the per-tensor scales of fp8 wire formats).
+std::vector<std::size_t> tensor_counts(const model::Model& model);
+
 class NoneStrategy final : public Strategy {
  public:
   std::string_view name() const override { return "none"; }
 };
 
+// precision.wire != fp32: gradients travel encoded (allgather), summed in fp32 (sync/wire.hpp).
 class AllreduceStrategy final : public Strategy {
  public:
+  explicit AllreduceStrategy(WireFormat wire = WireFormat::fp32, std::uint64_t seed = 1) : wire_(wire), seed_(seed) {}
   std::string_view name() const override { return "allreduce"; }
+  void on_start(StepContext& ctx) override;
   void after_backward(StepContext& ctx) override;
   std::int64_t syncs() const override { return syncs_; }
   std::vector<StateCounter> state_counters() const override { return {{"syncs", syncs_}}; }
   void restore_counters(std::span<const StateCounter> c) override { syncs_ = find_counter(c, "syncs"); }
 
  private:
+  WireFormat wire_;
+  std::uint64_t seed_;
+  std::vector<std::size_t> counts_;
   std::int64_t syncs_ = 0;
 };
 
 class PeriodicStrategy final : public Strategy {
  public:
-  PeriodicStrategy(std::int64_t period, bool average_optimizer_state);
+  // precision.wire != fp32: the model travels through the fp32 server model (ServerAverager);
+  // optimizer state, when averaged, stays fp32.
+  PeriodicStrategy(std::int64_t period, bool average_optimizer_state, WireFormat wire = WireFormat::fp32,
+                   std::uint64_t seed = 1);
   std::string_view name() const override { return "periodic"; }
+  void on_start(StepContext& ctx) override;
   void after_update(StepContext& ctx) override;
   std::int64_t syncs() const override { return syncs_; }
   std::vector<StateCounter> state_counters() const override { return {{"syncs", syncs_}}; }
@@ -38,6 +52,7 @@ class PeriodicStrategy final : public Strategy {
  private:
   std::int64_t period_;
   bool average_optimizer_state_;
+  ServerAverager server_;
   std::int64_t syncs_ = 0;
 };
 

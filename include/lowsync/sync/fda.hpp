@@ -6,6 +6,7 @@
 #include "lowsync/core/memory.hpp"
 #include "lowsync/sync/fda_estimators.hpp"
 #include "lowsync/sync/strategy.hpp"
+#include "lowsync/sync/wire.hpp"
 
 #include <cstdint>
 #include <optional>
@@ -22,6 +23,7 @@ struct FdaOptions {
   double threshold_per_param = 3.9e-5; // sync.fda.threshold_per_param: Theta = c * num_params
   std::uint64_t seed = 1;              // train.seed: sketch hashes and the Gaussian xi
   bool average_optimizer_state = false;  // sync.average_optimizer_state
+  WireFormat wire = WireFormat::fp32;    // precision.wire: a sync goes through the fp32 server model
 };
 
 // Reads the sync.fda.* keys, train.seed and sync.average_optimizer_state; throws naming a key.
@@ -82,6 +84,11 @@ class FdaStrategy final : public Strategy {
   double last_estimate_ = 0.0;
   bool last_synced_ = false;
   bool started_ = false;
+  // precision.wire != fp32: syncs go through the fp32 server model (sync/wire.hpp); w0 is then
+  // the decoded broadcast every rank holds. Started at the first sync from w0.
+  ServerAverager server_;
+  std::vector<std::size_t> counts_;  // elements per parameter tensor (empty: one tensor)
+  bool server_started_ = false;
 };
 
 }  // namespace lowsync::sync

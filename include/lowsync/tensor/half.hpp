@@ -83,5 +83,7 @@ void bf16_encode(std::span<const float> x, std::span<Bf16Bits> out);    // [n] -
 void bf16_decode(std::span<const Bf16Bits> h, std::span<float> out);    // [n] -> [n]
 void fp16_encode(std::span<const float> x, std::span<Fp16Bits> out);    // [n] -> [n]
 void fp16_decode(std::span<const Fp16Bits> h, std::span<float> out);    // [n] -> [n]
+// x[i] = bf16_round(x[i]) (bf16) or fp16_round(x[i]): 16-bit storage emulated in float buffers.
+void round_to_16bit(std::span<float> x, bool bf16);                     // [n] in place
 
 }  // namespace lowsync::tensor

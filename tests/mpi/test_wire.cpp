@@ -1,0 +1,178 @@
+// ranks: 1 2 4
+// Wire formats (sync/wire.hpp): an fp8/bf16-wire average equals the fp32 average of the decoded
+// uploads exactly (fp32 accumulation in rank order, rebuilt here from each rank's data, which is
+// a pure function of its rank); excluded non-finite uploads; the fp32 server model round against
+// an independent reference; the ledger counts the real encoded bytes.
+#include "support/training.hpp"
+
+#include "lowsync/comm/communicator.hpp"
+#include "lowsync/core/error.hpp"
+#include "lowsync/core/rng.hpp"
+#include "lowsync/sync/wire.hpp"
+#include "lowsync/tensor/fp8.hpp"
+#include "lowsync/tensor/half.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+namespace lowsync::sync {
+namespace {
+
+using testing::world_rank;
+using testing::world_size;
+
+const std::vector<std::size_t> kCounts = {300, 17, 1000, 1};
+
+// Rank r's data: tensors of different magnitudes so per-tensor scales matter.
+std::vector<float> rank_data(int r, std::uint64_t salt = 0) {
+  std::vector<float> x;
+  const float magnitudes[] = {0.05f, 3.0f, 1e-3f, 20.0f};
+  for (std::size_t t = 0; t < kCounts.size(); ++t)
+    for (std::size_t i = 0; i < kCounts[t]; ++i)
+      x.push_back(magnitudes[t] * normal01(stream_key({77, salt, static_cast<std::uint64_t>(r), t}), i));
+  return x;
+}
+
+bool bitwise_equal(std::span<const float> a, std::span<const float> b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size_bytes()) == 0;
+}
+
+std::uint64_t wire_bytes_of(const comm::Communicator& comm, std::string_view traffic) {
+  std::uint64_t b = 0;
+  for (const auto& [key, e] : comm.ledger().entries())
+    if (key.second == traffic) b += e.wire_bytes;
+  return b;
+}
+
+// The decoded fp8 SR upload of rank r, by the tensor API directly (not through wire_encode).
+std::vector<float> fp8_upload(const std::vector<float>& x, tensor::Fp8Format f, std::uint64_t seed,
+                              std::int64_t round, int r) {
+  std::vector<float> out(x.size());
+  std::size_t off = 0;
+  for (std::size_t t = 0; t < kCounts.size(); ++t) {
+    std::span<const float> xt(x.data() + off, kCounts[t]);
+    std::vector<std::uint8_t> q(kCounts[t]);
+    const float s = tensor::quantize(xt, q, f, tensor::Rounding::stochastic,
+                                     stream_key({seed, static_cast<std::uint64_t>(round), static_cast<std::uint64_t>(r), t}));
+    tensor::dequantize(q, s, f, {out.data() + off, kCounts[t]});
+    off += kCounts[t];
+  }
+  return out;
+}
+
+TEST(Wire, Fp8AllgatherAverageEqualsFp32MeanOfDecodedUploads) {
+  for (auto [format, f] : {std::pair{WireFormat::fp8_e4m3, tensor::Fp8Format::e4m3},
+                           std::pair{WireFormat::fp8_e5m2, tensor::Fp8Format::e5m2}}) {
+    comm::Communicator comm(MPI_COMM_WORLD, {false, 60.0});
+    const int K = world_size();
+    std::vector<float> data = rank_data(world_rank());
+    const int excluded = average_via_wire(comm, data, kCounts, format, 5, 9, "grad");
+    EXPECT_EQ(excluded, 0);
+    std::vector<float> expect(data.size(), 0.0f);
+    for (int r = 0; r < K; ++r) {
+      const auto up = fp8_upload(rank_data(r), f, 5, 9, r);
+      for (std::size_t i = 0; i < up.size(); ++i) expect[i] += up[i];
+    }
+    for (float& v : expect) v *= 1.0f / static_cast<float>(K);
+    EXPECT_TRUE(bitwise_equal(data, expect)) << wire_format_name(format);
+    // One allgather of d codes + 4 bytes per tensor scale.
+    const std::uint64_t d = 1318, T = kCounts.size();
+    EXPECT_EQ(wire_bytes_of(comm, "grad"), static_cast<std::uint64_t>(K - 1) * (d + 4 * T));
+  }
+}
+
+TEST(Wire, SixteenBitAverageEqualsFp32MeanOfRoundedUploads) {
+  for (WireFormat format : {WireFormat::bf16, WireFormat::fp16}) {
+    comm::Communicator comm(MPI_COMM_WORLD, {false, 60.0});
+    const int K = world_size();
+    std::vector<float> data = rank_data(world_rank());
+    average_via_wire(comm, data, kCounts, format, 5, 1, "grad");
+    std::vector<float> expect(data.size(), 0.0f);
+    for (int r = 0; r < K; ++r) {
+      const auto x = rank_data(r);
+      for (std::size_t i = 0; i < x.size(); ++i)
+        expect[i] += format == WireFormat::bf16 ? tensor::bf16_round(x[i]) : tensor::fp16_round(x[i]);
+    }
+    for (float& v : expect) v *= 1.0f / static_cast<float>(K);
+    EXPECT_TRUE(bitwise_equal(data, expect)) << wire_format_name(format);
+    EXPECT_EQ(wire_bytes_of(comm, "grad"), static_cast<std::uint64_t>(K - 1) * 2 * 1318);
+  }
+}
+
+TEST(Wire, NonFiniteUploadIsExcludedEverywhere) {
+  comm::Communicator comm(MPI_COMM_WORLD, {false, 60.0});
+  const int K = world_size();
+  std::vector<float> data = rank_data(world_rank());
+  if (world_rank() == K - 1) data[5] = NAN;
+  if (K == 1) {
+    EXPECT_THROW(average_via_wire(comm, data, kCounts, WireFormat::fp8_e4m3, 5, 2, "grad"), Error);
+    return;
+  }
+  EXPECT_EQ(average_via_wire(comm, data, kCounts, WireFormat::fp8_e4m3, 5, 2, "grad"), 1);
+  std::vector<float> expect(data.size(), 0.0f);
+  for (int r = 0; r < K - 1; ++r) {
+    const auto up = fp8_upload(rank_data(r), tensor::Fp8Format::e4m3, 5, 2, r);
+    for (std::size_t i = 0; i < up.size(); ++i) expect[i] += up[i];
+  }
+  for (float& v : expect) v *= 1.0f / static_cast<float>(K - 1);
+  EXPECT_TRUE(bitwise_equal(data, expect));
+}
+
+// Reference of one server round (fp8): master += mean(decoded uploads) - B; broadcast =
+// nearest-even with the best_scale per tensor.
+void reference_round(std::vector<float>& master, std::vector<float>& broadcast, std::int64_t round,
+                     std::uint64_t salt) {
+  const int K = world_size();
+  std::vector<float> mean(master.size(), 0.0f);
+  for (int r = 0; r < K; ++r) {
+    const auto up = fp8_upload(rank_data(r, salt), tensor::Fp8Format::e4m3, 3, round, r);
+    for (std::size_t i = 0; i < up.size(); ++i) mean[i] += up[i];
+  }
+  const float inv = 1.0f / static_cast<float>(K);
+  for (std::size_t i = 0; i < master.size(); ++i) master[i] += mean[i] * inv - broadcast[i];
+  std::size_t off = 0;
+  for (std::size_t t = 0; t < kCounts.size(); ++t) {
+    std::span<const float> wt(master.data() + off, kCounts[t]);
+    const float s = tensor::best_scale(wt, tensor::Fp8Format::e4m3);
+    std::vector<std::uint8_t> q(kCounts[t]);
+    tensor::quantize_with_scale(wt, q, tensor::Fp8Format::e4m3, tensor::Rounding::nearest_even, 0, s);
+    tensor::dequantize(q, s, tensor::Fp8Format::e4m3, {broadcast.data() + off, kCounts[t]});
+    off += kCounts[t];
+  }
+}
+
+TEST(Wire, ServerRoundsMatchReferenceAndKeepTheFp32Master) {
+  comm::Communicator comm(MPI_COMM_WORLD, {false, 60.0});
+  const int K = world_size();
+  std::vector<float> start = rank_data(0, 100);  // identical replicas at the start
+  ServerAverager server(WireFormat::fp8_e4m3, 3);
+  server.begin(comm, start, kCounts);
+  std::vector<float> master = start, broadcast = start;
+  for (std::int64_t round = 1; round <= 2; ++round) {
+    std::vector<float> params = rank_data(world_rank(), round);  // local training moved them apart
+    server.average(comm, params, round, "model");
+    reference_round(master, broadcast, round, static_cast<std::uint64_t>(round));
+    EXPECT_TRUE(bitwise_equal(params, broadcast)) << "round " << round;
+    if (world_rank() == 0) {
+      EXPECT_TRUE(bitwise_equal(server.server_model(), master)) << "round " << round;
+      // The master is not its quantized copy: some element differs from the broadcast.
+      EXPECT_FALSE(bitwise_equal(server.server_model(), params));
+    }
+  }
+  // Per round: a gather of d + 4T (root sends nothing) and a broadcast of the same.
+  const std::uint64_t s = 1318 + 4 * kCounts.size();
+  const std::uint64_t gather = world_rank() == 0 || K == 1 ? 0 : s;
+  const std::uint64_t bcast = static_cast<std::uint64_t>(K - 1) * s / static_cast<std::uint64_t>(K);
+  EXPECT_EQ(wire_bytes_of(comm, "model"), 2 * (gather + bcast));
+}
+
+TEST(Wire, ParseRejectsUnknownFormat) {
+  EXPECT_EQ(parse_wire_format("fp8_e5m2"), WireFormat::fp8_e5m2);
+  EXPECT_THROW(parse_wire_format("int8"), Error);
+}
+
+}  // namespace
+}  // namespace lowsync::sync

@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""Precision comparison (issue 7 "What it must show"), one run per row on RANKS ranks.
+
+Table 1: compute precision (fp32 vs fp8 fake-quant; bf16/fp16 rows where the build has them) at
+equal steps with DDP allreduce: test accuracy, samples/s, peak RSS, training-state bytes.
+Table 2: periodic averaging and FDA with fp32 vs 8/16-bit wire: the fp32 run's final accuracy is
+the target; bytes per rank at the first evaluation reaching it (the low-precision runs get
+STEPS * SLACK steps so they can catch up), and the ratio to fp32.
+
+usage: tools/bench/precision.py [--ranks 4] [--steps 1000] [--arch mlp] [--out DIR] [--only compute|wire]
+Accuracy and bytes do not depend on machine load; samples/s does (noisy on a shared machine).
+"""
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def run(lowsync, ranks, out, sets, log):
+    cmd = [os.path.join(ROOT, "jobs/lib/launch.sh"), str(ranks), lowsync, "train"]
+    for kv in sets:
+        cmd += ["--set", kv]
+    cmd += ["--out", out]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    t = time.time()
+    with open(log, "w") as f:
+        rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+    if rc != 0:
+        print(f"precision.py: run failed ({rc}): see {log}", file=sys.stderr)
+        return None
+    s = json.load(open(os.path.join(out, "summary.json")))
+    s["_elapsed"] = time.time() - t
+    with open(os.path.join(out, "metrics.csv")) as f:
+        s["_rows"] = [r for r in csv.DictReader(f) if r["test_acc"] not in ("", None)]
+    return s
+
+
+def first_reach(summary, target):
+    for r in summary["_rows"]:
+        if float(r["test_acc"]) >= target:
+            return int(float(r["step"])), float(r["bytes_sent"])
+    return None, None
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ranks", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--arch", default="mlp")
+    ap.add_argument("--slack", type=float, default=2.0, help="step multiplier of the low-precision wire runs")
+    ap.add_argument("--out", default=os.path.join(ROOT, "runs", "precision-" + time.strftime("%Y%m%d-%H%M%S")))
+    ap.add_argument("--only", choices=["compute", "wire"], default=None)
+    ap.add_argument("--computes", default="fp32,bf16,fp16,fp8")
+    ap.add_argument("--wires", default="fp32,bf16,fp8_e4m3", help="fp32 first: it sets the target")
+    ap.add_argument("--lowsync", default=os.path.join(ROOT, "build", "bin", "lowsync"))
+    a = ap.parse_args()
+    os.makedirs(a.out, exist_ok=True)
+    common = [f"model.arch={a.arch}", "optim.name=sgd", "optim.lr=0.05", "log.every=50", "log.progress=off"]
+    md = []
+
+    if a.only in (None, "compute"):
+        rows = []
+        for compute in a.computes.split(","):
+            out = os.path.join(a.out, f"compute-{compute}")
+            s = run(a.lowsync, a.ranks, out,
+                    common + ["sync.strategy=allreduce", f"precision.compute={compute}", f"train.steps={a.steps}",
+                              f"eval.every={a.steps}"], out + ".log")
+            rows.append((compute, s))
+        base = rows[0][1]
+        md.append(f"### Compute precision ({a.arch}, {a.ranks} ranks, allreduce, {a.steps} steps)\n")
+        md.append("| compute | test acc | vs fp32 (points) | samples/s | peak RSS MB | training-state MB |")
+        md.append("|---|---|---|---|---|---|")
+        for compute, s in rows:
+            if s is None:
+                md.append(f"| {compute} | not available in this build | | | | |")
+                continue
+            d = 100 * (s["final_test_accuracy"] - base["final_test_accuracy"]) if base else float("nan")
+            md.append(f"| {compute} | {s['final_test_accuracy']:.4f} | {d:+.2f} | {s['samples_per_s']:.0f} | "
+                      f"{s['peak_rss_bytes'] / 1e6:.1f} | {s['train_state_bytes'] / 1e6:.2f} |")
+        md.append("")
+
+    if a.only in (None, "wire"):
+        strategies = {
+            "periodic": ["sync.strategy=periodic", "sync.period=10"],
+            "fda": ["sync.strategy=fda", "sync.fda.estimator=linear"],
+        }
+        md.append(f"### Wire format ({a.arch}, {a.ranks} ranks; target = the fp32 run's final accuracy at "
+                  f"{a.steps} steps; others run up to {int(a.steps * a.slack)} steps)\n")
+        md.append("| strategy | wire | final acc | target | step reached | MB/rank to target | fp32/this bytes | syncs |")
+        md.append("|---|---|---|---|---|---|---|---|")
+        for name, sets in strategies.items():
+            base = None
+            for wire in a.wires.split(","):
+                steps = a.steps if wire == "fp32" else int(a.steps * a.slack)
+                out = os.path.join(a.out, f"{name}-{wire}")
+                s = run(a.lowsync, a.ranks, out,
+                        common + sets + [f"precision.wire={wire}", f"train.steps={steps}", "eval.every=50"],
+                        out + ".log")
+                if s is None:
+                    md.append(f"| {name} | {wire} | failed | | | | | |")
+                    continue
+                if wire == "fp32":
+                    base = s
+                    target = s["final_test_accuracy"]
+                step, b = first_reach(s, target)
+                if wire == "fp32":
+                    base_bytes = b
+                ratio = f"{base_bytes / b:.2f}x" if b else "not reached"
+                md.append(f"| {name} | {wire} | {s['final_test_accuracy']:.4f} | {target:.4f} | {step or '-'} | "
+                          f"{(b or 0) / 1e6:.2f} | {ratio} | {s['syncs']} |")
+        md.append("")
+
+    text = "\n".join(md)
+    open(os.path.join(a.out, "precision.md"), "w").write(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

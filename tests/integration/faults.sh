@@ -31,7 +31,7 @@ check "hang: message names collective and step" 'grep -q "did not complete withi
   --set checkpoint.every=2 --out "$tmp/nan" >"$tmp/nan.log" 2>&1
 code=$?
 check "NaN: exits with status 2 (got $code)" '[ $code -eq 2 ]'
-check "NaN: error names the step" 'grep -Eq "non-finite (training loss|parameters in tensor .*) at step [0-9]+" "$tmp/nan.log"'
+check "NaN: error names the step" 'grep -Eq "non-finite (training loss( or weights)?|parameters in tensor .*) at step [0-9]+" "$tmp/nan.log"'
 latest=$(ls "$tmp"/nan/checkpoints/ckpt-*.h5 2>/dev/null | tail -1)
 check "NaN: last good checkpoint kept and valid" '[ -n "$latest" ] && "$lowsync" inspect "$latest" >/dev/null 2>&1'
 

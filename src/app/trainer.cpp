@@ -5,6 +5,8 @@
 // the same step. Evaluation uses the average of the replicas (the global model), split over ranks.
 #include "lowsync/app/trainer.hpp"
 
+#include "lowsync/app/zo_trainer.hpp"
+
 #include "lowsync/comm/netmodel.hpp"
 #include "lowsync/core/error.hpp"
 #include "lowsync/core/log.hpp"
@@ -93,10 +95,12 @@ struct Evaluator {
 // Keys declared in the schema for features that are not built yet: refuse rather than ignore.
 void reject_unimplemented(const config::Config& cfg) {
   auto refuse = [](const std::string& what) { fail("{} is not implemented in this version of lowsync", what); };
+  if (cfg.string("optim.name") == "zo" && cfg.string("precision.compute") == "fp8")
+    fail("optim.name = \"zo\" cannot run with precision.compute = \"fp8\": loss differences of mu-sized perturbations vanish below fp8 resolution");
   if (cfg.string("precision.compute") != "fp32") refuse("precision.compute = \"" + cfg.string("precision.compute") + "\"");
   if (cfg.string("precision.wire") != "fp32") refuse("precision.wire = \"" + cfg.string("precision.wire") + "\"");
-  if (cfg.string("prune.method") != "none") refuse("prune.method = \"" + cfg.string("prune.method") + "\"");
-  if (cfg.string("optim.name") == "zo") refuse("optim.name = \"zo\"");
+  if (cfg.string("prune.method") != "none" && cfg.string("optim.name") != "zo")
+    refuse("prune.method = \"" + cfg.string("prune.method") + "\" with backprop (optim.name = \"zo\" only)");
   if (cfg.integer("checkpoint.every") > 0 || cfg.real("checkpoint.every_seconds") > 0.0) refuse("checkpointing");
   if (cfg.real("train.max_seconds") > 0.0) refuse("train.max_seconds");
 }
@@ -106,6 +110,7 @@ void reject_unimplemented(const config::Config& cfg) {
 TrainResult train(const config::Config& cfg, comm::Communicator& comm, const std::filesystem::path& out_dir) {
   cfg.validate();
   reject_unimplemented(cfg);
+  if (cfg.string("optim.name") == "zo") return train_zo(cfg, comm, out_dir);  // backprop-free path
   const int rank = comm.rank(), world = comm.size();
   const Timer wall;
   const std::int64_t steps = cfg.integer("train.steps");

@@ -7,6 +7,7 @@
 
 #include "lowsync/app/checkpointing.hpp"
 #include "lowsync/app/signals.hpp"
+#include "lowsync/app/zo_trainer.hpp"
 #include "lowsync/io/checkpoint_file.hpp"
 
 #include "lowsync/comm/netmodel.hpp"
@@ -128,8 +129,19 @@ Json state_bytes_json(model::Model& model, optim::Optimizer& optimizer) {
 // Keys declared in the schema for features that are not built yet: refuse rather than ignore.
 void reject_unimplemented(const config::Config& cfg) {
   auto refuse = [](const std::string& what) { fail("{} is not implemented in this version of lowsync", what); };
-  if (cfg.string("prune.method") != "none") refuse("prune.method = \"" + cfg.string("prune.method") + "\"");
-  if (cfg.string("optim.name") == "zo") refuse("optim.name = \"zo\"");
+  if (cfg.string("prune.method") != "none" && cfg.string("optim.name") != "zo")
+    refuse("prune.method = \"" + cfg.string("prune.method") + "\" with backprop (optim.name = \"zo\" only)");
+  if (cfg.string("optim.name") != "zo") return;
+  // The zeroth-order loop (zo_trainer.cpp) is fp32 only and has no checkpoint or time-limit support.
+  if (cfg.string("precision.compute") == "fp8")
+    fail("optim.name = \"zo\" cannot run with precision.compute = \"fp8\": loss differences of mu-sized perturbations vanish below fp8 resolution");
+  if (cfg.string("precision.compute") != "fp32")
+    refuse("optim.name = \"zo\" with precision.compute = \"" + cfg.string("precision.compute") + "\"");
+  if (cfg.string("precision.wire") != "fp32")
+    refuse("optim.name = \"zo\" with precision.wire = \"" + cfg.string("precision.wire") + "\"");
+  if (cfg.integer("checkpoint.every") > 0 || cfg.real("checkpoint.every_seconds") > 0.0)
+    refuse("optim.name = \"zo\" with checkpointing");
+  if (cfg.real("train.max_seconds") > 0.0) refuse("optim.name = \"zo\" with train.max_seconds");
 }
 
 // Index of the first parameter tensor with a non-finite value on any rank (all ranks get the
@@ -182,6 +194,10 @@ TrainResult train(const config::Config& cfg, comm::Communicator& comm, const std
   cfg.validate();
   validate_precision(cfg);
   reject_unimplemented(cfg);
+  if (cfg.string("optim.name") == "zo") {  // backprop-free path
+    if (resume) fail("--resume is not implemented for optim.name = \"zo\"");
+    return train_zo(cfg, comm, out_dir);
+  }
   const int rank = comm.rank(), world = comm.size();
   const Timer wall;  // this segment of the run
   const StopSignals signals;

@@ -58,7 +58,7 @@ std::vector<KeySpec> build_schema() {
       integer("optim.zo.q", 64, 1, 1 << 20, "zeroth-order directions per step"),
       real("optim.zo.mu", 1e-3, 0.0, 1.0, "zeroth-order smoothing (perturbation size)"),
       choice("optim.zo.difference", "forward", {"forward", "central"}, "zeroth-order finite difference"),
-      choice("optim.zo.form", "fedsgd", {"fedsgd", "fedavg"}, "federated ZO: send q scalars per step, or average weights every sync.period"),
+      choice("optim.zo.form", "fedsgd", {"fedsgd", "fedavg"}, "federated ZO: send q loss differences per step, or average the kept weights every sync.period (optim.name = zo ignores sync.strategy)"),
       choice("optim.zo.update", "sgd", {"sgd", "adam"}, "optimizer applied to the ZO gradient estimate"),
       // synchronization
       choice("sync.strategy", "allreduce", {"none", "allreduce", "periodic", "fda", "demo"}, "when and what ranks synchronise"),
@@ -78,6 +78,8 @@ std::vector<KeySpec> build_schema() {
       choice("prune.method", "none", {"none", "ntk", "magnitude", "random"}, "foresight pruning before training"),
       real("prune.sparsity", 0.9, 0.0, 0.9999, "fraction of weights removed"),
       integer("prune.rounds", 10, 1, 1000, "pruning rounds (exponential schedule)"),
+      integer("prune.batch", 16, 1, 4096, "ntk: Gaussian inputs per rank per pruning round"),
+      real("prune.eps", 0.01, 0.0, 1.0, "ntk: std of the weight perturbation delta of the finite-difference NTK trace"),
       // communication
       choice("comm.backend", "mpi", {"mpi", "nccl"}, "collective backend (nccl only when built with it)"),
       boolean("comm.deterministic", false, "rank-ordered sums: bitwise repeatable runs (a little slower)"),

@@ -38,5 +38,9 @@ class Optimizer {
 
 // optim.name = sgd | adamw (later issues add more); num_params sizes the state buffers.
 std::unique_ptr<Optimizer> make_optimizer(const config::Config& cfg, std::size_t num_params);
+// The update applied to a zeroth-order estimate (optim.zo.update = sgd | adam, the latter as
+// AdamW with optim.beta1/beta2/eps/weight_decay) over num_values entries: the compressed kept
+// values of a pruned model, so its state is stored compressed too.
+std::unique_ptr<Optimizer> make_zo_update(const config::Config& cfg, std::size_t num_values);
 
 }  // namespace lowsync::optim

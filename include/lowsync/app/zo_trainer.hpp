@@ -1,0 +1,78 @@
+// Backprop-free training (ALGORITHMS.md §2): foresight pruning before training (data-free NTK
+// saliency summed over ranks, magnitude or random), then zeroth-order training of the compressed
+// model in the FedSGD form (q loss differences per step on the wire) or the FedAvg form (local
+// ZO steps, average of the kept weights every sync.period). train() dispatches here for
+// optim.name = zo; the memory-lean model (model::SparseMlp) replaces the dense backprop Model.
+#pragma once
+
+#include "lowsync/app/trainer.hpp"
+#include "lowsync/comm/communicator.hpp"
+#include "lowsync/data/batch.hpp"
+#include "lowsync/model/sparse_mlp.hpp"
+#include "lowsync/optim/optimizer.hpp"
+#include "lowsync/optim/zo.hpp"
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+
+namespace lowsync::app {
+
+struct PruneSettings {
+  std::string method = "none";  // none | ntk | magnitude | random
+  double sparsity = 0.9;
+  int rounds = 10;
+  int batch = 16;      // ntk: Gaussian inputs per rank and round
+  float eps = 0.01f;   // ntk: std of delta
+  std::uint64_t seed = 1;
+};
+
+// One rank's NTK saliency of round `round` (1-based): S = |m * dR/dm| for fresh w0 (init drawn
+// from (seed, round, rank)), Gaussian inputs and delta from the same key; 0 at pruned weights.
+// Returns R. Deterministic in (settings, round, rank, mask).
+double ntk_rank_saliency(const PruneSettings& settings, int round, int rank, const optim::Mask& mask,
+                         std::span<float> saliency);
+
+// The pruning mask over the mlp's flat parameters, identical on every rank: ntk runs
+// settings.rounds rounds of (local saliency times weight; one allreduce "prune"; global top-k at
+// density (1-s)^(t/P) within the previous mask, one weight per output unit); magnitude ranks
+// |w_init| and random ranks uniform scores, once, at the final density. weight = this rank's
+// share n_k/n of the data (the federated weighting of the local estimates).
+optim::Mask foresight_prune(const PruneSettings& settings, comm::Communicator& comm, double weight);
+
+// The ZO training state of one rank: compressed model, estimator, update, gradient buffer.
+class ZoTrainer {
+ public:
+  enum class Form { kFedSgd, kFedAvg };
+  ZoTrainer(model::SparseMlp& model, const optim::ZoSettings& settings, Form form, int period,
+            std::unique_ptr<optim::Optimizer> update, comm::Communicator& comm);
+  // One step on this rank's batch; returns the local loss at the current weights.
+  // FedSGD: probe, allreduce of the q differences (each scaled by 1/K; traffic "zo"), rebuild
+  // and update (identical on every rank). FedAvg: local probe and update with rank-specific
+  // directions; every `period` steps the kept values are averaged (traffic "zo.avg").
+  double step(const data::Batch& batch, std::int64_t step);
+  // Loss and accuracy of the global model on this rank's slice, combined over ranks (FedAvg:
+  // the average of the replicas, through a compressed copy of the local values).
+  model::EvalResult evaluate(const float* images, const std::int32_t* labels, std::int64_t n);
+  std::int64_t syncs() const { return syncs_; }
+  std::int64_t dropped_directions() const { return dropped_; }
+  optim::Optimizer& update() { return *update_; }
+
+ private:
+  model::SparseMlp& model_;
+  optim::ZoEstimator shared_;  // FedSGD: one direction stream for all ranks
+  optim::ZoEstimator local_;   // FedAvg: this rank's own stream
+  Form form_;
+  int period_;
+  std::unique_ptr<optim::Optimizer> update_;
+  comm::Communicator& comm_;
+  memory::TrackedBuffer<float> grad_;  // nnz
+  std::int64_t syncs_ = 0, dropped_ = 0;
+  bool synced_ = true;  // FedAvg: replicas equal since the last average
+};
+
+// train() for optim.name = zo (same outputs: config.toml, metrics.csv, summary.json).
+TrainResult train_zo(const config::Config& cfg, comm::Communicator& comm, const std::filesystem::path& out_dir);
+
+}  // namespace lowsync::app

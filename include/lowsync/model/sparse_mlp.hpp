@@ -1,0 +1,88 @@
+// Memory-lean forward-only MLP for zeroth-order training (ALGORITHMS.md §2): the kept parameters
+// live compressed (optim::SparseParams: nnz values + shared bitmap), the forward runs a sparse
+// kernel straight on them, and two activation buffers are reused between layers (nothing is kept
+// for a backward pass). Flat parameter layout and initialisation equal model::Model("mlp"), so a
+// dense ZO run, a pruned run and backprop start from the same weights.
+#pragma once
+
+#include "lowsync/core/memory.hpp"
+#include "lowsync/data/batch.hpp"
+#include "lowsync/model/model.hpp"
+#include "lowsync/optim/prune.hpp"
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+namespace lowsync::model {
+
+// One fully connected layer of the flat layout: weight [out, in] at weight_offset, bias [out] at
+// bias_offset; ReLU after every layer but the last.
+struct DenseLayerSpec {
+  std::size_t in = 0, out = 0;
+  std::size_t weight_offset = 0, bias_offset = 0;
+  bool relu = true;
+};
+
+// The "mlp" architecture (784-512-256-10) as layer specs, its ParamInfo list and parameter count.
+std::vector<DenseLayerSpec> mlp_layer_specs();
+std::vector<ParamInfo> mlp_param_infos();
+std::size_t mlp_num_params();
+// Initial value of flat parameter j, identical to Model("mlp", _, seed).params()[j].
+float mlp_initial_value(std::uint64_t seed, std::size_t j);
+// One OutputUnit per neuron (weight row + bias), for select_top_k's one-per-unit rule.
+std::vector<optim::OutputUnit> mlp_output_units();
+
+// Dense reference forward/backward of the MLP on arbitrary weights (pruning phase, tests):
+// out = f(x; w) [n, 10]; backward accumulates nothing, it overwrites grad (d entries) with
+// d(sum_b <dout_b, f(x_b; w)>)/dw for the given dout [n, 10].
+class DenseMlpRef {
+ public:
+  explicit DenseMlpRef(int batch);
+  void forward(std::span<const float> w, const float* x, std::span<float> out);
+  // Uses the activations of the last forward (same w and x).
+  void backward(std::span<const float> w, const float* x, std::span<const float> dout, std::span<float> grad);
+  int batch() const { return batch_; }
+
+ private:
+  int batch_;
+  std::vector<DenseLayerSpec> specs_;
+  std::vector<memory::TrackedBuffer<float>> acts_;  // post-activation output of each layer [n, out]
+  memory::TrackedBuffer<float> d_a_, d_b_;          // gradient scratch [n, max width]
+};
+
+class SparseMlp {
+ public:
+  // batch = training batch per rank; values initialised as Model("mlp", batch, seed) at the kept
+  // coordinates of `mask` (all kept when null).
+  SparseMlp(int batch, std::uint64_t seed, std::shared_ptr<const optim::Mask> mask = nullptr);
+
+  std::size_t num_params() const { return params_.num_params(); }  // d
+  std::size_t nnz() const { return params_.size(); }
+  optim::SparseParams& params() { return params_; }
+  const optim::SparseParams& params() const { return params_; }
+  const std::vector<DenseLayerSpec>& layers() const { return specs_; }
+  int batch() const { return batch_; }
+
+  // Mean softmax cross-entropy over n <= batch() samples, accumulated in double.
+  double forward_loss(const float* images, const std::int32_t* labels, int n);
+  double forward_loss(const data::Batch& b) { return forward_loss(b.images, b.labels, b.size); }
+  // Loss and accuracy over n samples in chunks of batch().
+  EvalResult evaluate(const float* images, const std::int32_t* labels, std::int64_t n);
+  // Multiply-adds x 2 of one sample's forward on the kept weights (plus bias adds).
+  double forward_flops_per_sample() const;
+
+ private:
+  // Writes logits, feature-major [10, n], into the returned buffer.
+  const float* forward(const float* images, int n);
+
+  int batch_;
+  std::vector<DenseLayerSpec> specs_;
+  std::vector<std::size_t> weight_k_, bias_k_;  // index of the first kept value of each block
+  optim::SparseParams params_;
+  memory::TrackedBuffer<float> buf_a_, buf_b_;  // ping-pong activations [width, batch]
+};
+
+}  // namespace lowsync::model

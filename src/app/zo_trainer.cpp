@@ -1,0 +1,354 @@
+// optim.name = zo: foresight pruning (ntk | magnitude | random) and zeroth-order training of the
+// compressed MLP (model::SparseMlp), FedSGD or FedAvg form, with the trainer's outputs
+// (metrics.csv columns, summary.json fields) plus the pruning report. Only compressed values,
+// their optimizer state and two activation buffers are held while training.
+#include "lowsync/app/zo_trainer.hpp"
+
+#include "lowsync/comm/netmodel.hpp"
+#include "lowsync/core/error.hpp"
+#include "lowsync/core/log.hpp"
+#include "lowsync/core/memory.hpp"
+#include "lowsync/core/rng.hpp"
+#include "lowsync/core/timer.hpp"
+#include "lowsync/data/loader.hpp"
+#include "lowsync/data/partition.hpp"
+#include "lowsync/io/metrics.hpp"
+#include "lowsync/config.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+namespace lowsync::app {
+namespace {
+
+using Json = nlohmann::json;
+constexpr std::uint64_t kTagW0 = 0x6e746b77ULL, kTagX = 0x6e746b78ULL, kTagDelta = 0x6e746b64ULL;
+constexpr std::uint64_t kTagZo = 0x7a6fULL;
+
+}  // namespace
+
+// ---- pruning ----
+
+double ntk_rank_saliency(const PruneSettings& s, int round, int rank, const optim::Mask& mask,
+                         std::span<float> saliency) {
+  const std::size_t d = model::mlp_num_params();
+  if (mask.size() != d || saliency.size() != d) fail("ntk saliency: mask/saliency sizes {} {} != {}", mask.size(), saliency.size(), d);
+  const auto r = static_cast<std::uint64_t>(round), k = static_cast<std::uint64_t>(rank);
+  memory::TrackedBuffer<float> w0("prune.w0", d), delta("prune.delta", d), m("prune.mask", d);
+  const std::uint64_t w0_seed = stream_key({s.seed, kTagW0, r, k});
+  for (std::size_t j = 0; j < d; ++j) w0[j] = model::mlp_initial_value(w0_seed, j);
+  optim::draw_delta(stream_key({s.seed, kTagDelta, r, k}), s.eps, delta.span());
+  mask.to_floats(m.span());
+  const std::size_t n = static_cast<std::size_t>(s.batch);
+  memory::TrackedBuffer<float> x("prune.x", n * 784), fa("prune.fa", n * 10), fb("prune.fb", n * 10),
+      dout("prune.dout", n * 10);
+  const std::uint64_t x_key = stream_key({s.seed, kTagX, r, k});
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] = normal01(x_key, i);
+  model::DenseMlpRef net(s.batch);
+  // dR/dw_a and dR/dw_b: R = (1/n) sum ||f_a - f_b||^2, so dout_a = 2 (f_a - f_b) / n = -dout_b.
+  const optim::ResidualGradFn residual_grad = [&](std::span<const float> w_a, std::span<const float> w_b,
+                                                  std::span<float> grad_a, std::span<float> grad_b) {
+    net.forward(w_a, x.data(), fa.span());
+    net.forward(w_b, x.data(), fb.span());
+    double res = 0.0;
+    for (std::size_t i = 0; i < fa.size(); ++i) {
+      const float diff = fa[i] - fb[i];
+      res += static_cast<double>(diff) * diff;
+      dout[i] = -2.0f * diff / static_cast<float>(n);
+    }
+    net.backward(w_b, x.data(), dout.span(), grad_b);  // activations of the last forward (w_b)
+    for (std::size_t i = 0; i < dout.size(); ++i) dout[i] = -dout[i];
+    net.forward(w_a, x.data(), fa.span());
+    net.backward(w_a, x.data(), dout.span(), grad_a);
+    return res / static_cast<double>(n);
+  };
+  return optim::ntk_saliency(residual_grad, w0.span(), delta.span(), m.span(), saliency);
+}
+
+optim::Mask foresight_prune(const PruneSettings& s, comm::Communicator& comm, double weight) {
+  const std::size_t d = model::mlp_num_params();
+  const auto units = model::mlp_output_units();
+  const double final_density = 1.0 - s.sparsity;
+  if (s.method == "none") return optim::Mask(d, true);
+  memory::TrackedBuffer<float> scores("prune.scores", d);
+  if (s.method == "magnitude") {
+    // |w_init| of the real initialisation (the weights training starts from): static across
+    // rounds, so one selection at the final density equals the iterative schedule.
+    for (std::size_t j = 0; j < d; ++j) scores[j] = std::fabs(model::mlp_initial_value(s.seed, j));
+    return optim::select_top_k(scores.span(), final_density, units);
+  }
+  if (s.method == "random") {
+    optim::random_scores(s.seed, 0, scores.span());
+    return optim::select_top_k(scores.span(), final_density, units);
+  }
+  if (s.method != "ntk") fail("prune.method = '{}' is not one of none|ntk|magnitude|random", s.method);
+  optim::Mask mask(d, true);
+  for (int t = 1; t <= s.rounds; ++t) {
+    const double residual = ntk_rank_saliency(s, t, comm.rank(), mask, scores.span());
+    const auto w = static_cast<float>(weight);
+    for (std::size_t j = 0; j < d; ++j) scores[j] *= w;
+    comm.allreduce(scores.span(), comm::ReduceOp::sum, "prune");
+    mask = optim::select_top_k(scores.span(), optim::density_schedule(s.sparsity, t, s.rounds), units, &mask);
+    log::info("prune round {}/{}: residual R {:.4g} on rank 0, density {:.4f}", t, s.rounds, residual, mask.density());
+  }
+  return mask;
+}
+
+// ---- training ----
+
+ZoTrainer::ZoTrainer(model::SparseMlp& model, const optim::ZoSettings& settings, Form form, int period,
+                     std::unique_ptr<optim::Optimizer> update, comm::Communicator& comm)
+    : model_(model),
+      shared_(settings),
+      local_([&] {
+        optim::ZoSettings s = settings;
+        s.seed = stream_key({settings.seed, static_cast<std::uint64_t>(comm.rank())});
+        return s;
+      }()),
+      form_(form),
+      period_(period),
+      update_(std::move(update)),
+      comm_(comm),
+      grad_("zo.grad", model.nnz()) {}
+
+double ZoTrainer::step(const data::Batch& batch, std::int64_t step) {
+  auto& params = model_.params();
+  const auto loss = [&] { return model_.forward_loss(batch); };
+  const auto t = static_cast<std::uint64_t>(step);
+  if (form_ == Form::kFedSgd) {
+    optim::ZoProbe probe = shared_.probe(params, t, loss);
+    dropped_ += probe.num_dropped;
+    // Equal batches on every rank: the union-batch loss difference is the mean of the local
+    // ones. A NaN (dropped) entry anywhere makes the sum NaN, so every rank drops it.
+    const float inv = 1.0f / static_cast<float>(comm_.size());
+    for (float& dl : probe.loss_diffs) dl *= inv;
+    comm_.allreduce(std::span<float>(probe.loss_diffs), comm::ReduceOp::sum, "zo");
+    shared_.apply_estimate(probe.loss_diffs, t, params, grad_.span());
+    update_->step(params.values(), grad_.span());
+    return probe.loss;
+  }
+  optim::ZoProbe probe = local_.probe(params, t, loss);
+  dropped_ += probe.num_dropped;
+  local_.apply_estimate(probe.loss_diffs, t, params, grad_.span());
+  update_->step(params.values(), grad_.span());
+  synced_ = false;
+  if (comm_.size() > 1 && step % period_ == 0) {
+    // Only the kept values travel: the mask is shared, so no indices.
+    auto values = params.values();
+    comm_.allreduce(values, comm::ReduceOp::sum, "zo.avg");
+    const float inv = 1.0f / static_cast<float>(comm_.size());
+    for (float& v : values) v *= inv;
+    ++syncs_;
+    synced_ = true;
+  }
+  return probe.loss;
+}
+
+model::EvalResult ZoTrainer::evaluate(const float* images, const std::int32_t* labels, std::int64_t n) {
+  const bool average = form_ == Form::kFedAvg && comm_.size() > 1 && !synced_;
+  memory::TrackedBuffer<float> saved;  // compressed (nnz), only for the duration of the evaluation
+  auto values = model_.params().values();
+  if (average) {
+    saved = memory::TrackedBuffer<float>("zo.eval_saved", values.size());
+    std::copy(values.begin(), values.end(), saved.data());
+    comm_.allreduce(values, comm::ReduceOp::sum, "obs.eval");
+    const float inv = 1.0f / static_cast<float>(comm_.size());
+    for (float& v : values) v *= inv;
+  }
+  const auto local = model_.evaluate(images, labels, n);
+  if (average) std::copy(saved.data(), saved.data() + values.size(), values.begin());
+  double sums[3] = {local.loss * static_cast<double>(local.samples), local.accuracy * static_cast<double>(local.samples),
+                    static_cast<double>(local.samples)};
+  comm_.allreduce(std::span<double>(sums, 3), comm::ReduceOp::sum, "obs.eval");
+  return {sums[0] / sums[2], sums[1] / sums[2], static_cast<std::int64_t>(sums[2])};
+}
+
+TrainResult train_zo(const config::Config& cfg, comm::Communicator& comm, const std::filesystem::path& out_dir) {
+  if (cfg.string("model.arch") != "mlp")
+    fail("optim.name = \"zo\" supports model.arch = \"mlp\" in this version (got \"{}\")", cfg.string("model.arch"));
+  const int rank = comm.rank(), world = comm.size();
+  const Timer wall;
+  const std::int64_t steps = cfg.integer("train.steps");
+  const int batch = static_cast<int>(cfg.integer("train.batch"));
+  const auto seed = static_cast<std::uint64_t>(cfg.integer("train.seed"));
+  const std::int64_t log_every = cfg.integer("log.every"), eval_every = cfg.integer("eval.every");
+
+  if (rank == 0) {
+    std::error_code ec;
+    std::filesystem::create_directories(out_dir, ec);
+    if (ec) fail("cannot create output folder '{}': {}", out_dir.string(), ec.message());
+    io::write_file_atomic(out_dir / "config.toml", cfg.to_toml());
+  }
+  const auto fm = data::load_fashion_mnist(cfg.string("data.dir"), cfg.integer("data.train_limit"));
+  data::PartitionSpec spec{cfg.string("data.partition"), cfg.real("data.alpha"),
+                           static_cast<int>(cfg.integer("data.shards_per_rank")), seed};
+  auto parts = data::partition(fm.train.labels, world, spec);
+  Json histograms = Json::array();
+  for (int r = 0; r < world; ++r) histograms.push_back(data::label_histogram(parts[r], fm.train.labels));
+  const double data_share = static_cast<double>(parts[rank].size()) / static_cast<double>(fm.train.labels.size());
+  data::Loader loader(fm.train, std::move(parts[rank]), batch, seed, rank);
+
+  // Pruning phase: its dense scratch (saliency, w0, delta, mask floats) is freed before training;
+  // its peak is reported as prune_peak_bytes and train_state_bytes restarts after it.
+  PruneSettings ps{cfg.string("prune.method"), cfg.real("prune.sparsity"), static_cast<int>(cfg.integer("prune.rounds")),
+                   static_cast<int>(cfg.integer("prune.batch")), static_cast<float>(cfg.real("prune.eps")), seed};
+  const Timer prune_timer;
+  auto mask = std::make_shared<const optim::Mask>(foresight_prune(ps, comm, data_share));
+  const double prune_s = prune_timer.seconds();
+  std::int64_t prune_peak = memory::peak_bytes();
+  comm.allreduce(std::span<std::int64_t>(&prune_peak, 1), comm::ReduceOp::max, "obs.summary");
+  memory::reset_peak();
+
+  model::SparseMlp model(batch, seed, mask);
+  Json layers_json = Json::array();
+  for (const auto& info : model::mlp_param_infos()) {
+    const std::size_t kept = mask->range_nnz(info.offset, info.count);
+    layers_json.push_back({{"name", info.name}, {"params", info.count}, {"kept", kept},
+                           {"density", static_cast<double>(kept) / static_cast<double>(info.count)}});
+    if (ps.method != "none")
+      log::info("prune {}: {} of {} kept (density {:.4f})", info.name, kept, info.count,
+                static_cast<double>(kept) / static_cast<double>(info.count));
+  }
+  optim::ZoSettings zs;
+  zs.num_directions = static_cast<int>(cfg.integer("optim.zo.q"));
+  zs.mu = static_cast<float>(cfg.real("optim.zo.mu"));
+  zs.difference = cfg.string("optim.zo.difference") == "central" ? optim::ZoDifference::kCentral : optim::ZoDifference::kForward;
+  zs.seed = stream_key({seed, kTagZo});
+  const auto form = cfg.string("optim.zo.form") == "fedavg" ? ZoTrainer::Form::kFedAvg : ZoTrainer::Form::kFedSgd;
+  ZoTrainer zo(model, zs, form, static_cast<int>(cfg.integer("sync.period")),
+               optim::make_zo_update(cfg, model.nnz()), comm);
+  const std::int64_t test_first = fm.test.count * rank / world, test_last = fm.test.count * (rank + 1) / world;
+  std::vector<float> test_images(static_cast<std::size_t>(test_last - test_first) * fm.test.sample_size());
+  fm.test.images_as_float(test_first, test_last - test_first, test_images.data());
+  const std::vector<std::int32_t> test_labels(fm.test.labels.begin() + test_first, fm.test.labels.begin() + test_last);
+  const int forwards = zs.difference == optim::ZoDifference::kCentral ? 2 * zs.num_directions : zs.num_directions + 1;
+  const double flops_per_step = forwards * model.forward_flops_per_sample() * batch;
+  log::info("mlp ({} parameters, {} kept, prune {}), {} ranks x batch {}, zo {} q={} mu={} {}, update {}, {} steps, output {}",
+            model.num_params(), model.nnz(), ps.method, world, batch, cfg.string("optim.zo.form"), zs.num_directions,
+            zs.mu, cfg.string("optim.zo.difference"), cfg.string("optim.zo.update"), steps, out_dir.string());
+
+  const std::vector<std::string> columns = {"step", "epoch", "wall_s", "compute_s", "comm_s", "loss", "test_loss",
+                                            "test_acc", "bytes_sent", "payload_bytes", "syncs", "samples_per_s",
+                                            "zo_dropped"};
+  io::MetricsCsv csv;
+  if (rank == 0) csv = io::MetricsCsv(out_dir / "metrics.csv", columns);
+  double compute_s = 0.0, timed_s = 0.0, loss_window = 0.0, window_train_s = 0.0;
+  std::int64_t window_steps = 0, timed_steps = 0;
+  bool nonfinite = false;
+  double last_loss = NAN, last_test_acc = NAN, last_test_loss = NAN;
+  const std::int64_t warmup = std::min<std::int64_t>(steps / 10, 20);
+  for (std::int64_t step = 1; step <= steps; ++step) {
+    comm.set_step(step);
+    const Timer step_timer;
+    const data::Batch b = loader.next();
+    const double before_comm = comm.ledger().total().seconds;
+    const double loss = zo.step(b, step);
+    const double step_s = step_timer.seconds();
+    compute_s += step_s - (comm.ledger().total().seconds - before_comm);
+    window_train_s += step_s;
+    if (step > warmup) {
+      timed_s += step_s;
+      ++timed_steps;
+    }
+    nonfinite = nonfinite || !std::isfinite(loss);
+    loss_window += loss;
+    ++window_steps;
+    const bool eval_now = step == steps || (eval_every > 0 && step % eval_every == 0);
+    if (step % log_every != 0 && !eval_now) continue;
+    const auto total = comm.ledger().total();
+    double obs[5] = {loss_window / static_cast<double>(window_steps), nonfinite ? 1.0 : 0.0,
+                     static_cast<double>(total.wire_bytes), static_cast<double>(total.payload_bytes), total.seconds};
+    comm.allreduce(std::span<double>(obs, 5), comm::ReduceOp::sum, "obs.metrics");
+    if (obs[1] > 0.0) fail("non-finite training loss at step {} on {} rank(s) (lower optim.lr?)", step, static_cast<int>(obs[1]));
+    last_loss = obs[0] / world;
+    std::optional<double> test_loss, test_acc;
+    if (eval_now) {
+      const auto ev = zo.evaluate(test_images.data(), test_labels.data(), static_cast<std::int64_t>(test_labels.size()));
+      test_loss = last_test_loss = ev.loss;
+      test_acc = last_test_acc = ev.accuracy;
+    }
+    const double now = wall.seconds();
+    const double rate = static_cast<double>(window_steps * batch * world) / std::max(window_train_s, 1e-9);
+    csv.write_row({static_cast<double>(step), loader.epoch_progress(), now, compute_s, obs[4] / world, last_loss,
+                   test_loss, test_acc, obs[2] / world, obs[3] / world, static_cast<double>(zo.syncs()), rate,
+                   static_cast<double>(zo.dropped_directions())});
+    if (rank == 0 && cfg.string("log.progress") != "off")
+      log::info("step {}/{}  loss {:.4f}  {:.0f} samples/s{}", step, steps, last_loss, rate,
+                test_acc ? fmt::format("  test_acc {:.4f}", *test_acc) : std::string());
+    loss_window = 0.0;
+    window_steps = 0;
+    window_train_s = 0.0;
+  }
+
+  const auto total = comm.ledger().total();
+  double sums[4] = {static_cast<double>(total.wire_bytes), static_cast<double>(total.payload_bytes), total.seconds, compute_s};
+  comm.allreduce(std::span<double>(sums, 4), comm::ReduceOp::sum, "obs.summary");
+  std::int64_t maxima[4] = {memory::peak_rss_bytes(), memory::peak_bytes(), static_cast<std::int64_t>(total.wire_bytes),
+                            static_cast<std::int64_t>(timed_s * 1e6)};
+  comm.allreduce(std::span<std::int64_t>(maxima, 4), comm::ReduceOp::max, "obs.summary");
+  Json by_traffic = Json::object(), by_collective = Json::object(), ledger = Json::array();
+  for (const auto& [key, e] : comm.ledger().entries()) {
+    if (key.second.starts_with("obs")) continue;
+    const std::string coll(comm::collective_name(key.first));
+    by_traffic[key.second] = by_traffic.value(key.second, 0.0) + static_cast<double>(e.wire_bytes);
+    by_collective[coll] = by_collective.value(coll, 0.0) + static_cast<double>(e.calls);
+    ledger.push_back({{"collective", coll}, {"traffic", key.second}, {"calls", e.calls}, {"payload_bytes", e.payload_bytes},
+                      {"wire_bytes", e.wire_bytes}, {"seconds", e.seconds}});
+  }
+  const comm::NetworkModel net{cfg.real("net.alpha_us") * 1e-6, cfg.real("net.beta_gbps") * 1e9 / 8.0};
+  const double slowest_timed_s = static_cast<double>(maxima[3]) * 1e-6;
+  Json cfg_json = Json::object();
+  for (const auto& [k, v] : cfg.values()) std::visit([&](const auto& x) { cfg_json[k] = x; }, v);
+  Json summary = {
+      {"lowsync_version", LOWSYNC_VERSION},
+      {"arch", "mlp"},
+      {"strategy", "zo." + cfg.string("optim.zo.form")},
+      {"optimizer", "zo+" + cfg.string("optim.zo.update")},
+      {"precision_compute", cfg.string("precision.compute")},
+      {"precision_wire", cfg.string("precision.wire")},
+      {"partition", cfg.string("data.partition")},
+      {"ranks", world},
+      {"steps", steps},
+      {"batch_per_rank", batch},
+      {"num_params", model.num_params()},
+      {"kept_params", model.nnz()},
+      {"final_test_accuracy", last_test_acc},
+      {"final_test_loss", last_test_loss},
+      {"final_loss", last_loss},
+      {"samples_per_s", timed_steps > 0 ? static_cast<double>(timed_steps * batch * world) / slowest_timed_s : 0.0},
+      {"wall_s", wall.seconds()},
+      {"compute_s", sums[3] / world},
+      {"compute_s_per_step", steps > 0 ? sums[3] / world / static_cast<double>(steps) : 0.0},
+      {"comm_s", sums[2] / world},
+      {"bytes_sent_per_rank", sums[0] / world},
+      {"bytes_sent_max_rank", maxima[2]},
+      {"payload_bytes_per_rank", sums[1] / world},
+      {"bytes_by_traffic", by_traffic},
+      {"ledger", ledger},
+      {"net_alpha_s", net.alpha_seconds},
+      {"net_beta_Bps", net.beta_bytes_per_s},
+      {"modeled_comm_s", net.ledger_seconds(comm.ledger(), world)},
+      {"calls_by_collective", by_collective},
+      {"syncs", zo.syncs()},
+      {"peak_rss_bytes", maxima[0]},
+      {"train_state_bytes", maxima[1]},
+      {"prune_peak_bytes", prune_peak},
+      {"prune_s", prune_s},
+      {"prune_method", ps.method},
+      {"prune_density", mask->density()},
+      {"prune_layers", layers_json},
+      {"zo_dropped_directions", zo.dropped_directions()},
+      {"forward_flops_per_sample", model.forward_flops_per_sample()},
+      {"train_flops_per_step", flops_per_step},
+      {"label_histograms", histograms},
+      {"config", cfg_json},
+  };
+  if (rank == 0) io::write_file_atomic(out_dir / "summary.json", summary.dump(2) + "\n");
+  log::info("done: test accuracy {:.4f}, loss {:.4f}, {:.2f} MB sent per rank, train state {:.3f} MB, {:.1f} s -> {}",
+            last_test_acc, last_loss, sums[0] / world / 1e6, static_cast<double>(maxima[1]) / 1e6, wall.seconds(),
+            (out_dir / "summary.json").string());
+  return {summary, 0};
+}
+
+}  // namespace lowsync::app

@@ -3,8 +3,11 @@
 //     535,818 floats), interleaved in one run: reports the ratio (target <= 1.05).
 //  2. calibration of the alpha-beta network model: ping-pong between ranks 0 and 1 and allreduce
 //     for 4 B ... 64 MiB; prints time, algbw = S/t and busbw = algbw * 2(N-1)/N (as nccl-tests),
-//     and the least-squares alpha (latency) and beta (bandwidth) of t = alpha + S/beta.
-//   mpirun -n 2 build/bin/bench_comm [--quick]
+//     and the fit of t = alpha + S/beta: alpha = the one-way time of the smallest message, beta =
+//     the median of S / (t - alpha) over messages of 1 MiB and more (a plain least-squares fit
+//     lets the large messages swamp the latency). --json FILE writes the fit and the table, the
+//     calibration that `lowsync compare --calibration FILE` uses for its "measured" link.
+//   mpirun -n 2 build/bin/bench_comm [--quick] [--json FILE]
 #include "lowsync/comm/communicator.hpp"
 
 #include <Kokkos_Core.hpp>
@@ -13,6 +16,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <string>
 #include <vector>
 
 namespace {
@@ -31,7 +35,12 @@ int main(int argc, char** argv) {
     int rank = 0, size = 1;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
-    const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+    bool quick = false;
+    std::string json_path;
+    for (int i = 1; i < argc; ++i) {
+      if (std::strcmp(argv[i], "--quick") == 0) quick = true;
+      else if (std::strcmp(argv[i], "--json") == 0 && i + 1 < argc) json_path = argv[++i];
+    }
     // The trainer's default watchdog timeout, so its cost is included.
     lowsync::comm::Communicator comm(MPI_COMM_WORLD, {false, 300.0});
 
@@ -56,7 +65,7 @@ int main(int argc, char** argv) {
 
     // 2. calibration
     if (rank == 0) std::printf("\n%12s %14s %14s %14s %14s\n", "bytes", "pingpong_us", "allreduce_us", "algbw_GBps", "busbw_GBps");
-    std::vector<double> xs, ys;
+    std::vector<double> xs, ys, ars;
     const std::size_t max_bytes = quick ? (1u << 22) : (64u << 20);
     std::vector<char> buf(max_bytes);
     std::vector<float> fbuf(max_bytes / 4 + 1);
@@ -87,16 +96,32 @@ int main(int argc, char** argv) {
       if (rank == 0) std::printf("%12zu %14.2f %14.2f %14.3f %14.3f\n", bytes, pp * 1e6, ar * 1e6, algbw, busbw);
       xs.push_back(static_cast<double>(bytes));
       ys.push_back(pp);
+      ars.push_back(ar);
     }
     if (rank == 0 && size >= 2) {
-      // Least squares t = alpha + S * (1/beta) on the one-way ping-pong times.
-      double sx = 0, sy = 0, sxx = 0, sxy = 0;
-      const double k = static_cast<double>(xs.size());
-      for (std::size_t i = 0; i < xs.size(); ++i) sx += xs[i], sy += ys[i], sxx += xs[i] * xs[i], sxy += xs[i] * ys[i];
-      const double slope = (k * sxy - sx * sy) / (k * sxx - sx * sx);
-      const double alpha = std::max(ys.front(), (sy - slope * sx) / k);
+      const double alpha = ys.front();
+      std::vector<double> betas;
+      for (std::size_t i = 0; i < xs.size(); ++i)
+        if (xs[i] >= (1u << 20) && ys[i] > alpha) betas.push_back(xs[i] / (ys[i] - alpha));
+      if (betas.empty()) betas.push_back(xs.back() / std::max(ys.back(), 1e-12));
+      const double beta = median(betas);
       std::printf("\nfit: alpha = %.2f us, beta = %.2f GB/s (%.1f Gbit/s): --set net.alpha_us=%.2f --set net.beta_gbps=%.1f\n",
-                  alpha * 1e6, 1.0 / slope / 1e9, 8.0 / slope / 1e9, alpha * 1e6, 8.0 / slope / 1e9);
+                  alpha * 1e6, beta / 1e9, 8.0 * beta / 1e9, alpha * 1e6, 8.0 * beta / 1e9);
+      if (!json_path.empty()) {
+        std::FILE* f = std::fopen(json_path.c_str(), "w");
+        if (f == nullptr) {
+          std::fprintf(stderr, "bench_comm: cannot write %s\n", json_path.c_str());
+        } else {
+          std::fprintf(f, "{\n  \"ranks\": %d,\n  \"alpha_s\": %.9g,\n  \"beta_Bps\": %.9g,\n  \"points\": [", size, alpha,
+                       beta);
+          for (std::size_t i = 0; i < xs.size(); ++i)
+            std::fprintf(f, "%s\n    {\"bytes\": %.0f, \"pingpong_s\": %.9g, \"allreduce_s\": %.9g}", i ? "," : "", xs[i],
+                         ys[i], ars[i]);
+          std::fprintf(f, "\n  ]\n}\n");
+          std::fclose(f);
+          std::printf("calibration written to %s\n", json_path.c_str());
+        }
+      }
     }
   }
   MPI_Finalize();

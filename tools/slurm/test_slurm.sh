@@ -37,6 +37,8 @@ port=${SLURM_TEST_PORT:-$(free_port)}
 long_mode=${SLURM_TEST_LONG:-stub}
 job_timeout=${SLURM_TEST_TIMEOUT:-180}
 node=$(hostname -s)
+# The machine's CPUs (GNU nproc alone honours OMP_NUM_THREADS, which the tests set to 1).
+cpus=$(getconf _NPROCESSORS_ONLN 2>/dev/null || nproc --all)
 passed=0
 failed=0
 pids=()
@@ -162,7 +164,7 @@ JobCompType=jobcomp/none
 MailProg=/bin/true
 SlurmctldTimeout=30
 SlurmdTimeout=30
-NodeName=$node NodeAddr=127.0.0.1 CPUs=$(nproc) State=UNKNOWN
+NodeName=$node NodeAddr=127.0.0.1 CPUs=$cpus State=UNKNOWN
 PartitionName=test Nodes=$node Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
 EOF
 
@@ -193,7 +195,7 @@ if [[ $state != idle* ]]; then
   tail -n 8 "$tmp/log/slurmd.out" "$tmp/log/slurmd.log" 2>/dev/null
   die_setup "slurmd did not register node $node (state '${state:-none}')"
 fi
-say "slurmctld (pid ${pids[1]}) and slurmd (pid ${pids[2]}) up; node $node idle with $(nproc) CPUs"
+say "slurmctld (pid ${pids[1]}) and slurmd (pid ${pids[2]}) up; node $node idle with $cpus CPUs"
 if srun --mpi=list 2>&1 | grep -qw pmix; then
   say "srun has the pmix plugin: jobs launch with srun --mpi=pmix"
 else
@@ -245,7 +247,7 @@ show_output() { say "--- $1 (last lines)"; tail -n "${2:-15}" "$1" 2>/dev/null |
 
 sets="train.steps=20 eval.every=10 log.every=5 data.train_limit=2000 ${EXTRA_SETS:-}"
 
-# --- 1. train.sbatch: 4 tasks on $(nproc) CPUs, with srun (auto) and with the mpirun fallback ----
+# --- 1. train.sbatch: 4 tasks on the CPUs, with srun (auto) and with the mpirun fallback ----
 for launcher in auto mpirun; do
   id=$(sbatch --parsable --ntasks=4 --overcommit --time=10 --chdir="$root" --output="$tmp/train-%j.out" \
     --export=ALL,LOWSYNC="$trainer",LOWSYNC_ROOT="$root",LAUNCHER="$launcher",EXTRA_SETS="$sets" \
@@ -265,6 +267,17 @@ for launcher in auto mpirun; do
   check "train.sbatch ($launcher) wrote runs/$id/summary.json" test -f "$root/runs/$id/summary.json"
   check "train.sbatch ($launcher) summary.json has ranks == 4" \
     test "$(json_field "$root/runs/$id/summary.json" ranks)" == 4
+  if [[ $trainer != "$stub" ]]; then
+    # The real trainer learned (20 steps of the MLP reach ~50%; chance is 10%) and logged.
+    check "train.sbatch ($launcher) test accuracy > 0.2" /usr/bin/python3 -c \
+      'import json,sys; sys.exit(0 if json.load(open(sys.argv[1]))["final_test_accuracy"] > 0.2 else 1)' \
+      "$root/runs/$id/summary.json"
+    check "train.sbatch ($launcher) metrics.csv has rows up to step 20" \
+      grep -q '^20,' "$root/runs/$id/metrics.csv"
+  fi
+  if [[ $launcher == auto ]] && srun --mpi=list 2>&1 | grep -qw pmix; then
+    check "train.sbatch (auto) launched with srun --mpi=pmix" test "$used" == srun
+  fi
 done
 
 # --- 2. sweep.sbatch: a job array of 2 runs ---------------------------------------------------

@@ -111,7 +111,7 @@ def overview(runs, target: float, headline: str, path: Path) -> None:
     _accuracy_curves(ax1, runs, st, "bytes_sent", target, logx=True)
     ax1.set_xlabel("bytes sent per rank (log)")
     ax1.set_title("test accuracy vs bytes sent (up and left is better)")
-    ax1.legend(fontsize=7, loc="lower right")
+    ax1.legend(fontsize=7, loc="best")
 
     # Bars: fewest bytes to target at the top; runs that never reached it at the bottom, hatched.
     reached = sorted((r for r in runs if r.bytes_to_target(target) is not None),

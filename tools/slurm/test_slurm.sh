@@ -336,7 +336,11 @@ EOF
     until [[ $(job_state "$id") == PENDING ]] || ((SECONDS > deadline)); do sleep 0.5; done
     scontrol update JobId="$id" StartTime=now 2>/dev/null
     deadline=$((SECONDS + job_timeout))
-    until [[ -f $root/runs/$id/summary.json ]] || ((SECONDS > deadline)); do sleep 1; done
+    # (Retried: an update sent while the job is still COMPLETING is lost.)
+    until [[ -f $root/runs/$id/summary.json ]] || ((SECONDS > deadline)); do
+      [[ $(job_state "$id") == PENDING ]] && scontrol update JobId="$id" StartTime=now 2>/dev/null
+      sleep 1
+    done
     wait_job "$id" >/dev/null
     show_output "$tmp/long-$id.out" 14
     check "long.sbatch forwarded USR1 and the ranks wrote a checkpoint" \

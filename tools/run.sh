@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The main job: set up, build, then the built-in strategy comparison on Fashion-MNIST (MLP,
 # 4 ranks oversubscribed on this machine), one run per strategy, a table on stdout and the
-# `lowsync compare` report (report.md + PNG plots).
-# env: RANKS (4), STEPS (2000), STRATEGIES (space-separated names of the rows below), OUT
-# (runs/compare-<timestamp>), EXTRA_SETS (key=value words added to every run).
+# `lowsync compare` report (report.md + PNG plots). Before the runs it calibrates the network model
+# on this machine (build/bin/bench_comm --quick on 2 ranks -> OUT/calibration.json), which the
+# report uses for its "measured here" link and its model check.
+# env: RANKS (4), STEPS (2000), EVAL_EVERY (250; 0 = only at the end), LOG_EVERY (50),
+# STRATEGIES (space-separated names of the rows below), OUT (runs/compare-<timestamp>),
+# EXTRA_SETS (key=value words added to every run), CALIBRATE (1; 0 skips the calibration).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$root/tools/setup.sh"
@@ -12,8 +15,22 @@ lowsync="$root/build/bin/lowsync"
 ranks="${RANKS:-4}"
 steps="${STEPS:-2000}"
 out="${OUT:-$root/runs/compare-$(date +%Y%m%d-%H%M%S)}"
+eval_every="${EVAL_EVERY:-250}"
+log_every="${LOG_EVERY:-50}"
 mkdir -p "$out"
 export OMP_NUM_THREADS=1
+
+compare_opts=()
+if [[ ${CALIBRATE:-1} == 1 ]]; then
+  echo "run.sh: calibrating the network model (bench_comm on 2 ranks) -> $out/calibration.json"
+  if "$root/jobs/lib/launch.sh" 2 "$root/build/bin/bench_comm" --quick --calibration-only --json "$out/calibration.json" \
+      >"$out/calibration.log" 2>&1; then
+    grep '^fit:' "$out/calibration.log" | sed 's/^/run.sh: /'
+    compare_opts+=(--calibration "$out/calibration.json")
+  else
+    echo "run.sh: calibration failed (see $out/calibration.log); the report has no measured link" >&2
+  fi
+fi
 
 # name -> settings. Every row trains the same MLP for the same number of steps.
 declare -A rows=(
@@ -28,7 +45,7 @@ strategies=(${STRATEGIES:-${order[*]}})
 for name in "${strategies[@]}"; do
   [[ -n "${rows[$name]:-}" ]] || { echo "run.sh: unknown row '$name' (have: ${order[*]})" >&2; exit 2; }
   sets=()
-  for kv in ${rows[$name]} model.arch=mlp train.steps="$steps" eval.every=250 log.every=50 log.progress=lines ${EXTRA_SETS:-}; do
+  for kv in ${rows[$name]} model.arch=mlp train.steps="$steps" eval.every="$eval_every" log.every="$log_every" log.progress=lines ${EXTRA_SETS:-}; do
     sets+=(--set "$kv")
   done
   echo "run.sh: $name on $ranks ranks -> $out/$name"
@@ -44,7 +61,7 @@ for n in names:
     s = json.load(open(f"{out}/{n}/summary.json"))
     print(f"{n:<12} {s['final_test_accuracy']:>9.4f} {s['wall_s']:>8.1f} {s['bytes_sent_per_rank']/1e6:>13.2f} {s['samples_per_s']:>10.0f}")
 PY
-if "$lowsync" compare "${strategies[@]/#/$out/}" --out "$out/report" >/dev/null; then
+if "$lowsync" compare "${strategies[@]/#/$out/}" --out "$out/report" "${compare_opts[@]}" >/dev/null; then
   echo "run.sh: report: $out/report/report.md"
 else
   echo "run.sh: the report could not be written (see above)" >&2

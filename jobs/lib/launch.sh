@@ -51,7 +51,8 @@ case $launcher in
       cmd+=(--allow-run-as-root)
     fi
     # Inside an allocation the slots are Slurm's tasks; outside, the cores of this machine.
-    slots=${SLURM_NTASKS:-$(nproc)}
+    # (getconf, not nproc: GNU nproc honours OMP_NUM_THREADS, which runs set to 1.)
+    slots=${SLURM_NTASKS:-$(getconf _NPROCESSORS_ONLN 2>/dev/null || nproc --all)}
     if [[ $ranks -gt $slots ]]; then
       cmd+=(--oversubscribe)
     fi

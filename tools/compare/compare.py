@@ -3,7 +3,10 @@
 and writes DIR/report.md (table, winners, modeled projection), DIR/table.csv (the same numbers,
 unformatted) and PNG figures. `lowsync compare` calls this script.
 
-usage: compare.py RUN_DIR... --out DIR [--target-acc 0.85] [--no-plots]
+usage: compare.py RUN_DIR... --out DIR [--target-acc 0.85] [--calibration FILE] [--no-plots]
+The calibration (tools/bench/bench_comm --json FILE) adds the link measured here to the modeled
+projection and checks the model against the runs' measured communication time; without the
+option, a calibration.json in a run folder's parent folder (tools/run.sh writes one) is used.
 Exit status: 0 ok; 1 a run folder is missing or corrupt, or matplotlib is missing (one line on
 stderr); 2 bad arguments.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import sys
 from pathlib import Path
 
@@ -20,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import netmodel  # noqa: E402
 from runs import RunData, RunError, assign_labels, discover, fmt_bytes  # noqa: E402
 
+DEFAULT_TARGET = 0.85
 FIGURES = {
     "overview.png": "who wins: test accuracy vs bytes sent, and bytes to target",
     "accuracy_vs_bytes.png": "test accuracy vs bytes sent per rank (log x)",
@@ -28,6 +33,7 @@ FIGURES = {
     "loss.png": "training and test loss",
     "bytes_per_step.png": "bytes sent per rank per step, by strategy",
     "modeled_time_to_target.png": "MODELED: projected time to target at 64-1024 ranks",
+    "model_check.png": "the network model against the measured runs (needs a calibration)",
 }
 
 
@@ -157,6 +163,47 @@ def modeled_section(runs: list[RunData], target: float, links: list) -> list[str
     return out
 
 
+def fmt_error(e) -> str:
+    return "n/a" if e is None else f"{e:+.0%}"
+
+
+def model_check_section(checks: list, link) -> list[str]:
+    out = ["## Model check: modeled vs measured communication at the measured rank counts", ""]
+    if link is None:
+        return out + ["No calibration: run `mpirun -n 2 build/bin/bench_comm --quick --json "
+                      "calibration.json` and pass `--calibration calibration.json` to check the "
+                      "model against these runs.", ""]
+    out += [f"Link: {link.name}. Measured comm = the seconds each rank spent in the strategy's "
+            "collectives (byte ledger, rank mean, so it includes waiting for slower ranks); modeled "
+            "comm = the alpha-beta formulas for the same calls and payloads at the run's rank count. "
+            "Measured step = the timed step from samples/s; modeled step = measured compute/step + "
+            "modeled comm/step. Error = (modeled - measured) / measured.", ""]
+    if not checks:
+        return out + ["No run with a byte ledger and 2 or more ranks.", ""]
+    out += ["| Run | Ranks | Measured comm | Modeled comm | Comm error | Measured step | Modeled step | Step error |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for c in checks:
+        ms = f"{c.measured_step_s * 1e3:.2f} ms" if c.measured_step_s is not None else "n/a"
+        mo = f"{c.modeled_step_s * 1e3:.2f} ms" if c.modeled_step_s is not None else "n/a"
+        out.append(f"| {c.label} | {c.ranks} | {fmt_seconds(c.measured_comm_s)} | {fmt_seconds(c.modeled_comm_s)} | "
+                   f"{fmt_error(c.comm_error)} | {ms} | {mo} | {fmt_error(c.step_error)} |")
+    errs = [abs(c.comm_error) for c in checks if c.comm_error is not None]
+    serrs = [abs(c.step_error) for c in checks if c.step_error is not None]
+    if errs:
+        out += ["", f"Mean absolute error: communication {sum(errs) / len(errs):.0%}"
+                + (f", step time {sum(serrs) / len(serrs):.0%}" if serrs else "") + f" over {len(checks)} runs."]
+    return out + [""]
+
+
+def find_calibration(paths: list[Path]) -> Path | None:
+    for p in paths:
+        for d in (p.parent, p):
+            c = d / "calibration.json"
+            if c.is_file():
+                return c
+    return None
+
+
 def write_csv(rows: list[dict], path: Path) -> None:
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
@@ -169,10 +216,17 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Compare lowsync runs: report.md, table.csv, PNG plots.")
     ap.add_argument("runs", nargs="+", metavar="RUN_DIR")
     ap.add_argument("--out", required=True, type=Path, help="output folder for the report")
-    ap.add_argument("--target-acc", type=float, default=0.85,
-                    help="target test accuracy, a fraction (default 0.85); 85 means 85%%")
+    ap.add_argument("--target-acc", type=float, default=None,
+                    help="target test accuracy, a fraction (default 0.85, lowered to the lowest "
+                         "final accuracy when no run reaches it); 85 means 85%%")
+    ap.add_argument("--calibration", type=Path, metavar="FILE",
+                    help="bench_comm --json output: the link measured here (default: a "
+                         "calibration.json in a run folder's parent)")
     ap.add_argument("--no-plots", action="store_true", help="write report.md and table.csv only")
     args = ap.parse_args(argv)
+    explicit_target = args.target_acc is not None
+    if not explicit_target:
+        args.target_acc = DEFAULT_TARGET
     target = args.target_acc / 100 if args.target_acc > 1 else args.target_acc
     if not 0 < target <= 1:
         print(f"compare: --target-acc must be in (0, 1] or a percent, got {args.target_acc}",
@@ -198,18 +252,36 @@ def main(argv: list[str] | None = None) -> int:
         print("compare: no finished runs found", file=sys.stderr)
         return 1
     assign_labels(runs)
+    target_note = []
+    finals = [r.final_accuracy for r in runs if r.final_accuracy is not None]
+    if (not explicit_target and finals and not any(r.target_row(target) is not None for r in runs)
+            and math.floor(min(finals) * 100) > 0):
+        # Short runs: rather than a report where nobody wins, compare at an accuracy every run
+        # reached (the lowest final accuracy, rounded down to a percent).
+        lowered = math.floor(min(finals) * 100) / 100
+        target_note = [f"No run reached the default target {target:.0%}: the target is lowered to "
+                       f"{lowered:.0%}, the lowest final test accuracy of these runs (pass "
+                       f"--target-acc to choose it).", ""]
+        target = lowered
     rows = sorted(table_rows(runs, target), key=sort_key)
     by_label = {r.label: r for r in runs}
     runs = [by_label[row["run"]] for row in rows]
 
     args.out.mkdir(parents=True, exist_ok=True)
     links = list(netmodel.PRESETS)
-    measured = netmodel.measured_link(runs)
-    if measured is not None:
+    measured = None
+    calibration = args.calibration or find_calibration([r.path for r in runs])
+    if calibration is not None:
+        try:
+            measured = netmodel.load_calibration(calibration)
+        except ValueError as e:
+            print(f"compare: {e}", file=sys.stderr)
+            return 1
         links.append(measured)
+    checks = [c for c in (netmodel.validate(r, measured) for r in runs) if c is not None] if measured else []
 
     md = [f"# lowsync comparison: {len(runs)} runs, target {target:.0%} test accuracy", "",
-          *winners(rows, target), "",
+          *target_note, *winners(rows, target), "",
           f"Time and bytes to target are read at the first evaluation whose test accuracy is at "
           f"least {target:.0%} (so they depend on eval.every); bytes are wire bytes sent per rank, "
           f"cumulative. Measured on this machine unless marked modeled.", "",
@@ -225,10 +297,14 @@ def main(argv: list[str] | None = None) -> int:
         plots.loss_curves(runs, args.out / "loss.png")
         plots.bytes_per_step(runs, args.out / "bytes_per_step.png")
         plots.modeled(runs, target, links, args.out / "modeled_time_to_target.png")
+        if checks:
+            plots.model_check(checks, measured, args.out / "model_check.png")
         md += ["## Figures", ""]
-        md += [f"- [{name}]({name}): {what}" for name, what in FIGURES.items()]
+        md += [f"- [{name}]({name}): {what}" for name, what in FIGURES.items()
+               if name != "model_check.png" or checks]
         md += ["", "![overview](overview.png)", ""]
     md += modeled_section(runs, target, links)
+    md += model_check_section(checks, measured)
     md += ["## Runs", ""] + [f"- {r.label}: `{r.path}`" for r in runs] + [""]
     (args.out / "report.md").write_text("\n".join(md))
     write_csv(rows, args.out / "table.csv")

@@ -1,14 +1,20 @@
 """Alpha-beta (latency-bandwidth) model of the collectives, used to project a measured run to rank
 counts we cannot run. Per call with payload S (bytes this rank hands the collective), N ranks,
-latency alpha (s) and bandwidth beta (bytes/s):
-    ring allreduce   2(N-1) alpha + 2(N-1)/N * S / beta
-    ring allgather    (N-1) alpha +   (N-1) * s / beta      (s = this rank's share)
-    tree broadcast  log2(N) alpha +           S / beta
-The payload per step comes from summary.json: "ledger" (per collective and traffic class, exact)
-when present, else "bytes_by_traffic" (wire bytes, inverted with the formulas of
-include/lowsync/comm/ledger.hpp), else the totals.
+latency alpha (s) and bandwidth beta (bytes/s), the formulas of src/comm/netmodel.cpp:
+    allreduce (ring)          2(N-1) alpha + 2(N-1)/N * S / beta
+    allgather(v), gather      (N-1) alpha  +  (N-1) * s / beta     (s = this rank's share)
+    reduce_scatter (ring)     (N-1) alpha  + (N-1)/N * S / beta
+    broadcast (tree)     ceil(log2 N) alpha +          S / beta
+    barrier            2 ceil(log2 N) alpha;  send/recv  alpha + S / beta
+The traffic per step comes from summary.json "ledger" (one entry per collective and traffic
+class: calls, payload bytes, measured seconds), which makes the model exact for the run's own
+calls: sum over entries of calls x per-call formula at the mean payload per call (the payload term
+is linear, so the mean is exact). Older runs without it fall back to "bytes_by_traffic" (wire
+bytes, inverted with the formulas of include/lowsync/comm/ledger.hpp), else the totals.
 Projected time to target = measured steps to target x (compute s/step + modeled comm s/step):
 the steps to reach the target are assumed not to change with the rank count.
+Links: PRESETS (documented typical clusters) and, from tools/bench/bench_comm --json, the alpha
+and beta measured on this machine (load_calibration).
 """
 
 from __future__ import annotations
@@ -29,25 +35,51 @@ class Link:
     beta_Bps: float
 
 
+# Typical clusters. 100 Gb/s InfiniBand (HDR100/EDR): ~2 us MPI latency end to end, 12.5 GB/s
+# line rate. 25 GbE with TCP: ~20 us latency, ~3.1 GB/s (line rate 3.125 GB/s). Both are per-link
+# figures; the ring formulas assume every rank drives its link at that rate (no congestion).
 PRESETS = (Link("100 Gb/s InfiniBand", 2e-6, 12.5e9), Link("25 GbE", 20e-6, 3.1e9))
+
+
+def load_calibration(path) -> Link:
+    """The link measured by `mpirun -n 2 build/bin/bench_comm --json FILE` (alpha_s, beta_Bps)."""
+    import json
+    try:
+        data = json.loads(open(path).read())
+        alpha, beta = float(data["alpha_s"]), float(data["beta_Bps"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a bench_comm calibration ({e})") from None
+    if not (alpha >= 0 and beta > 0):
+        raise ValueError(f"{path}: alpha_s must be >= 0 and beta_Bps > 0, got {alpha}, {beta}")
+    return Link(f"measured here (bench_comm: alpha={alpha * 1e6:.3g} us, beta={beta / 1e9:.3g} GB/s)",
+                alpha, beta)
 
 
 @dataclass(frozen=True)
 class Traffic:
     name: str
-    collective: str  # allreduce | allgather | broadcast
+    collective: str  # a ledger collective name (allreduce, allgather, broadcast, ...)
     payload_per_step: float  # bytes this rank hands the collective, per training step
     calls_per_step: float
 
 
 def collective_time(collective: str, n: int, payload: float, calls: float, link: Link) -> float:
+    """Modeled seconds of `calls` calls moving `payload` bytes in all (this rank), at n ranks."""
     if n <= 1:
         return 0.0
-    if collective == "allgather":
-        return calls * (n - 1) * link.alpha_s + (n - 1) * payload / link.beta_Bps
+    a, b = link.alpha_s, link.beta_Bps
+    log2n = math.ceil(math.log2(n))
+    if collective in ("allgather", "allgatherv", "gather"):
+        return calls * (n - 1) * a + (n - 1) * payload / b
+    if collective == "reduce_scatter":
+        return calls * (n - 1) * a + (n - 1) / n * payload / b
     if collective == "broadcast":
-        return calls * math.log2(n) * link.alpha_s + payload / link.beta_Bps
-    return calls * 2 * (n - 1) * link.alpha_s + 2 * (n - 1) / n * payload / link.beta_Bps
+        return calls * log2n * a + payload / b
+    if collective == "barrier":
+        return calls * 2 * log2n * a
+    if collective in ("send", "recv"):
+        return calls * a + payload / b
+    return calls * 2 * (n - 1) * a + 2 * (n - 1) / n * payload / b
 
 
 def wire_factor(collective: str, n: int) -> float:
@@ -77,7 +109,8 @@ def main_collective(strategy: str) -> str:
 
 
 def _from_ledger(ledger: list, steps: int) -> list[Traffic] | None:
-    """summary.json "ledger": [{"collective", "traffic", "calls", "payload_bytes", ...}], exact."""
+    """summary.json "ledger": [{"collective", "traffic", "calls", "payload_bytes", ...}], exact:
+    every entry but the "obs" (logging) ones, each with its own collective's formula."""
     out = []
     for e in ledger:
         if not isinstance(e, dict):
@@ -86,12 +119,27 @@ def _from_ledger(ledger: list, steps: int) -> list[Traffic] | None:
         if not isinstance(coll, str) or calls is None or payload is None:
             return None
         name = str(e.get("traffic", coll))
-        if name.startswith("obs") or coll in ("barrier", "send", "recv") or payload <= 0:
-            continue  # logging collectives and point-to-point are not part of a strategy's cost
-        kind = ("allgather" if coll.startswith("allgather") or coll == "gather"
-                else "broadcast" if coll == "broadcast" else "allreduce")
-        out.append(Traffic(f"{coll}/{name}", kind, payload / steps, calls / steps))
+        if name.startswith("obs") or calls <= 0:
+            continue
+        out.append(Traffic(f"{coll}/{name}", coll, payload / steps, calls / steps))
     return out
+
+
+def measured_comm_seconds(run: RunData) -> float | None:
+    """Seconds per rank the run spent in its strategy's collectives (the ledger's "seconds",
+    obs traffic left out), or None when the run has no ledger."""
+    ledger = run.summary.get("ledger")
+    if not isinstance(ledger, list) or not ledger:
+        return None
+    total = 0.0
+    for e in ledger:
+        if not isinstance(e, dict) or str(e.get("traffic", "")).startswith("obs"):
+            continue
+        s = _num(e.get("seconds"))
+        if s is None:
+            return None
+        total += s
+    return total
 
 
 def traffic_profile(run: RunData) -> list[Traffic] | None:
@@ -167,19 +215,50 @@ def comm_seconds_per_step(profile: list[Traffic], n: int, link: Link) -> float:
                for t in profile)
 
 
-def measured_link(runs: list[RunData]) -> Link | None:
-    """The "measured" link: median of the alpha/beta the runs measured, when any did."""
-    alphas, betas = [], []
-    for r in runs:
-        a, b = _num(r.summary.get("net_alpha_s")), _num(r.summary.get("net_beta_Bps"))
-        if a is not None and b is not None and a >= 0 and b > 0:
-            alphas.append(a)
-            betas.append(b)
-    if not alphas:
+def configured_link(run: RunData) -> Link | None:
+    """The link the run was configured with (net.alpha_us, net.beta_gbps; summary.json)."""
+    a, b = _num(run.summary.get("net_alpha_s")), _num(run.summary.get("net_beta_Bps"))
+    if a is None or b is None or a < 0 or b <= 0:
         return None
-    return Link(f"measured (alpha={statistics.median(alphas) * 1e6:.3g} us, "
-                f"beta={statistics.median(betas) / 1e9:.3g} GB/s)",
-                statistics.median(alphas), statistics.median(betas))
+    return Link("configured", a, b)
+
+
+@dataclass(frozen=True)
+class Check:
+    """The model against one measured run, at the run's own rank count."""
+    label: str
+    ranks: int
+    steps: int
+    measured_comm_s: float   # strategy collectives, s per rank over the run (ledger seconds)
+    modeled_comm_s: float
+    measured_step_s: float | None  # timed step (compute + comm + waits), from samples/s
+    modeled_step_s: float | None   # compute s/step + modeled comm s/step
+
+    @property
+    def comm_error(self) -> float | None:
+        return (self.modeled_comm_s - self.measured_comm_s) / self.measured_comm_s if self.measured_comm_s > 0 else None
+
+    @property
+    def step_error(self) -> float | None:
+        if self.measured_step_s is None or self.modeled_step_s is None or self.measured_step_s <= 0:
+            return None
+        return (self.modeled_step_s - self.measured_step_s) / self.measured_step_s
+
+
+def validate(run: RunData, link: Link) -> Check | None:
+    """Modeled vs measured communication (and step) time of a run at its own rank count."""
+    n, steps = run.ranks, run.steps
+    profile, measured = traffic_profile(run), measured_comm_seconds(run)
+    if n is None or n < 2 or steps <= 0 or profile is None or measured is None:
+        return None
+    modeled = comm_seconds_per_step(profile, n, link) * steps
+    step_measured = step_modeled = None
+    sps, batch, compute = run.samples_per_s, _num(run.summary.get("batch_per_rank")), run.compute_s_per_step
+    if sps and batch:
+        step_measured = batch * n / sps
+    if compute is not None:
+        step_modeled = compute + modeled / steps
+    return Check(run.label, n, steps, measured, modeled, step_measured, step_modeled)
 
 
 def project(run: RunData, target: float, link: Link,

@@ -111,7 +111,7 @@ def overview(runs, target: float, headline: str, path: Path) -> None:
     _accuracy_curves(ax1, runs, st, "bytes_sent", target, logx=True)
     ax1.set_xlabel("bytes sent per rank (log)")
     ax1.set_title("test accuracy vs bytes sent (up and left is better)")
-    ax1.legend(fontsize=7, loc="lower right")
+    ax1.legend(fontsize=7, loc="best")
 
     # Bars: fewest bytes to target at the top; runs that never reached it at the bottom, hatched.
     reached = sorted((r for r in runs if r.bytes_to_target(target) is not None),
@@ -227,3 +227,34 @@ def modeled_runs(runs, target: float, link) -> list[RunData]:
         if r.strategy not in best or t < netmodel.project(best[r.strategy], target, link)[0][i256]:
             best[r.strategy] = r
     return list(best.values())
+
+
+def model_check(checks, link, path: Path) -> None:
+    """Modeled vs measured communication seconds per run, on a log-log y = x chart."""
+    fig, ax = plt.subplots(figsize=(7.5, 6), layout="constrained")
+    xs = [c.measured_comm_s for c in checks]
+    ys = [c.modeled_comm_s for c in checks]
+    ranks = sorted({c.ranks for c in checks})
+    cmap = plt.get_cmap("viridis")
+    for i, n in enumerate(ranks):
+        pts = [(c.measured_comm_s, c.modeled_comm_s) for c in checks if c.ranks == n and c.measured_comm_s > 0]
+        if pts:
+            ax.scatter(*zip(*pts), label=f"{n} ranks", color=cmap(i / max(len(ranks) - 1, 1)), s=40, zorder=3)
+    for c in checks:
+        if c.measured_comm_s > 0 and c.modeled_comm_s > 0:
+            ax.annotate(c.label.split()[0], (c.measured_comm_s, c.modeled_comm_s), fontsize=7,
+                        xytext=(4, 2), textcoords="offset points")
+    pos = [v for v in xs + ys if v > 0]
+    if pos:
+        lo, hi = min(pos) / 3, max(pos) * 3
+        ax.plot([lo, hi], [lo, hi], color="gray", linestyle="--", label="model = measured")
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("MEASURED seconds in strategy collectives (per rank, whole run)")
+    ax.set_ylabel("MODELED seconds (alpha-beta, same calls and payloads)")
+    ax.set_title(f"Network model check\n{link.name}", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)

@@ -8,17 +8,37 @@
 #   3. jobs/slurm/long.sbatch: USR1 to the batch shell (what --signal=B:USR1@120 sends) must reach
 #      the ranks, end in exit 3 + `scontrol requeue`, and the restart must pass --resume.
 # The trainer is $LOWSYNC, else build/bin/lowsync, else tools/slurm/stub_trainer.c built with
-# mpicc; test 3 always uses the stub (it needs a run that waits for the signal). Every wait is
-# bounded; the daemons it started are stopped by pid on exit.
-# Needs root. env: SLURM_TEST_PORT (16817; slurmd uses +1), SLURM_TEST_KEEP=1 keeps the temp dir,
-#      SLURM_TEST_TIMEOUT (180 s per job), EXTRA_SETS (added to the real trainer's settings).
+# mpicc; test 3 uses the stub unless SLURM_TEST_LONG=real (once the trainer stops on USR1 with a
+# checkpoint and exit 3 and takes --resume). Every wait is bounded; the daemons it started are
+# stopped by pid on exit. tests/integration/slurm.sh runs it under ctest (tools/test.sh, CI).
+# Needs root. env: SLURM_TEST_PORT (default: the first free pair from 16817 on, so parallel test
+#      runs on one machine do not collide; slurmd uses +1), SLURM_TEST_KEEP=1 keeps the temp dir,
+#      SLURM_TEST_TIMEOUT (180 s per job), SLURM_TEST_LONG=stub|real, EXTRA_SETS (added to the
+#      real trainer's settings).
 # Exit status: 0 all checks passed, 1 a check failed, 2 Slurm could not be set up.
 set -uo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-port=${SLURM_TEST_PORT:-16817}
+# The first port P >= 16817 with P and P+1 free on the loopback (unless SLURM_TEST_PORT is set).
+free_port() {
+  /usr/bin/python3 - <<'PY'
+import socket
+for p in range(16817, 17800, 64):
+    try:
+        for q in (p, p + 1):
+            s = socket.socket(); s.bind(("127.0.0.1", q)); s.close()
+        print(p); break
+    except OSError:
+        pass
+PY
+}
+port=${SLURM_TEST_PORT:-$(free_port)}
+[[ -n $port ]] || port=16817
+long_mode=${SLURM_TEST_LONG:-stub}
 job_timeout=${SLURM_TEST_TIMEOUT:-180}
 node=$(hostname -s)
+# The machine's CPUs (GNU nproc alone honours OMP_NUM_THREADS, which the tests set to 1).
+cpus=$(getconf _NPROCESSORS_ONLN 2>/dev/null || nproc --all)
 passed=0
 failed=0
 pids=()
@@ -144,7 +164,7 @@ JobCompType=jobcomp/none
 MailProg=/bin/true
 SlurmctldTimeout=30
 SlurmdTimeout=30
-NodeName=$node NodeAddr=127.0.0.1 CPUs=$(nproc) State=UNKNOWN
+NodeName=$node NodeAddr=127.0.0.1 CPUs=$cpus State=UNKNOWN
 PartitionName=test Nodes=$node Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
 EOF
 
@@ -175,7 +195,7 @@ if [[ $state != idle* ]]; then
   tail -n 8 "$tmp/log/slurmd.out" "$tmp/log/slurmd.log" 2>/dev/null
   die_setup "slurmd did not register node $node (state '${state:-none}')"
 fi
-say "slurmctld (pid ${pids[1]}) and slurmd (pid ${pids[2]}) up; node $node idle with $(nproc) CPUs"
+say "slurmctld (pid ${pids[1]}) and slurmd (pid ${pids[2]}) up; node $node idle with $cpus CPUs"
 if srun --mpi=list 2>&1 | grep -qw pmix; then
   say "srun has the pmix plugin: jobs launch with srun --mpi=pmix"
 else
@@ -227,7 +247,7 @@ show_output() { say "--- $1 (last lines)"; tail -n "${2:-15}" "$1" 2>/dev/null |
 
 sets="train.steps=20 eval.every=10 log.every=5 data.train_limit=2000 ${EXTRA_SETS:-}"
 
-# --- 1. train.sbatch: 4 tasks on $(nproc) CPUs, with srun (auto) and with the mpirun fallback ----
+# --- 1. train.sbatch: 4 tasks on the CPUs, with srun (auto) and with the mpirun fallback ----
 for launcher in auto mpirun; do
   id=$(sbatch --parsable --ntasks=4 --overcommit --time=10 --chdir="$root" --output="$tmp/train-%j.out" \
     --export=ALL,LOWSYNC="$trainer",LOWSYNC_ROOT="$root",LAUNCHER="$launcher",EXTRA_SETS="$sets" \
@@ -247,6 +267,17 @@ for launcher in auto mpirun; do
   check "train.sbatch ($launcher) wrote runs/$id/summary.json" test -f "$root/runs/$id/summary.json"
   check "train.sbatch ($launcher) summary.json has ranks == 4" \
     test "$(json_field "$root/runs/$id/summary.json" ranks)" == 4
+  if [[ $trainer != "$stub" ]]; then
+    # The real trainer learned (20 steps of the MLP reach ~50%; chance is 10%) and logged.
+    check "train.sbatch ($launcher) test accuracy > 0.2" /usr/bin/python3 -c \
+      'import json,sys; sys.exit(0 if json.load(open(sys.argv[1]))["final_test_accuracy"] > 0.2 else 1)' \
+      "$root/runs/$id/summary.json"
+    check "train.sbatch ($launcher) metrics.csv has rows up to step 20" \
+      grep -q '^20,' "$root/runs/$id/metrics.csv"
+  fi
+  if [[ $launcher == auto ]] && srun --mpi=list 2>&1 | grep -qw pmix; then
+    check "train.sbatch (auto) launched with srun --mpi=pmix" test "$used" == srun
+  fi
 done
 
 # --- 2. sweep.sbatch: a job array of 2 runs ---------------------------------------------------
@@ -276,8 +307,17 @@ EOF
   fi
 
   # --- 3. long.sbatch: USR1 -> checkpoint + exit 3 -> requeue -> resume -----------------------
+  # The stub waits up to 60 s for the signal; the real trainer gets enough steps to be running
+  # when it comes (and the restart, resuming, finishes them).
+  long_trainer=$stub
+  long_sets=""
+  if [[ $long_mode == real ]]; then
+    long_trainer=$trainer
+    long_sets="train.steps=3000 eval.every=1000 log.every=100 data.train_limit=2000 ${EXTRA_SETS:-}"
+  fi
   id=$(sbatch --parsable --ntasks=2 --overcommit --time=10 --chdir="$root" \
-    --output="$tmp/long-%j.out" --export=ALL,LOWSYNC="$stub",LOWSYNC_ROOT="$root",STUB_WAIT_S=60 \
+    --output="$tmp/long-%j.out" \
+    --export=ALL,LOWSYNC="$long_trainer",LOWSYNC_ROOT="$root",STUB_WAIT_S=60,EXTRA_SETS="$long_sets" \
     "$root/jobs/slurm/long.sbatch" 2>"$tmp/sbatch.err")
   if [[ -z $id ]]; then
     say "sbatch failed: $(cat "$tmp/sbatch.err")"
@@ -296,13 +336,21 @@ EOF
     until [[ $(job_state "$id") == PENDING ]] || ((SECONDS > deadline)); do sleep 0.5; done
     scontrol update JobId="$id" StartTime=now 2>/dev/null
     deadline=$((SECONDS + job_timeout))
-    until [[ -f $root/runs/$id/summary.json ]] || ((SECONDS > deadline)); do sleep 1; done
+    # (Retried: an update sent while the job is still COMPLETING is lost.)
+    until [[ -f $root/runs/$id/summary.json ]] || ((SECONDS > deadline)); do
+      [[ $(job_state "$id") == PENDING ]] && scontrol update JobId="$id" StartTime=now 2>/dev/null
+      sleep 1
+    done
     wait_job "$id" >/dev/null
     show_output "$tmp/long-$id.out" 14
-    check "long.sbatch forwarded USR1 and the ranks wrote a checkpoint" test -f "$root/runs/$id/checkpoints/stub.ckpt"
+    check "long.sbatch forwarded USR1 and the ranks wrote a checkpoint" \
+      test -n "$(ls -A "$root/runs/$id/checkpoints" 2>/dev/null)"
     check "long.sbatch requeued after exit 3" grep -q "requeueing job $id" "$tmp/long-$id.out"
-    check "long.sbatch restart resumed from runs/$id" \
-      test "$(json_field "$root/runs/$id/summary.json" resumed_from)" == "runs/$id"
+    check "long.sbatch restart resumed from runs/$id" grep -q "resuming from runs/$id" "$tmp/long-$id.out"
+    if [[ $long_mode != real ]]; then
+      check "long.sbatch restart passed --resume runs/$id to the trainer" \
+        test "$(json_field "$root/runs/$id/summary.json" resumed_from)" == "runs/$id"
+    fi
     check "long.sbatch completed after the restart" test "$(job_state "$id")" == COMPLETED
   fi
 else

@@ -134,9 +134,9 @@ std::unique_ptr<Optimizer> make_zo_update(const config::Config& cfg, std::size_t
   const std::string& update = cfg.string("optim.zo.update");
   const double lr = cfg.real("optim.lr");
   if (update == "sgd")
-    return std::make_unique<Sgd>(lr, cfg.real("optim.momentum"), cfg.real("optim.weight_decay"), num_values);
+    return std::make_unique<Sgd>(lr, cfg.real("optim.momentum"), cfg.real("optim.weight_decay"), num_values, Storage::fp32);
   return std::make_unique<AdamW>(lr, cfg.real("optim.beta1"), cfg.real("optim.beta2"), cfg.real("optim.eps"),
-                                 cfg.real("optim.weight_decay"), num_values);
+                                 cfg.real("optim.weight_decay"), num_values, Storage::fp32);  // zo is fp32 only
 }
 
 }  // namespace lowsync::optim

@@ -97,16 +97,6 @@ struct Evaluator {
   }
 };
 
-// Precision combinations (ALGORITHMS.md "How these combine"). The wire format's own rules (which
-// strategies it applies to) are checked by the strategy factory.
-void validate_precision(const config::Config& cfg) {
-  const std::string& compute = cfg.string("precision.compute");
-  // mu = 1e-4 is far below the E4M3 spacing (relative 2^-3): the perturbation would vanish.
-  if (compute == "fp8" && cfg.string("optim.name") == "zo")
-    fail("precision.compute = \"fp8\" with optim.name = \"zo\": the ZO perturbation vanishes under E4M3 "
-         "weight quantization (ALGORITHMS.md \"How these combine\"); use fp32 or bf16 compute for ZO");
-}
-
 // Bytes of parameters + gradients + optimizer state: as stored by this build ("stored": float
 // buffers, plus the fake-quantized weight copy for fp8) and as a native implementation of the
 // compute dtype holds them ("in_compute_dtype": 2 bytes per value for bf16/fp16; fp8 keeps fp32
@@ -134,7 +124,8 @@ void reject_unimplemented(const config::Config& cfg) {
   if (cfg.string("optim.name") != "zo") return;
   // The zeroth-order loop (zo_trainer.cpp) is fp32 only and has no checkpoint or time-limit support.
   if (cfg.string("precision.compute") == "fp8")
-    fail("optim.name = \"zo\" cannot run with precision.compute = \"fp8\": loss differences of mu-sized perturbations vanish below fp8 resolution");
+    fail("optim.name = \"zo\" cannot run with precision.compute = \"fp8\": loss differences of mu-sized perturbations "
+         "vanish below fp8 resolution (ALGORITHMS.md \"How these combine\")");
   if (cfg.string("precision.compute") != "fp32")
     refuse("optim.name = \"zo\" with precision.compute = \"" + cfg.string("precision.compute") + "\"");
   if (cfg.string("precision.wire") != "fp32")
@@ -192,7 +183,6 @@ enum Control : std::size_t { kStopSignal, kTimeLimit, kCheckpointDue, kNonfinite
 TrainResult train(const config::Config& cfg, comm::Communicator& comm, const std::filesystem::path& out_dir,
                   const std::optional<std::filesystem::path>& resume) {
   cfg.validate();
-  validate_precision(cfg);
   reject_unimplemented(cfg);
   if (cfg.string("optim.name") == "zo") {  // backprop-free path
     if (resume) fail("--resume is not implemented for optim.name = \"zo\"");

@@ -91,8 +91,10 @@ TEST(ZoFedSgd, KRanksEqualOneRankWithUnionBatch) {
   comm::Communicator self(MPI_COMM_SELF);
   const int K = world.size(), b = 4, steps = 3;
   config::Config cfg;
+  // SGD, not Adam: Adam's first steps are lr * g / |g|, so entries with g ~ eps flip on fp32
+  // rounding of the per-rank means and the comparison would measure that, not the protocol.
   cfg.set_text("optim.lr=0.01");
-  cfg.set_text("optim.zo.update=adam");
+  cfg.set_text("optim.zo.update=sgd");
   optim::ZoSettings zs;
   zs.num_directions = 6;
   zs.mu = 1e-3f;
@@ -114,8 +116,8 @@ TEST(ZoFedSgd, KRanksEqualOneRankWithUnionBatch) {
   ASSERT_EQ(v.size(), r.size());
   double max_diff = 0.0, max_move = 0.0;
   for (std::size_t k = 0; k < v.size(); ++k) max_diff = std::max(max_diff, std::fabs(double(v[k]) - r[k]));
-  // The estimate's loss differences differ only by fp32 rounding of the per-rank means; Adam
-  // moves each weight by ~lr per step, so compare against that scale.
+  // The estimate's loss differences differ only by fp32 rounding of the per-rank means; compare
+  // against the largest movement of a weight.
   model::SparseMlp init(b, 7, mask);
   for (std::size_t k = 0; k < v.size(); ++k) max_move = std::max(max_move, std::fabs(double(v[k]) - init.params().values()[k]));
   EXPECT_GT(max_move, 1e-3);

@@ -8,8 +8,8 @@
 #   3. jobs/slurm/long.sbatch: USR1 to the batch shell (what --signal=B:USR1@120 sends) must reach
 #      the ranks, end in exit 3 + `scontrol requeue`, and the restart must pass --resume.
 # The trainer is $LOWSYNC, else build/bin/lowsync, else tools/slurm/stub_trainer.c built with
-# mpicc; test 3 uses the stub unless SLURM_TEST_LONG=real (once the trainer stops on USR1 with a
-# checkpoint and exit 3 and takes --resume). Every wait is bounded; the daemons it started are
+# mpicc; test 3 runs the real trainer (USR1 -> checkpoint, exit 3 -> requeue -> --resume -> all
+# steps done); SLURM_TEST_LONG=stub runs it with the stub instead. Every wait is bounded; the daemons it started are
 # stopped by pid on exit. tests/integration/slurm.sh runs it under ctest (tools/test.sh, CI).
 # Needs root. env: SLURM_TEST_PORT (default: the first free pair from 16817 on, so parallel test
 #      runs on one machine do not collide; slurmd uses +1), SLURM_TEST_KEEP=1 keeps the temp dir,
@@ -34,7 +34,7 @@ PY
 }
 port=${SLURM_TEST_PORT:-$(free_port)}
 [[ -n $port ]] || port=16817
-long_mode=${SLURM_TEST_LONG:-stub}
+long_mode=${SLURM_TEST_LONG:-real}
 job_timeout=${SLURM_TEST_TIMEOUT:-180}
 node=$(hostname -s)
 # The machine's CPUs (GNU nproc alone honours OMP_NUM_THREADS, which the tests set to 1).
@@ -311,7 +311,7 @@ EOF
   # when it comes (and the restart, resuming, finishes them).
   long_trainer=$stub
   long_sets=""
-  if [[ $long_mode == real ]]; then
+  if [[ $long_mode == real && $trainer != "$stub" ]]; then
     long_trainer=$trainer
     long_sets="train.steps=3000 eval.every=1000 log.every=100 data.train_limit=2000 ${EXTRA_SETS:-}"
   fi
@@ -347,9 +347,11 @@ EOF
       test -n "$(ls -A "$root/runs/$id/checkpoints" 2>/dev/null)"
     check "long.sbatch requeued after exit 3" grep -q "requeueing job $id" "$tmp/long-$id.out"
     check "long.sbatch restart resumed from runs/$id" grep -q "resuming from runs/$id" "$tmp/long-$id.out"
-    if [[ $long_mode != real ]]; then
-      check "long.sbatch restart passed --resume runs/$id to the trainer" \
-        test "$(json_field "$root/runs/$id/summary.json" resumed_from)" == "runs/$id"
+    check "long.sbatch restart passed --resume runs/$id to the trainer" \
+      test "$(json_field "$root/runs/$id/summary.json" resumed_from)" == "runs/$id"
+    if [[ $long_mode == real ]]; then
+      check "long.sbatch: the resumed trainer finished all 3000 steps" \
+        test "$(json_field "$root/runs/$id/summary.json" steps)" == 3000
     fi
     check "long.sbatch completed after the restart" test "$(job_state "$id")" == COMPLETED
   fi

@@ -168,7 +168,8 @@ void Watchdog::run() {
       std::int64_t ahead = 0;
       for (int r = 0; r < size_; ++r)
         ahead = std::max(ahead, std::atomic_ref<std::int64_t>(slots_[r]).load(std::memory_order_relaxed));
-      if (ahead <= seq_) {
+      // slots_[0] is this rank's own number (seq_ belongs to the main thread).
+      if (ahead <= std::atomic_ref<std::int64_t>(slots_[0]).load(std::memory_order_relaxed)) {
         lagging_ = false;
       } else if (!lagging_) {
         lagging_ = true;

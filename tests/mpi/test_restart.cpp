@@ -1,7 +1,7 @@
 // ranks: 2 4
 // Trainer checkpoints (app/checkpointing.hpp) end to end on a small MLP: for allreduce, periodic,
-// FDA and DeMo, fp8 wire (periodic, FDA: the server model on rank 0), bf16/fp8 compute (allreduce)
-// and ZO (optim.name = zo, pruned FedSGD and FedAvg: mask, kept values, update state, counters),
+// FDA and DeMo, fp8 wire (allreduce; periodic, FDA: the server model on rank 0), bf16/fp8
+// compute (allreduce) and ZO (optim.name = zo, pruned FedSGD and FedAvg: mask, kept values, update state, counters),
 // k steps + checkpoint + resume + k steps must equal 2k uninterrupted steps bitwise (every saved
 // buffer: parameters, optimizer, strategy, loader) with the same metrics.csv values; a
 // resume on half the ranks (4 -> 2) and on twice the ranks (2 -> 4) follows the reshard policy.
@@ -213,7 +213,7 @@ TEST_P(Restart, ResumedRunEqualsUninterrupted) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Strategies, Restart, ::testing::Values("allreduce", "periodic", "fda", "demo", "periodic_fp8wire",
-                                                           "fda_fp8wire", "allreduce_bf16", "allreduce_fp8",
+                                                           "fda_fp8wire", "allreduce_fp8wire", "allreduce_bf16", "allreduce_fp8",
                                                            "zo_fedsgd_ntk", "zo_fedavg_magnitude"),
                          [](const auto& info) { return info.param; });
 

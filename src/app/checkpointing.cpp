@@ -7,11 +7,13 @@
 #include "lowsync/core/error.hpp"
 #include "lowsync/core/log.hpp"
 #include "lowsync/io/checkpoint_file.hpp"
+#include "lowsync/io/metrics.hpp"
 #include "lowsync/config.hpp"
 
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <fstream>
 #include <map>
 
 namespace lowsync::app {
@@ -198,7 +200,6 @@ void save_checkpoint(const fs::path& path, TrainState& s) {
   io::CheckpointWriter w(path, s.comm.mpi_comm());
   w.set_attribute("trainer_state_version", kTrainerStateVersion);
   w.set_attribute("lowsync_version", LOWSYNC_VERSION);
-  w.set_attribute("step", s.loop.step);
   w.set_attribute("world_size", s.comm.size());
   w.set_attribute("arch", s.model.arch());
   w.set_attribute("num_params", static_cast<std::int64_t>(s.model.num_params()));
@@ -207,10 +208,6 @@ void save_checkpoint(const fs::path& path, TrainState& s) {
   w.set_attribute("optimizer_step_count", s.optimizer.step_count());
   w.set_attribute("learning_rate", s.optimizer.learning_rate());
   w.set_attribute("config_toml", s.cfg.to_toml());
-  w.set_attribute("elapsed_s", s.loop.elapsed_s);
-  w.set_attribute("last_loss", s.loop.last_loss);
-  w.set_attribute("last_test_acc", s.loop.last_test_acc);
-  w.set_attribute("last_test_loss", s.loop.last_test_loss);
   std::string names;
   for (const auto& info : s.model.param_infos()) names += (names.empty() ? "" : ",") + info.name;
   w.set_attribute("param_names", names);
@@ -225,23 +222,85 @@ void save_checkpoint(const fs::path& path, TrainState& s) {
   w.write_per_rank<float>("model/params", s.model.params());
   for (const auto& b : s.optimizer.state()) w.write_per_rank<float>("optim/" + b.name, b.data);
   for (const auto& b : s.strategy.state_buffers()) w.write_per_rank<float>("strategy/" + b.name, b.data);
+  for (const auto& b : s.strategy.root_state_buffers()) {
+    // Rank 0's buffer; the other ranks pass a stand-in of the same size (ignored by the writer).
+    std::vector<float> stand_in(s.comm.rank() == 0 ? 0 : b.size);
+    const std::span<const float> data = s.comm.rank() == 0 ? std::span<const float>(b.data) : stand_in;
+    w.write_global<float>("strategy/root/" + b.name, data, {b.size});
+  }
   for (const auto& c : s.strategy.state_counters())
     w.write_per_rank<std::int64_t>("strategy/counters/" + c.name, std::span<const std::int64_t>(&c.value, 1));
 
   const auto cursor = s.loader.cursor();
   const std::int64_t cur[3] = {cursor.epoch, cursor.position, s.loader.samples()};
   w.write_per_rank<std::int64_t>("data/cursor", std::span<const std::int64_t>(cur, 3));
-  const auto loop = loop_row(s.loop);
-  w.write_per_rank<double>("trainer/loop", loop);
+  write_loop_and_ledger(w, s.loop, s.comm);
+  w.commit();
+}
 
+void write_loop_and_ledger(io::CheckpointWriter& w, const LoopState& l, comm::Communicator& comm) {
+  w.set_attribute("step", l.step);
+  w.set_attribute("elapsed_s", l.elapsed_s);
+  w.set_attribute("last_loss", l.last_loss);
+  w.set_attribute("last_test_acc", l.last_test_acc);
+  w.set_attribute("last_test_loss", l.last_test_loss);
+  const auto loop = loop_row(l);
+  w.write_per_rank<double>("trainer/loop", loop);
   // The ledger as JSON bytes, zero-padded to the longest rank's text.
-  const std::string ledger = ledger_json(s.comm.ledger());
+  const std::string ledger = ledger_json(comm.ledger());
   std::int64_t longest = static_cast<std::int64_t>(ledger.size()) + 1;
-  s.comm.allreduce(std::span<std::int64_t>(&longest, 1), comm::ReduceOp::max, "obs.checkpoint");
+  comm.allreduce(std::span<std::int64_t>(&longest, 1), comm::ReduceOp::max, "obs.checkpoint");
   std::vector<std::uint8_t> bytes(static_cast<std::size_t>(longest), 0);
   std::copy(ledger.begin(), ledger.end(), bytes.begin());
   w.write_per_rank<std::uint8_t>("comm/ledger", bytes);
-  w.commit();
+}
+
+void read_loop_and_ledger(io::CheckpointReader& r, LoopState& l, comm::Communicator& comm) {
+  const auto& path = r.path();
+  l.step = r.attribute_int("step");
+  l.elapsed_s = r.attribute_double("elapsed_s");
+  l.last_loss = r.attribute_double("last_loss");
+  l.last_test_acc = r.attribute_double("last_test_acc");
+  l.last_test_loss = r.attribute_double("last_test_loss");
+  for (const char* ds : {"trainer/loop", "comm/ledger"})
+    if (!r.has_dataset(ds)) fail("checkpoint {}: no dataset '{}'", path.string(), ds);
+  if (r.row_length("trainer/loop") != kLoopFields)
+    fail("checkpoint {}: dataset 'trainer/loop' has {} values per rank, expected {}", path.string(),
+         r.row_length("trainer/loop"), kLoopFields);
+  std::vector<double> row(kLoopFields);
+  r.read_row<double>("trainer/loop", static_cast<std::size_t>(comm.rank()), std::span<double>(row));
+  set_loop_row(l, row);
+  std::vector<std::uint8_t> bytes(r.row_length("comm/ledger"));
+  r.read_row<std::uint8_t>("comm/ledger", static_cast<std::size_t>(comm.rank()), std::span<std::uint8_t>(bytes));
+  comm.ledger().restore(parse_ledger(path, bytes));
+}
+
+config::Config saved_config(io::CheckpointReader& r) {
+  if (!r.has_attribute("config_toml"))
+    fail("checkpoint {}: no attribute 'config_toml': not a lowsync training checkpoint", r.path().string());
+  return Restorer::config_from(r);
+}
+
+void truncate_metrics(const fs::path& path, std::int64_t step) {
+  std::ifstream in(path);
+  if (!in) return;
+  std::string line, kept;
+  bool header = true;
+  while (std::getline(in, line)) {
+    if (!header) {
+      const auto comma = line.find(',');
+      std::int64_t row_step = 0;
+      try {
+        row_step = std::stoll(line.substr(0, comma));
+      } catch (const std::exception&) {
+        continue;  // a partial last line of a killed run
+      }
+      if (row_step > step) break;
+    }
+    kept += line + "\n";
+    header = false;
+  }
+  io::write_file_atomic(path, kept);
 }
 
 std::vector<std::string> load_checkpoint(const fs::path& path, TrainState& s) {
@@ -255,6 +314,12 @@ std::vector<std::string> load_checkpoint(const fs::path& path, TrainState& s) {
   for (auto& b : s.optimizer.state()) r.read_floats("optim/" + b.name, b.data);
   s.optimizer.set_step_count(reader.attribute_int("optimizer_step_count"));
   for (auto& b : s.strategy.state_buffers()) r.read_floats("strategy/" + b.name, b.data);
+  for (auto& b : s.strategy.root_state_buffers()) {
+    const std::string ds = "strategy/root/" + b.name;
+    if (!reader.has_dataset(ds)) fail("checkpoint {}: no dataset '{}' (needed by this run)", path.string(), ds);
+    std::vector<float> stand_in(s.comm.rank() == 0 ? 0 : b.size);
+    reader.read_global<float>(ds, s.comm.rank() == 0 ? b.data : std::span<float>(stand_in), {b.size});
+  }
   std::vector<sync::StateCounter> counters = s.strategy.state_counters();
   for (auto& c : counters) c.value = r.read_ints("strategy/counters/" + c.name, 1)[0];
   s.strategy.restore_counters(counters);

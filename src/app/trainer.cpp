@@ -122,7 +122,7 @@ void reject_unimplemented(const config::Config& cfg) {
   if (cfg.string("prune.method") != "none" && cfg.string("optim.name") != "zo")
     refuse("prune.method = \"" + cfg.string("prune.method") + "\" with backprop (optim.name = \"zo\" only)");
   if (cfg.string("optim.name") != "zo") return;
-  // The zeroth-order loop (zo_trainer.cpp) is fp32 only and has no checkpoint or time-limit support.
+  // The zeroth-order loop (zo_trainer.cpp) is fp32 only.
   if (cfg.string("precision.compute") == "fp8")
     fail("optim.name = \"zo\" cannot run with precision.compute = \"fp8\": loss differences of mu-sized perturbations "
          "vanish below fp8 resolution (ALGORITHMS.md \"How these combine\")");
@@ -130,9 +130,6 @@ void reject_unimplemented(const config::Config& cfg) {
     refuse("optim.name = \"zo\" with precision.compute = \"" + cfg.string("precision.compute") + "\"");
   if (cfg.string("precision.wire") != "fp32")
     refuse("optim.name = \"zo\" with precision.wire = \"" + cfg.string("precision.wire") + "\"");
-  if (cfg.integer("checkpoint.every") > 0 || cfg.real("checkpoint.every_seconds") > 0.0)
-    refuse("optim.name = \"zo\" with checkpointing");
-  if (cfg.real("train.max_seconds") > 0.0) refuse("optim.name = \"zo\" with train.max_seconds");
 }
 
 // Index of the first parameter tensor with a non-finite value on any rank (all ranks get the
@@ -151,30 +148,6 @@ std::int64_t first_nonfinite_tensor(model::Model& model, comm::Communicator& com
   return bad == std::numeric_limits<std::int64_t>::max() ? -1 : bad;
 }
 
-// Rank 0: metrics.csv of a resumed run keeps the rows up to the checkpoint's step (a run killed
-// after its last checkpoint logged rows that the resumed run writes again).
-void truncate_metrics(const std::filesystem::path& path, std::int64_t step) {
-  std::ifstream in(path);
-  if (!in) return;
-  std::string line, kept;
-  bool header = true;
-  while (std::getline(in, line)) {
-    if (!header) {
-      const auto comma = line.find(',');
-      std::int64_t row_step = 0;
-      try {
-        row_step = std::stoll(line.substr(0, comma));
-      } catch (const std::exception&) {
-        continue;  // a partial last line of a killed run
-      }
-      if (row_step > step) break;
-    }
-    kept += line + "\n";
-    header = false;
-  }
-  io::write_file_atomic(path, kept);
-}
-
 // Control flags agreed by all ranks at every step boundary (one small "obs.control" allreduce).
 enum Control : std::size_t { kStopSignal, kTimeLimit, kCheckpointDue, kNonfiniteLoss, kControlCount };
 
@@ -184,10 +157,7 @@ TrainResult train(const config::Config& cfg, comm::Communicator& comm, const std
                   const std::optional<std::filesystem::path>& resume) {
   cfg.validate();
   reject_unimplemented(cfg);
-  if (cfg.string("optim.name") == "zo") {  // backprop-free path
-    if (resume) fail("--resume is not implemented for optim.name = \"zo\"");
-    return train_zo(cfg, comm, out_dir);
-  }
+  if (cfg.string("optim.name") == "zo") return train_zo(cfg, comm, out_dir, resume);  // backprop-free path
   const int rank = comm.rank(), world = comm.size();
   const Timer wall;  // this segment of the run
   const StopSignals signals;

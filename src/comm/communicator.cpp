@@ -10,7 +10,11 @@
 
 #include <Kokkos_Core.hpp>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <exception>
+#include <thread>
 #include <climits>
 #include <cstring>
 #include <vector>
@@ -63,11 +67,32 @@ Communicator::Communicator(MPI_Comm comm, CommOptions options) : options_(option
   MPI_Comm_rank(comm_, &rank_);
   MPI_Comm_size(comm_, &size_);
   watchdog_ = std::make_unique<Watchdog>(options_.timeout_seconds, rank_);
+  if (watchdog_->enabled() && size_ > 1) {
+    void* base = nullptr;
+    const MPI_Aint bytes = rank_ == 0 ? static_cast<MPI_Aint>(size_) * 8 : 0;
+    if (MPI_Win_allocate(bytes, 8, MPI_INFO_NULL, comm_, &base, &heartbeat_) == MPI_SUCCESS) {
+      MPI_Win_set_errhandler(heartbeat_, MPI_ERRORS_RETURN);
+      auto* slots = rank_ == 0 ? static_cast<std::int64_t*>(base) : nullptr;
+      if (slots != nullptr) std::fill(slots, slots + size_, std::int64_t{0});
+      MPI_Barrier(comm_);  // slots zeroed before any rank puts
+      MPI_Win_lock_all(MPI_MODE_NOCHECK, heartbeat_);
+      watchdog_->attach_heartbeat(heartbeat_, slots, size_);
+    } else {
+      heartbeat_ = MPI_WIN_NULL;  // no names in timeout messages, nothing else changes
+    }
+  }
 }
 
 Communicator::~Communicator() {
   int finalized = 0;
   MPI_Finalized(&finalized);
+  watchdog_.reset();  // the thread reads the window memory
+  // MPI_Win_free synchronizes: skipped while an exception unwinds (the peers may never get
+  // here), the window is then left to MPI_Finalize / the process exit.
+  if (!finalized && heartbeat_ != MPI_WIN_NULL && std::uncaught_exceptions() == 0) {
+    MPI_Win_unlock_all(heartbeat_);
+    MPI_Win_free(&heartbeat_);
+  }
   if (!finalized && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
 }
 
@@ -86,13 +111,40 @@ Watchdog::~Watchdog() {
   }
 }
 
+void Watchdog::attach_heartbeat(MPI_Win win, std::int64_t* slots, int size) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  win_ = win;
+  slots_ = slots;
+  size_ = size;
+}
+
 void Watchdog::arm(Collective c, std::string_view traffic, std::int64_t step) {
   if (timeout_ <= 0.0) return;
+  ++seq_;
+  if (slots_ != nullptr) {
+    std::atomic_ref<std::int64_t>(slots_[0]).store(seq_, std::memory_order_relaxed);
+  } else if (win_ != MPI_WIN_NULL) {
+    MPI_Put(&seq_, 1, MPI_INT64_T, 0, rank_, 1, MPI_INT64_T, win_);
+    MPI_Win_flush(0, win_);
+  }
   std::lock_guard<std::mutex> lock(mutex_);
   what_ = fmt::format("{} ({})", collective_name(c), traffic);
   step_ = step;
+  armed_seq_ = seq_;
   since_ = std::chrono::steady_clock::now();
   armed_ = true;
+}
+
+std::string Watchdog::laggards_text(std::int64_t below) const {
+  std::string out;
+  int n = 0;
+  for (int r = 0; r < size_; ++r) {
+    const std::int64_t v = std::atomic_ref<std::int64_t>(slots_[r]).load(std::memory_order_relaxed);
+    if (v >= below) continue;
+    if (++n <= 16) out += fmt::format("{}{}", out.empty() ? "" : ",", r);
+  }
+  if (n > 16) out += fmt::format(",... ({} ranks)", n);
+  return out;
 }
 
 void Watchdog::disarm() {
@@ -106,14 +158,54 @@ void Watchdog::run() {
   std::unique_lock<std::mutex> lock(mutex_);
   while (!stop_) {
     wake_.wait_for(lock, period);
-    if (!armed_ || stop_) continue;
-    const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - since_).count();
+    if (stop_) continue;
+    const auto now = std::chrono::steady_clock::now();
+    if (!armed_) {
+      // Rank 0 outside a collective while others already wait in a later one: it is the rank
+      // they wait for (a collective needs every rank), so it says so before their watchdogs end
+      // the job.
+      if (slots_ == nullptr) continue;
+      std::int64_t ahead = 0;
+      for (int r = 0; r < size_; ++r)
+        ahead = std::max(ahead, std::atomic_ref<std::int64_t>(slots_[r]).load(std::memory_order_relaxed));
+      // slots_[0] is this rank's own number (seq_ belongs to the main thread).
+      if (ahead <= std::atomic_ref<std::int64_t>(slots_[0]).load(std::memory_order_relaxed)) {
+        lagging_ = false;
+      } else if (!lagging_) {
+        lagging_ = true;
+        lag_since_ = now;
+      } else if (std::chrono::duration<double>(now - lag_since_).count() > timeout_) {
+        std::fprintf(stderr,
+                     "lowsync: rank 0: error: ranks are waiting for rank(s) %s, which did not reach collective #%lld "
+                     "within comm.timeout_seconds = %g s (this rank is busy outside a collective at step %lld); "
+                     "aborting the job\n",
+                     laggards_text(ahead).c_str(), static_cast<long long>(ahead), timeout_,
+                     static_cast<long long>(current_step_.load(std::memory_order_relaxed)));
+        std::fflush(stderr);
+        std::_Exit(4);
+      }
+      continue;
+    }
+    const double waited = std::chrono::duration<double>(now - since_).count();
     if (waited > timeout_) {
+      std::string waiting_for;
+      if (slots_ != nullptr) {
+        const std::string late = laggards_text(armed_seq_);
+        waiting_for = late.empty() ? "; every rank reached it (one may have died inside it)"
+                                   : fmt::format("; waiting for rank(s) {}, which did not reach it", late);
+      } else if (win_ != MPI_WIN_NULL) {
+        waiting_for = "; rank 0 names the ranks that did not reach it";
+      }
       std::fprintf(stderr,
-                   "lowsync: rank %d: error: %s did not complete within comm.timeout_seconds = %g s at step %lld: "
+                   "lowsync: rank %d: error: %s did not complete within comm.timeout_seconds = %g s at step %lld%s: "
                    "a peer rank died or hangs; aborting the job\n",
-                   rank_, what_.c_str(), timeout_, static_cast<long long>(step_));
+                   rank_, what_.c_str(), timeout_, static_cast<long long>(step_), waiting_for.c_str());
       std::fflush(stderr);
+      // The other ranks give rank 0, which holds the heartbeat, a moment to name the ranks.
+      if (rank_ != 0 && win_ != MPI_WIN_NULL) {
+        lock.unlock();
+        std::this_thread::sleep_for(std::chrono::duration<double>(std::min(2.0, timeout_)));
+      }
       // Not MPI_Abort: this thread may not call MPI. A non-zero exit without MPI_Finalize makes
       // mpirun (and srun --kill-on-bad-exit) end every other rank.
       std::_Exit(4);

@@ -63,6 +63,17 @@ void PeriodicStrategy::after_update(StepContext& ctx) {
 
 namespace lowsync::sync {
 
+std::vector<StateCounter> PeriodicStrategy::state_counters() const {
+  std::vector<StateCounter> out = {{"syncs", syncs_}};
+  if (server_.format() != WireFormat::fp32) out.push_back({"server_excluded", server_.excluded()});
+  return out;
+}
+
+void PeriodicStrategy::restore_counters(std::span<const StateCounter> c) {
+  syncs_ = find_counter(c, "syncs");
+  server_.set_excluded(find_counter(c, "server_excluded"));
+}
+
 std::string PeriodicStrategy::reshard(StepContext& ctx) {
   // The averaged parameters are what a sync would produce; the period continues by step number.
   return fmt::format("periodic: replicas start from the average, next sync at step {}",

@@ -73,6 +73,15 @@ void FdaStrategy::on_start(StepContext& ctx) {
   Strategy::on_start(ctx);
   counts_ = tensor_counts(ctx.model);
   begin(ctx.model.params());
+  start_server(ctx.comm);
+}
+
+void FdaStrategy::start_server(comm::Communicator& comm) {
+  // What the first sync would do (w0 is unchanged until then), done up front so that the server
+  // model is checkpoint state from step 0.
+  server_ = ServerAverager(options_.wire, options_.seed);
+  server_.begin(comm, w0_.span(), counts_);
+  server_started_ = true;
 }
 
 bool FdaStrategy::step(comm::Communicator& comm, std::int64_t step, std::span<float> params,
@@ -93,11 +102,7 @@ bool FdaStrategy::step(comm::Communicator& comm, std::int64_t step, std::span<fl
   last_synced_ = decision != 0;
   if (!last_synced_) return false;
 
-  if (!server_started_) {
-    server_ = ServerAverager(options_.wire, options_.seed);
-    server_.begin(comm, w0_.span(), counts_);
-    server_started_ = true;
-  }
+  if (!server_started_) start_server(comm);
   server_.average(comm, params, step, "model");
   if (options_.average_optimizer_state && optimizer != nullptr)
     for (auto& s : optimizer->state()) average_in_place(comm, s.data, "optim_state");
@@ -124,11 +129,29 @@ std::vector<optim::StateBuffer> FdaStrategy::state_buffers() {
   return out;
 }
 
+std::vector<RootStateBuffer> FdaStrategy::root_state_buffers() {
+  return server_started_ ? server_.root_state("") : std::vector<RootStateBuffer>{};
+}
+
+std::vector<StateCounter> FdaStrategy::state_counters() const {
+  std::vector<StateCounter> out = {{"syncs", syncs_}};
+  if (options_.wire != WireFormat::fp32) out.push_back({"server_excluded", server_.excluded()});
+  return out;
+}
+
+void FdaStrategy::restore_counters(std::span<const StateCounter> c) {
+  syncs_ = find_counter(c, "syncs");
+  server_.set_excluded(find_counter(c, "server_excluded"));
+}
+
 std::string FdaStrategy::reshard(StepContext& ctx) {
   // The averaged w0/w0_prev describe rounds of the old ranks; the new replicas are identical, so
   // a new round starts here exactly as after a sync (syncs kept).
   begin(ctx.model.params());
-  return "fda: new round from the averaged parameters (w0 = w0_prev = params, xi reset)";
+  start_server(ctx.comm);
+  return options_.wire == WireFormat::fp32
+             ? "fda: new round from the averaged parameters (w0 = w0_prev = params, xi reset)"
+             : "fda: new round from the averaged parameters (w0 = w0_prev = params, xi reset, server model = params)";
 }
 
 std::vector<std::string> FdaStrategy::metric_names() const {

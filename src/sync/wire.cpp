@@ -203,6 +203,13 @@ void ServerAverager::begin(const comm::Communicator& comm, std::span<const float
   }
 }
 
+std::vector<RootStateBuffer> ServerAverager::root_state(std::string_view prefix) {
+  if (format_ == WireFormat::fp32 || counts_.empty()) return {};
+  const std::size_t d = total(counts_);
+  const std::string p(prefix);
+  return {{p + "server_master", d, master_.span()}, {p + "server_broadcast", d, broadcast_.span()}};
+}
+
 void ServerAverager::average(comm::Communicator& comm, std::span<float> params, std::int64_t round,
                              std::string_view traffic) {
   if (format_ == WireFormat::fp32) {

@@ -2,7 +2,8 @@
 # Walltime handling end to end on 2 ranks: SIGTERM to one rank mid-run -> all ranks agree at the
 # next step boundary, write a checkpoint and exit 3 -> `--resume RUN_DIR` finishes the run with
 # bitwise the same parameters (h5py) and the same metrics.csv values as an uninterrupted run;
-# train.max_seconds stops the same way; `inspect` and `eval --checkpoint` read the result.
+# train.max_seconds stops the same way; `inspect` and `eval --checkpoint` read the result; a
+# second signal while the ranks are blocked (one hangs, debug.hang_rank) ends the job at once.
 set -uo pipefail
 lowsync="$1"
 py=/usr/bin/python3
@@ -63,6 +64,32 @@ check "resumed == uninterrupted (params bitwise, metrics)" 'grep -q same "$tmp/c
 code=$?
 check "train.max_seconds exits 3 (got $code)" '[ $code -eq 3 ]'
 check "max_seconds is named" 'grep -q "train.max_seconds = 2 reached" "$tmp/limit.log"'
+
+# A second signal exits promptly: rank 1 hangs inside step 5 and rank 0 waits for it in a
+# collective (watchdog far away), so the first SIGTERM cannot reach a step boundary; the second
+# one ends the ranks at once (status 128 + 15) without a checkpoint.
+"${mpi[@]}" "$lowsync" train "${sets[@]}" --set debug.hang_rank=1 --set debug.hang_step=5 \
+  --set comm.timeout_seconds=300 --out "$tmp/blocked" >"$tmp/blocked.log" 2>&1 &
+mpirun_pid=$!
+for _ in $(seq 1 600); do
+  grep -q "hangs at step 5" "$tmp/blocked.log" 2>/dev/null && break
+  sleep 0.05
+done
+ranks=$(pgrep -P "$mpirun_pid")
+kill -TERM $ranks
+sleep 2
+check "first signal while blocked: still running" 'kill -0 "$mpirun_pid" 2>/dev/null'
+start=$(date +%s)
+kill -TERM $ranks 2>/dev/null
+for _ in $(seq 1 200); do kill -0 "$mpirun_pid" 2>/dev/null || break; sleep 0.05; done
+kill -0 "$mpirun_pid" 2>/dev/null && kill -KILL "$mpirun_pid" $ranks 2>/dev/null
+wait "$mpirun_pid"
+code=$?
+elapsed=$(( $(date +%s) - start ))
+check "second signal exits non-zero (got $code)" '[ $code -ne 0 ] && [ $code -ne 3 ]'
+check "second signal exits within 5 s (took $elapsed s)" '[ $elapsed -le 5 ]'
+check "second signal is logged" 'grep -q "second stop signal: exiting now without a checkpoint" "$tmp/blocked.log"'
+check "no checkpoint from the blocked run" '! ls "$tmp"/blocked/checkpoints/ckpt-*.h5 >/dev/null 2>&1'
 
 ckpt=$(ls "$tmp"/split/checkpoints/ckpt-*.h5 | tail -1)
 "$lowsync" inspect "$ckpt" >"$tmp/inspect.log" 2>&1

@@ -2,7 +2,8 @@
 # End-to-end backprop-free training (optim.name = zo): NTK-pruned FedSGD-ZO on 2 ranks writes the
 # run contract's files plus the pruning report, keeps exactly the requested density, sends only
 # q loss differences per step, and holds < 1/10 of the training state of backprop at the same
-# batch; FedAvg-ZO runs; bad combinations are refused with a message naming them.
+# batch; FedAvg-ZO runs; train.max_seconds stops it with a checkpoint (exit 3) that --resume
+# continues, and not on another rank count; bad combinations are refused with a message naming them.
 set -uo pipefail
 lowsync="$1"
 tmp=$(mktemp -d)
@@ -53,6 +54,18 @@ check "zo with cnn refused" bash -c "test $? -ne 0 && grep -q 'supports model.ar
 check "pruning with backprop refused" bash -c "test $? -ne 0 && grep -q 'prune.method = \"ntk\" with backprop' '$tmp/bp_prune.out'"
 "$lowsync" train --set optim.name=zo --set precision.compute=fp8 --out "$tmp/fp8" >"$tmp/fp8.out" 2>&1
 check "zo with fp8 refused" bash -c "test $? -ne 0 && grep -q 'cannot run with precision.compute = \"fp8\"' '$tmp/fp8.out'"
+
+# Wall-time stop and resume (bitwise restart itself: tests/mpi/test_restart.cpp).
+"${mpi[@]}" "$lowsync" train "${common[@]}" --set optim.name=zo --set optim.zo.q=4 --set prune.method=magnitude \
+  --set train.steps=100000000 --set train.max_seconds=2 --out "$tmp/stop" >"$tmp/stop.out" 2>&1
+code=$?
+check "zo: train.max_seconds exits 3 (got $code)" test $code -eq 3
+check "zo: stop checkpoint written" bash -c "ls '$tmp'/stop/checkpoints/ckpt-*.h5 >/dev/null 2>&1"
+step=$(ls "$tmp"/stop/checkpoints/ckpt-*.h5 2>/dev/null | tail -1 | sed 's/.*ckpt-0*\([0-9]*\)\.h5/\1/')
+"${mpi[@]}" "$lowsync" train --resume "$tmp/stop" --set train.steps=$((${step:-0} + 5)) >"$tmp/resume.out" 2>&1
+check "zo: --resume finishes" bash -c "test $? -eq 0 && grep -q 'pruning not repeated' '$tmp/resume.out' && grep -q 'resumed from' '$tmp/resume.out'"
+"$lowsync" train --resume "$tmp/stop" --set train.steps=$((${step:-0} + 10)) >"$tmp/resume1.out" 2>&1
+check "zo: resume on another rank count refused" bash -c "test $? -ne 0 && grep -q 'resumes on the same number of ranks' '$tmp/resume1.out'"
 
 echo "zo_prune: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -17,6 +17,11 @@
 #include <string>
 #include <vector>
 
+namespace lowsync::io {
+class CheckpointWriter;
+class CheckpointReader;
+}  // namespace lowsync::io
+
 namespace lowsync::app {
 
 // Version of what the trainer stores (root attribute "trainer_state_version"), on top of the
@@ -66,6 +71,19 @@ config::Config checkpoint_config(const std::filesystem::path& path, MPI_Comm com
 // Keys whose change makes a checkpoint meaningless for a run (model.arch, sync.strategy, ...):
 // throws "checkpoint 'FILE' ... KEY is A there, B here" for the first one that differs.
 void check_compatible(const std::filesystem::path& path, const config::Config& saved, const config::Config& now);
+
+// Pieces shared with the zeroth-order trainer's checkpoints (zo_trainer.cpp). Collective.
+//   write_loop_and_ledger  root attributes step, elapsed_s, last_loss, last_test_acc,
+//                          last_test_loss; per-rank "trainer/loop" and "comm/ledger"
+//   read_loop_and_ledger   the same, on the rank count that wrote them (row = this rank)
+//   saved_config           the run's config, keys at their default left unset
+void write_loop_and_ledger(io::CheckpointWriter& w, const LoopState& loop, comm::Communicator& comm);
+void read_loop_and_ledger(io::CheckpointReader& r, LoopState& loop, comm::Communicator& comm);
+config::Config saved_config(io::CheckpointReader& r);
+
+// Rank 0: metrics.csv of a resumed run keeps the rows up to the checkpoint's step (a run killed
+// after its last checkpoint logged rows that the resumed run writes again).
+void truncate_metrics(const std::filesystem::path& path, std::int64_t step);
 
 // Collective. Prints a summary of a checkpoint (rank 0) and verifies every checksum.
 void inspect_checkpoint(const std::filesystem::path& path, MPI_Comm comm);

@@ -57,6 +57,11 @@ class ZoTrainer {
   model::EvalResult evaluate(const float* images, const std::int32_t* labels, std::int64_t n);
   std::int64_t syncs() const { return syncs_; }
   std::int64_t dropped_directions() const { return dropped_; }
+  // Checkpoint restore (the direction streams are keyed by step, so counters are all there is).
+  void restore_counters(std::int64_t syncs, std::int64_t dropped) {
+    syncs_ = syncs;
+    dropped_ = dropped;
+  }
   optim::Optimizer& update() { return *update_; }
 
  private:
@@ -72,7 +77,11 @@ class ZoTrainer {
   bool synced_ = true;  // FedAvg: replicas equal since the last average
 };
 
-// train() for optim.name = zo (same outputs: config.toml, metrics.csv, summary.json).
-TrainResult train_zo(const config::Config& cfg, comm::Communicator& comm, const std::filesystem::path& out_dir);
+// train() for optim.name = zo (same outputs: config.toml, metrics.csv, summary.json), with the
+// same step-boundary control (signals, train.max_seconds, checkpoint.every[_seconds], non-finite
+// loss) and checkpoints (README "Checkpoints", zo layout). `resume`: a zo checkpoint written on the
+// same number of ranks (the mask comes from it; pruning is not run again).
+TrainResult train_zo(const config::Config& cfg, comm::Communicator& comm, const std::filesystem::path& out_dir,
+                     const std::optional<std::filesystem::path>& resume = std::nullopt);
 
 }  // namespace lowsync::app

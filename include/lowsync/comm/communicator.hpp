@@ -10,6 +10,7 @@
 
 #include <mpi.h>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -35,17 +36,37 @@ struct CommOptions {
 
 // Watches one collective at a time from a helper thread (see communicator.cpp). arm/disarm
 // cost a mutex each; with timeout 0 there is no thread and they do nothing.
+// Heartbeat (attach_heartbeat, K > 1): arm() also numbers the collective (every rank calls the
+// same sequence) and posts the number into slot `rank` of an MPI window on rank 0 (one 8-byte
+// MPI_Put + flush; rank 0 stores its own). Rank 0's watchdog thread reads the slots from its
+// local window memory without calling MPI, so on a timeout it names the ranks that have not
+// reached the collective it waits in, and when rank 0 itself is the one behind, the ranks
+// waiting for it.
 class Watchdog {
  public:
   Watchdog(double timeout_seconds, int rank);
   ~Watchdog();
   void arm(Collective c, std::string_view traffic, std::int64_t step);
   void disarm();
+  // slots: rank 0's window memory (size entries), nullptr elsewhere. Call before the first arm.
+  void attach_heartbeat(MPI_Win win, std::int64_t* slots, int size);
+  bool enabled() const { return timeout_ > 0.0; }
+  // The step the main thread is in (for the message of a rank stuck outside a collective).
+  void note_step(std::int64_t step) { current_step_.store(step, std::memory_order_relaxed); }
 
  private:
   void run();
+  std::string laggards_text(std::int64_t below) const;  // rank 0: ranks whose slot < below
   double timeout_;
   int rank_;
+  MPI_Win win_ = MPI_WIN_NULL;
+  std::int64_t* slots_ = nullptr;
+  int size_ = 1;
+  std::int64_t seq_ = 0;       // collectives entered by this rank (the heartbeat value)
+  std::int64_t armed_seq_ = 0;
+  std::atomic<std::int64_t> current_step_{0};
+  bool lagging_ = false;       // rank 0: some rank is at a later collective than this one
+  std::chrono::steady_clock::time_point lag_since_;
   std::thread thread_;
   std::mutex mutex_;
   std::condition_variable wake_;
@@ -113,7 +134,10 @@ class Communicator {
   ByteLedger& ledger() { return ledger_; }
   const ByteLedger& ledger() const { return ledger_; }
   // Step number the watchdog names in its message.
-  void set_step(std::int64_t step) { step_ = step; }
+  void set_step(std::int64_t step) {
+    step_ = step;
+    watchdog_->note_step(step);
+  }
   // For parallel HDF5 (MPI-IO) only: everything else goes through the front doors above.
   MPI_Comm mpi_comm() const { return comm_; }
 
@@ -137,6 +161,7 @@ class Communicator {
   std::int64_t step_ = 0;
   std::vector<std::byte> scratch_;  // deterministic reduction, grown once
   std::unique_ptr<Watchdog> watchdog_;
+  MPI_Win heartbeat_ = MPI_WIN_NULL;  // the watchdog's heartbeat slots (rank 0 holds them)
 };
 
 }  // namespace lowsync::comm

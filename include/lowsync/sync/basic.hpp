@@ -45,8 +45,10 @@ class PeriodicStrategy final : public Strategy {
   void on_start(StepContext& ctx) override;
   void after_update(StepContext& ctx) override;
   std::int64_t syncs() const override { return syncs_; }
-  std::vector<StateCounter> state_counters() const override { return {{"syncs", syncs_}}; }
-  void restore_counters(std::span<const StateCounter> c) override { syncs_ = find_counter(c, "syncs"); }
+  // precision.wire != fp32: the server model (W, B) on rank 0 and its excluded-upload count.
+  std::vector<RootStateBuffer> root_state_buffers() override { return server_.root_state(""); }
+  std::vector<StateCounter> state_counters() const override;
+  void restore_counters(std::span<const StateCounter> c) override;
   std::string reshard(StepContext& ctx) override;
 
  private:

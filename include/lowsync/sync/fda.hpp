@@ -47,8 +47,10 @@ class FdaStrategy final : public Strategy {
   // w0, w0_prev, xi (linear only) and syncs; a reshard starts a new round from the averaged
   // parameters (begin()), as after a sync.
   std::vector<optim::StateBuffer> state_buffers() override;
-  std::vector<StateCounter> state_counters() const override { return {{"syncs", syncs_}}; }
-  void restore_counters(std::span<const StateCounter> c) override { syncs_ = find_counter(c, "syncs"); }
+  // precision.wire != fp32: the server model (W, B) on rank 0 and its excluded-upload count.
+  std::vector<RootStateBuffer> root_state_buffers() override;
+  std::vector<StateCounter> state_counters() const override;
+  void restore_counters(std::span<const StateCounter> c) override;
   std::string reshard(StepContext& ctx) override;
 
   // on_start without the broadcast: w0 = w0_prev = params, xi = the shared Gaussian, sketch
@@ -86,6 +88,7 @@ class FdaStrategy final : public Strategy {
   bool started_ = false;
   // precision.wire != fp32: syncs go through the fp32 server model (sync/wire.hpp); w0 is then
   // the decoded broadcast every rank holds. Started at the first sync from w0.
+  void start_server(comm::Communicator& comm);
   ServerAverager server_;
   std::vector<std::size_t> counts_;  // elements per parameter tensor (empty: one tensor)
   bool server_started_ = false;

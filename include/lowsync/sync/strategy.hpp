@@ -24,6 +24,16 @@ struct StateCounter {
   std::int64_t value = 0;
 };
 
+// A float buffer only rank 0 holds (the fp32 server model of a low-precision wire format):
+// checkpointed once, as the global dataset "strategy/root/<name>", and restored on rank 0 (also
+// across a reshard: the server is not a replica). `size` is the same on every rank; `data` is
+// rank 0's buffer and empty elsewhere.
+struct RootStateBuffer {
+  std::string name;
+  std::size_t size = 0;
+  std::span<float> data;
+};
+
 struct StepContext {
   std::int64_t step = 0;  // 1-based number of the step being taken
   comm::Communicator& comm;
@@ -52,10 +62,12 @@ class Strategy {
   // on_start. A strategy with more state adds buffers/counters here; nothing else changes:
   //   state_buffers    float buffers, restored by writing into the spans (after on_start)
   //   state_counters   integer counters, given back to restore_counters by name
+  //   root_state_buffers  rank 0's server state (same names and sizes on every rank)
   //   reshard          called after a resume on a different rank count, once params, buffers
   //                    (averaged over the old ranks) and counters are restored; fixes whatever
   //                    the average does not and returns what it did, for the log line
   virtual std::vector<optim::StateBuffer> state_buffers() { return {}; }
+  virtual std::vector<RootStateBuffer> root_state_buffers() { return {}; }
   virtual std::vector<StateCounter> state_counters() const { return {}; }
   virtual void restore_counters(std::span<const StateCounter> counters) {}
   virtual std::string reshard(StepContext& ctx) { return "nothing to adjust"; }

@@ -9,11 +9,13 @@
 
 #include "lowsync/comm/communicator.hpp"
 #include "lowsync/core/memory.hpp"
+#include "lowsync/sync/strategy.hpp"
 #include "lowsync/tensor/fp8.hpp"
 
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -78,6 +80,11 @@ class ServerAverager {
   std::span<const float> server_model() const { return master_.span(); }
   // Uploads the server excluded so far (non-finite), known on rank 0.
   std::int64_t excluded() const { return excluded_; }
+  void set_excluded(std::int64_t n) { excluded_ = n; }
+  // Checkpoint state (after begin; empty for fp32 wire): W ("server_master") and B
+  // ("server_broadcast"), rank 0's buffers, sized on every rank. With the SR streams keyed by
+  // (seed, round, rank, tensor) there is no RNG state; `excluded` is the only counter.
+  std::vector<RootStateBuffer> root_state(std::string_view prefix);
   const std::vector<std::size_t>& counts() const { return counts_; }
 
  private:

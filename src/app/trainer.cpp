@@ -205,6 +205,22 @@ TrainResult train(const config::Config& cfg, comm::Communicator& comm, const std
   sync::StepContext ctx{0, comm, model, *optimizer, 0.0f};
   strategy->on_start(ctx);
 
+  // DeMo + bf16/fp16 compute (ALGORITHMS.md §5 "compose"): the parameters stay an fp32 master
+  // (a sign step of lr is below half an ulp of 16-bit weights near 1); forward/backward and
+  // evaluation run on the master rounded to the 16-bit grid, swapped into model.params() for
+  // the call. Checkpoints and the replica checksum see the fp32 master.
+  const bool fp32_master = model::is_16bit(model.compute()) && strategy->name() == "demo";
+  memory::TrackedBuffer<float> master;
+  if (fp32_master) master = memory::TrackedBuffer<float>("demo.fp32_master", model.num_params());
+  const auto to_compute_params = [&] {
+    if (!fp32_master) return;
+    std::copy(model.params().begin(), model.params().end(), master.data());
+    model.round_to_compute(model.params());
+  };
+  const auto to_master_params = [&] {
+    if (fp32_master) std::copy(master.data(), master.data() + master.size(), model.params().begin());
+  };
+
   LoopState loop;
   TrainState state{cfg, comm, model, *optimizer, *strategy, loader, loop};
   if (resume) {
@@ -252,7 +268,9 @@ TrainResult train(const config::Config& cfg, comm::Communicator& comm, const std
     const Timer step_timer;
     const data::Batch b = loader.next();
     const Timer compute_timer;
+    to_compute_params();
     const float loss = model.forward_backward(b);
+    to_master_params();
     double step_compute = compute_timer.seconds();
     if (hang_rank == rank && hang_step == step) {  // test-only (debug.hang_*): a rank stuck in a step
       log::warn("debug.hang_rank: rank {} hangs at step {}", rank, step);
@@ -267,7 +285,7 @@ TrainResult train(const config::Config& cfg, comm::Communicator& comm, const std
       step_compute += t.seconds();
     }
     strategy->after_update(ctx);
-    model.round_to_compute(model.params());
+    if (!fp32_master) model.round_to_compute(model.params());
     loop.step = step;
     const double step_s = step_timer.seconds();
     loop.compute_s += step_compute;
@@ -313,7 +331,9 @@ TrainResult train(const config::Config& cfg, comm::Communicator& comm, const std
       loop.last_loss = obs[0] / world;
       std::optional<double> test_loss, test_acc;
       if (eval_now) {
+        to_compute_params();
         const auto ev = evaluator.run(model, comm);
+        to_master_params();
         test_loss = loop.last_test_loss = ev.loss;
         test_acc = loop.last_test_acc = ev.accuracy;
       }

@@ -15,6 +15,7 @@
 #include <mpi.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -37,7 +38,10 @@ class ScratchDir {
     char name[256] = {};
     if (world_rank() == 0) {
       const auto* test = ::testing::UnitTest::GetInstance()->current_test_info();
-      const fs::path dir = fs::temp_directory_path() / fmt::format("lowsync-restart-{}-{}", ::getpid(), test->name());
+      // A parameterized test's name is "Name/3": keep the '/' out so the whole dir is removed.
+      std::string test_name = test->name();
+      std::replace(test_name.begin(), test_name.end(), '/', '_');
+      const fs::path dir = fs::temp_directory_path() / fmt::format("lowsync-restart-{}-{}", ::getpid(), test_name);
       fs::remove_all(dir);
       fs::create_directories(dir);
       std::snprintf(name, sizeof name, "%s", dir.c_str());

@@ -8,6 +8,7 @@
 #include "lowsync/core/log.hpp"
 #include "lowsync/io/checkpoint_file.hpp"
 #include "lowsync/io/metrics.hpp"
+#include "lowsync/optim/prune.hpp"
 #include "lowsync/config.hpp"
 
 #include <nlohmann/json.hpp>
@@ -416,8 +417,38 @@ void inspect_checkpoint(const fs::path& path, MPI_Comm comm) {
     for (const auto& l : lines) fmt::print("{}\n", l);
 }
 
+namespace {
+
+// A zeroth-order checkpoint stores the kept values only (zo/values, in flat order) and the
+// bitmap of kept weights (prune/mask): scatter the rank average into a dense vector, zeros at
+// the pruned weights, which is what the sparse forward computes with.
+std::vector<float> zo_checkpoint_mean_params(io::CheckpointReader& reader, const fs::path& path, std::size_t num_params) {
+  std::vector<std::uint8_t> bytes((num_params + 7) / 8);
+  reader.read_global<std::uint8_t>("prune/mask", std::span<std::uint8_t>(bytes), {bytes.size()});
+  const auto mask = optim::Mask::from_bytes(num_params, bytes);
+  if (reader.row_length("zo/values") != mask.nnz())
+    fail("checkpoint {}: zo/values has {} values per rank, prune/mask keeps {}", path.string(),
+         reader.row_length("zo/values"), mask.nnz());
+  const std::size_t k = reader.saved_ranks("zo/values");
+  std::vector<double> acc(mask.nnz(), 0.0);
+  std::vector<float> row(mask.nnz());
+  for (std::size_t r = 0; r < k; ++r) {
+    reader.read_row<float>("zo/values", r, std::span<float>(row));
+    for (std::size_t i = 0; i < row.size(); ++i) acc[i] += row[i];
+  }
+  std::vector<float> dense(num_params, 0.0F);
+  std::size_t next = 0;
+  for (std::size_t j = 0; j < num_params; ++j)
+    if (mask.test(j)) dense[j] = static_cast<float>(acc[next++] / static_cast<double>(k));
+  return dense;
+}
+
+}  // namespace
+
 std::vector<float> checkpoint_mean_params(const fs::path& path, MPI_Comm comm, std::size_t num_params) {
   io::CheckpointReader reader(path, comm);
+  if (!reader.has_dataset("model/params") && reader.has_dataset("zo/values") && reader.has_dataset("prune/mask"))
+    return zo_checkpoint_mean_params(reader, path, num_params);
   if (!reader.has_dataset("model/params")) fail("checkpoint {}: no dataset 'model/params'", path.string());
   if (reader.row_length("model/params") != num_params)
     fail("checkpoint {}: model/params has {} values per rank, the model has {}", path.string(),

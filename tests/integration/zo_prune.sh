@@ -44,9 +44,19 @@ check "summary: density, wire bytes, memory" grep -q '^ok$' "$tmp/checks.out" ||
 
 "${mpi[@]}" "$lowsync" train "${common[@]}" --set optim.name=zo --set optim.zo.q=4 --set optim.zo.form=fedavg \
   --set sync.period=5 --set prune.method=magnitude --set optim.zo.difference=central --set train.steps=10 \
-  --set optim.lr=0.001 --out "$tmp/avg" >"$tmp/avg.out" 2>&1
+  --set optim.lr=0.001 --set checkpoint.every=10 --out "$tmp/avg" >"$tmp/avg.out" 2>&1
 check "fedavg zo run succeeds" test $? -eq 0
 check "fedavg averaged twice" bash -c "/usr/bin/python3 -c \"import json;s=json.load(open('$tmp/avg/summary.json'));assert s['syncs']==2 and s['bytes_by_traffic']['zo.avg']>0\""
+# `lowsync eval` rebuilds the dense model from the compressed checkpoint (kept values + mask):
+# the test-set numbers must be those the sparse run measured at the same step.
+"$lowsync" eval --checkpoint "$tmp/avg/checkpoints/ckpt-00000010.h5" >"$tmp/eval.json" 2>"$tmp/eval.err"
+check "eval of a zo checkpoint succeeds" test $? -eq 0
+check "eval of a zo checkpoint = the run's final test accuracy and loss" /usr/bin/python3 -c "
+import json, sys
+e = json.load(open('$tmp/eval.json')); s = json.load(open('$tmp/avg/summary.json'))
+print('eval', e['test_accuracy'], e['test_loss'], 'run', s['final_test_accuracy'], s['final_test_loss'])
+sys.exit(not (e['step'] == 10 and abs(e['test_accuracy'] - s['final_test_accuracy']) <= 2e-4
+              and abs(e['test_loss'] - s['final_test_loss']) <= 1e-4 * max(1.0, s['final_test_loss'])))"
 
 "$lowsync" train --set optim.name=zo --set model.arch=cnn --out "$tmp/cnn" >"$tmp/cnn.out" 2>&1
 check "zo with cnn refused" bash -c "test $? -ne 0 && grep -q 'supports model.arch = \"mlp\"' '$tmp/cnn.out'"

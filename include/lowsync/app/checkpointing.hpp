@@ -89,7 +89,8 @@ void truncate_metrics(const std::filesystem::path& path, std::int64_t step);
 void inspect_checkpoint(const std::filesystem::path& path, MPI_Comm comm);
 
 // Collective. Parameters of a checkpoint as one model: the mean of the saved replicas (exact
-// when they are identical). Checks num_params.
+// when they are identical). Checks num_params. A zeroth-order checkpoint (zo/values + prune/mask)
+// comes back dense, with zeros at the pruned weights.
 std::vector<float> checkpoint_mean_params(const std::filesystem::path& path, MPI_Comm comm,
                                           std::size_t num_params);
 

@@ -8,7 +8,7 @@
 #     section sets the modeled communication time of every run against the measured one.
 # Oversubscribed runs (ranks > cores) wait for descheduled ranks inside collectives; the model
 # has no such term, so its error there measures the machine's load, not the network.
-# env: RANKS_LIST ("2 4 8"), STEPS (300), STRATEGIES (run.sh's), OUT (runs/model-check-<time>)
+# env: RANKS_LIST ("2 4 8"), STEPS (300), STRATEGIES (allreduce periodic fda demo), OUT (runs/model-check-<time>)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 out="${OUT:-$root/runs/model-check-$(date +%Y%m%d-%H%M%S)}"
@@ -46,11 +46,12 @@ print("\nMean absolute error over all sizes: " +
       ", ".join(f"{n} ranks {sum(e)/len(e):.0%}" for n, e in errs.items()))
 PY
 
+export STRATEGIES="${STRATEGIES:-allreduce periodic fda demo}"
 runs=()
 for n in "${ranks_list[@]}"; do
   echo "model_check.sh: the comparison at $n ranks, $steps steps"
   RANKS=$n STEPS=$steps CALIBRATE=0 OUT="$out/n$n" "$root/tools/run.sh" | grep -v '^run.sh: report' || true
-  for s in ${STRATEGIES:-allreduce periodic fda demo}; do runs+=("$out/n$n/$s"); done
+  for s in $STRATEGIES; do runs+=("$out/n$n/$s"); done
 done
 "$root/build/bin/lowsync" compare "${runs[@]}" --out "$out/report" --calibration "$out/calibration.json"
 sed -n '/^## Model check/,/^## Runs/p' "$out/report/report.md" | head -n -1

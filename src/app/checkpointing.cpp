@@ -73,7 +73,7 @@ constexpr const char* kIdentityKeys[] = {"model.arch",        "sync.strategy",  
                                          "train.seed",        "data.partition",    "data.train_limit",
                                          "precision.compute", "precision.wire",    "prune.method",
                                          "sync.fda.estimator", "optim.zo.update",  "optim.demo.chunk",
-                                         "optim.demo.topk"};
+                                         "optim.demo.topk",   "optim.zo.form"};
 
 class Restorer {
  public:

@@ -171,7 +171,7 @@ model::EvalResult ZoTrainer::evaluate(const float* images, const std::int32_t* l
 namespace {
 
 // zo checkpoint layout (README "Checkpoints"): the trainer's root attributes plus
-// kept_params and form; global "prune/mask" (uint8, the Mask wire bytes); per rank
+// kept_params (the form is in strategy: zo.fedsgd / zo.fedavg); global "prune/mask" (uint8, the Mask wire bytes); per rank
 // "zo/values" (the kept values), "optim/<state>", "strategy/counters/{syncs,zo_dropped}",
 // "data/cursor", "trainer/loop", "comm/ledger".
 void save_zo_checkpoint(const std::filesystem::path& path, const config::Config& cfg, comm::Communicator& comm,
@@ -245,9 +245,12 @@ void load_zo_checkpoint(io::CheckpointReader& r, comm::Communicator& comm, model
   zo.update().set_step_count(r.attribute_int("optimizer_step_count"));
   zo.restore_counters(read_ints("strategy/counters/syncs", 1)[0], read_ints("strategy/counters/zo_dropped", 1)[0]);
   const auto cur = read_ints("data/cursor", 3);
-  if (cur[2] != loader.samples())
-    fail("checkpoint {}: rank {} had {} training samples there, {} here (data.* changed?)", path.string(),
-         comm.rank(), cur[2], loader.samples());
+  // Decided together: a rank failing alone would leave the others in the reader's collectives.
+  std::int32_t mismatch = cur[2] != loader.samples() ? 1 : 0;
+  comm.allreduce(std::span<std::int32_t>(&mismatch, 1), comm::ReduceOp::max, "obs.control");
+  if (mismatch != 0)
+    fail("checkpoint {}: the training samples per rank differ from the saved run's (data.* changed?); rank {}: {} "
+         "there, {} here", path.string(), comm.rank(), cur[2], loader.samples());
   loader.set_cursor({cur[0], cur[1]});
   read_loop_and_ledger(r, loop, comm);
 }
@@ -272,17 +275,18 @@ TrainResult train_zo(const config::Config& cfg, comm::Communicator& comm, const 
   const bool checkpointing = ckpt_every > 0 || ckpt_every_s > 0.0;
   const std::filesystem::path ckpt_dir =
       cfg.string("checkpoint.dir").empty() ? out_dir / "checkpoints" : std::filesystem::path(cfg.string("checkpoint.dir"));
-  std::optional<io::CheckpointReader> reader;
-  if (resume) {
-    reader.emplace(*resume, comm.mpi_comm());
-    check_zo_checkpoint(*reader, cfg, comm);
-  }
-
+  // The output folder first, as in train(): a rank 0 that fails here must not leave the others
+  // inside the checkpoint reader's collective calls.
   if (rank == 0) {
     std::error_code ec;
     std::filesystem::create_directories(out_dir, ec);
     if (ec) fail("cannot create output folder '{}': {}", out_dir.string(), ec.message());
     io::write_file_atomic(out_dir / "config.toml", cfg.to_toml());
+  }
+  std::optional<io::CheckpointReader> reader;
+  if (resume) {
+    reader.emplace(*resume, comm.mpi_comm());
+    check_zo_checkpoint(*reader, cfg, comm);
   }
   const auto fm = data::load_fashion_mnist(cfg.string("data.dir"), cfg.integer("data.train_limit"));
   data::PartitionSpec spec{cfg.string("data.partition"), cfg.real("data.alpha"),
@@ -369,6 +373,14 @@ TrainResult train_zo(const config::Config& cfg, comm::Communicator& comm, const 
   std::int64_t last_saved = resume ? loop.step : -1;
   double last_saved_s = 0.0;
   auto checkpoint = [&] {
+    // The loss was measured before this step's update: check the updated weights themselves, so
+    // a diverged model never replaces a good checkpoint (all ranks decide together).
+    const auto values = model.params().values();
+    std::int32_t nonfinite = std::all_of(values.begin(), values.end(), [](float v) { return std::isfinite(v); }) ? 0 : 1;
+    comm.allreduce(std::span<std::int32_t>(&nonfinite, 1), comm::ReduceOp::max, "obs.control");
+    if (nonfinite != 0)
+      fail("non-finite weights at step {} (lower optim.lr?); not checkpointed, last good checkpoint kept in {}",
+           loop.step, ckpt_dir.string());
     loop.elapsed_s = elapsed_before + wall.seconds();
     last_saved_s = wall.seconds();
     const Timer t;

@@ -70,7 +70,11 @@ Communicator::Communicator(MPI_Comm comm, CommOptions options) : options_(option
   if (watchdog_->enabled() && size_ > 1) {
     void* base = nullptr;
     const MPI_Aint bytes = rank_ == 0 ? static_cast<MPI_Aint>(size_) * 8 : 0;
-    if (MPI_Win_allocate(bytes, 8, MPI_INFO_NULL, comm_, &base, &heartbeat_) == MPI_SUCCESS) {
+    // All ranks must agree before the barrier below, or a rank whose allocation failed skips it.
+    const int allocated = MPI_Win_allocate(bytes, 8, MPI_INFO_NULL, comm_, &base, &heartbeat_) == MPI_SUCCESS ? 1 : 0;
+    int all_allocated = 0;
+    MPI_Allreduce(&allocated, &all_allocated, 1, MPI_INT, MPI_MIN, comm_);
+    if (all_allocated == 1) {
       MPI_Win_set_errhandler(heartbeat_, MPI_ERRORS_RETURN);
       auto* slots = rank_ == 0 ? static_cast<std::int64_t*>(base) : nullptr;
       if (slots != nullptr) std::fill(slots, slots + size_, std::int64_t{0});
@@ -78,7 +82,8 @@ Communicator::Communicator(MPI_Comm comm, CommOptions options) : options_(option
       MPI_Win_lock_all(MPI_MODE_NOCHECK, heartbeat_);
       watchdog_->attach_heartbeat(heartbeat_, slots, size_);
     } else {
-      heartbeat_ = MPI_WIN_NULL;  // no names in timeout messages, nothing else changes
+      heartbeat_ = MPI_WIN_NULL;  // no names in timeout messages, nothing else changes (a window
+                                  // that exists on some ranks only is left to MPI_Finalize)
     }
   }
 }
@@ -133,6 +138,7 @@ void Watchdog::arm(Collective c, std::string_view traffic, std::int64_t step) {
   armed_seq_ = seq_;
   since_ = std::chrono::steady_clock::now();
   armed_ = true;
+  lagging_ = false;  // rank 0 reached a collective: it is not stuck, whatever it lagged before
 }
 
 std::string Watchdog::laggards_text(std::int64_t below) const {

@@ -40,7 +40,8 @@ assert zo["train_flops_per_step"] < 0.2 * 9 * zo["forward_flops_per_sample"] / 0
 assert 0.0 <= zo["final_test_accuracy"] <= 1.0
 print("ok")
 PY
-check "summary: density, wire bytes, memory" grep -q '^ok$' "$tmp/checks.out" || cat "$tmp/checks.out"
+check "summary: density, wire bytes, memory" grep -q '^ok$' "$tmp/checks.out"
+grep -q '^ok$' "$tmp/checks.out" || cat "$tmp/checks.out"
 
 "${mpi[@]}" "$lowsync" train "${common[@]}" --set optim.name=zo --set optim.zo.q=4 --set optim.zo.form=fedavg \
   --set sync.period=5 --set prune.method=magnitude --set optim.zo.difference=central --set train.steps=10 \

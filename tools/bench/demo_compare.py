@@ -153,6 +153,7 @@ def main():
             "\n\n### Equal steps at the chosen lr\n\n" + main_table(main_rows) + "\n")
     open(os.path.join(args.out, "table.md"), "w").write(text)
     print(text)
+    return 1 if any("error" in r for r in grid_rows + main_rows) else 0
 
 
 if __name__ == "__main__":

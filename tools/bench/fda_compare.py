@@ -184,6 +184,7 @@ def main():
     text = "\n".join(md)
     open(os.path.join(args.out, "table.md"), "w").write(text + "\n")
     print(text)
+    return 1 if any("error" in r for r in results) else 0
 
 
 if __name__ == "__main__":

@@ -350,8 +350,8 @@ EOF
     check "long.sbatch requeued after exit 3" grep -q "requeueing job $id" "$tmp/long-$id.out"
     check "long.sbatch restart resumed from runs/$id" grep -q "resuming from runs/$id" "$tmp/long-$id.out"
     check "long.sbatch restart passed --resume runs/$id to the trainer" \
-      grep -q "^runs/$id" <<< "$(json_field "$root/runs/$id/summary.json" resumed_from)"
-    if [[ $long_mode == real ]]; then
+      grep -Eq "^runs/$id(/|$)" <<< "$(json_field "$root/runs/$id/summary.json" resumed_from)"
+    if [[ $long_trainer != "$stub" ]]; then
       check "long.sbatch: the resumed trainer finished all 3000 steps" \
         test "$(json_field "$root/runs/$id/summary.json" steps)" == 3000
     fi

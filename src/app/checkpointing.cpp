@@ -331,6 +331,15 @@ std::vector<std::string> load_checkpoint(const fs::path& path, TrainState& s) {
   s.loop.last_test_acc = reader.attribute_double("last_test_acc");
   s.loop.last_test_loss = reader.attribute_double("last_test_loss");
   set_loop_row(s.loop, r.read_doubles_mean("trainer/loop", kLoopFields));
+  if (r.resharding()) {
+    // Throughput is steps × batch × ranks / time: steps timed on the old rank count would be
+    // multiplied by the new one. Time afresh (the first metrics row after the resume, too).
+    s.loop.timed_s = 0.0;
+    s.loop.timed_steps = 0;
+    s.loop.loss_window = 0.0;
+    s.loop.window_steps = 0;
+    s.loop.window_train_s = 0.0;
+  }
   s.comm.ledger().restore(r.read_ledger());
 
   if (!r.resharding()) {

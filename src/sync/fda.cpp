@@ -73,7 +73,9 @@ void FdaStrategy::on_start(StepContext& ctx) {
   Strategy::on_start(ctx);
   counts_ = tensor_counts(ctx.model);
   begin(ctx.model.params());
+  const std::int64_t excluded = server_.excluded();  // a count of the whole run, not of a round
   start_server(ctx.comm);
+  server_.set_excluded(excluded);
 }
 
 void FdaStrategy::start_server(comm::Communicator& comm) {

@@ -170,9 +170,9 @@ model::EvalResult ZoTrainer::evaluate(const float* images, const std::int32_t* l
 
 namespace {
 
-// zo checkpoint layout (README "Checkpoints"): the trainer's root attributes plus
-// kept_params (the form is in strategy: zo.fedsgd / zo.fedavg); global "prune/mask" (uint8, the Mask wire bytes); per rank
-// "zo/values" (the kept values), "optim/<state>", "strategy/counters/{syncs,zo_dropped}",
+// zo checkpoint layout (README "Checkpoints"): the trainer's root attributes plus kept_params
+// (the form is in strategy: zo.fedsgd / zo.fedavg); global "prune/mask" (uint8, the Mask wire
+// bytes); per rank "zo/values" (the kept values), "optim/<state>", "strategy/counters/{syncs,zo_dropped}",
 // "data/cursor", "trainer/loop", "comm/ledger".
 void save_zo_checkpoint(const std::filesystem::path& path, const config::Config& cfg, comm::Communicator& comm,
                         const model::SparseMlp& model, const optim::Mask& mask, ZoTrainer& zo,

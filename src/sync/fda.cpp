@@ -73,9 +73,7 @@ void FdaStrategy::on_start(StepContext& ctx) {
   Strategy::on_start(ctx);
   counts_ = tensor_counts(ctx.model);
   begin(ctx.model.params());
-  const std::int64_t excluded = server_.excluded();  // a count of the whole run, not of a round
   start_server(ctx.comm);
-  server_.set_excluded(excluded);
 }
 
 void FdaStrategy::start_server(comm::Communicator& comm) {
@@ -150,7 +148,9 @@ std::string FdaStrategy::reshard(StepContext& ctx) {
   // The averaged w0/w0_prev describe rounds of the old ranks; the new replicas are identical, so
   // a new round starts here exactly as after a sync (syncs kept).
   begin(ctx.model.params());
+  const std::int64_t excluded = server_.excluded();  // a count of the whole run, not of a round
   start_server(ctx.comm);
+  server_.set_excluded(excluded);
   return options_.wire == WireFormat::fp32
              ? "fda: new round from the averaged parameters (w0 = w0_prev = params, xi reset)"
              : "fda: new round from the averaged parameters (w0 = w0_prev = params, xi reset, server model = params)";

@@ -27,8 +27,8 @@ struct StateCounter {
 // A float buffer only rank 0 holds (the fp32 server model of a low-precision wire format):
 // checkpointed once, as the global dataset "strategy/root/<name>", and restored on rank 0, also
 // across a reshard (the server is not a replica) unless the strategy's reshard() replaces it and
-// says so: FDA starts a new round there, with the server model = the averaged parameters. `size` is the same on every rank; `data` is
-// rank 0's buffer and empty elsewhere.
+// says so: FDA starts a new round there, with the server model = the averaged parameters.
+// `size` is the same on every rank; `data` is rank 0's buffer and empty elsewhere.
 struct RootStateBuffer {
   std::string name;
   std::size_t size = 0;

@@ -6,6 +6,7 @@
 // Exit codes: 0 ok, 1 usage, 2 error, 3 stopped early with a checkpoint, 4 collective timeout.
 #include "lowsync/app/checkpointing.hpp"
 #include "lowsync/app/runtime.hpp"
+#include "lowsync/app/signals.hpp"
 #include "lowsync/app/trainer.hpp"
 #include "lowsync/comm/communicator.hpp"
 #include "lowsync/config/config.hpp"
@@ -69,6 +70,8 @@ std::string agree_on_out_dir(lowsync::comm::Communicator& comm, std::string out)
 
 int main(int argc, char** argv) {
   if (argc >= 2 && std::strcmp(argv[1], "compare") == 0) return exec_compare(argc, argv);
+  // Before MPI_Init starts threads: stop signals go to StopSignals' own thread only (signals.hpp).
+  lowsync::app::block_stop_signals();
   lowsync::app::Runtime runtime(argc, argv);
   CLI::App app{"lowsync: data-parallel training that compares synchronization strategies"};
   app.set_version_flag("--version", std::string("lowsync ") + LOWSYNC_VERSION);
@@ -105,6 +108,8 @@ int main(int argc, char** argv) {
     return code;
   }
 
+  // Only `train` takes stop signals; every other command keeps their default action (terminate).
+  if (!*train) lowsync::app::unblock_stop_signals();
   try {
     if (*config_cmd) {
       if (runtime.rank() == 0)

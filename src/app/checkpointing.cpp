@@ -428,27 +428,33 @@ void inspect_checkpoint(const fs::path& path, MPI_Comm comm) {
 
 namespace {
 
+// The mean over the saved ranks of a per-rank float dataset (fp64 sums: exact for identical rows).
+std::vector<float> mean_of_rows(io::CheckpointReader& reader, const std::string& dataset, std::size_t n) {
+  const std::size_t k = reader.saved_ranks(dataset);
+  std::vector<double> acc(n, 0.0);
+  std::vector<float> row(n);
+  for (std::size_t r = 0; r < k; ++r) {
+    reader.read_row<float>(dataset, r, std::span<float>(row));
+    for (std::size_t i = 0; i < n; ++i) acc[i] += row[i];
+  }
+  for (std::size_t i = 0; i < n; ++i) row[i] = static_cast<float>(acc[i] / static_cast<double>(k));
+  return row;
+}
+
 // A zeroth-order checkpoint stores the kept values only (zo/values, in flat order) and the
 // bitmap of kept weights (prune/mask): scatter the rank average into a dense vector, zeros at
 // the pruned weights, which is what the sparse forward computes with.
 std::vector<float> zo_checkpoint_mean_params(io::CheckpointReader& reader, const fs::path& path, std::size_t num_params) {
   std::vector<std::uint8_t> bytes((num_params + 7) / 8);
   reader.read_global<std::uint8_t>("prune/mask", std::span<std::uint8_t>(bytes), {bytes.size()});
-  const auto mask = optim::Mask::from_bytes(num_params, bytes);
-  if (reader.row_length("zo/values") != mask.nnz())
+  optim::SparseParams kept(std::make_shared<const optim::Mask>(optim::Mask::from_bytes(num_params, bytes)));
+  if (reader.row_length("zo/values") != kept.size())
     fail("checkpoint {}: zo/values has {} values per rank, prune/mask keeps {}", path.string(),
-         reader.row_length("zo/values"), mask.nnz());
-  const std::size_t k = reader.saved_ranks("zo/values");
-  std::vector<double> acc(mask.nnz(), 0.0);
-  std::vector<float> row(mask.nnz());
-  for (std::size_t r = 0; r < k; ++r) {
-    reader.read_row<float>("zo/values", r, std::span<float>(row));
-    for (std::size_t i = 0; i < row.size(); ++i) acc[i] += row[i];
-  }
-  std::vector<float> dense(num_params, 0.0F);
-  std::size_t next = 0;
-  for (std::size_t j = 0; j < num_params; ++j)
-    if (mask.test(j)) dense[j] = static_cast<float>(acc[next++] / static_cast<double>(k));
+         reader.row_length("zo/values"), kept.size());
+  const auto mean = mean_of_rows(reader, "zo/values", kept.size());
+  std::copy(mean.begin(), mean.end(), kept.values().begin());
+  std::vector<float> dense(num_params);
+  kept.scatter(dense);
   return dense;
 }
 
@@ -462,15 +468,7 @@ std::vector<float> checkpoint_mean_params(const fs::path& path, MPI_Comm comm, s
   if (reader.row_length("model/params") != num_params)
     fail("checkpoint {}: model/params has {} values per rank, the model has {}", path.string(),
          reader.row_length("model/params"), num_params);
-  const std::size_t k = reader.saved_ranks("model/params");
-  std::vector<double> acc(num_params, 0.0);
-  std::vector<float> row(num_params);
-  for (std::size_t r = 0; r < k; ++r) {
-    reader.read_row<float>("model/params", r, std::span<float>(row));
-    for (std::size_t i = 0; i < num_params; ++i) acc[i] += row[i];
-  }
-  for (std::size_t i = 0; i < num_params; ++i) row[i] = static_cast<float>(acc[i] / static_cast<double>(k));
-  return row;
+  return mean_of_rows(reader, "model/params", num_params);
 }
 
 }  // namespace lowsync::app

@@ -6,7 +6,6 @@
 #include <signal.h>
 #include <unistd.h>
 
-#include <cerrno>
 #include <csignal>
 #include <ctime>
 
@@ -41,7 +40,7 @@ void wait_for_signals(const std::stop_token& stop) {
   const timespec timeout{0, 20'000'000};
   while (!stop.stop_requested()) {
     const int sig = ::sigtimedwait(&set, nullptr, &timeout);
-    if (sig > 0) on_stop_signal(sig);  // else EAGAIN (timeout) or EINTR: look at the token again
+    if (sig > 0) on_stop_signal(sig);  // else a timeout or EINTR: look at the token again
   }
 }
 

@@ -53,6 +53,13 @@ class LayerPlan {
   virtual void backward(const float* x, const float* y, const float* dy, float* dx) = 0;
 };
 
+// Parameter and gradient tensors of one layer in native 16-bit storage, one per param_specs() entry.
+struct Native16Tensors {
+  std::vector<std::uint16_t*> params;
+  std::vector<std::uint16_t*> grads;
+  bool bf16 = true;  // false: IEEE fp16
+};
+
 class Layer {
  public:
   virtual ~Layer() = default;
@@ -66,6 +73,16 @@ class Layer {
                                                std::vector<float*> grads) = 0;
   // Forward multiply-adds x 2 for one sample.
   virtual double flops_per_sample() const { return 0.0; }
+
+  // Native 16-bit storage (precision.storage = native, src/layers/native16_plan.cpp): the plan
+  // reads parameters from and writes gradients to u16 buffers (bf16 or fp16 bit patterns), and
+  // computes in fp32 on copies staged in `stage` (shared by all layers of a model, so only one
+  // layer's staging is alive at a time; its content is garbage between calls). The output
+  // activation and the input gradient stay float buffers, rounded to the 16-bit grid.
+  // Default: the whole parameter and gradient tensors are staged around make_plan's plan.
+  virtual std::unique_ptr<LayerPlan> make_plan16(int batch, Executor& exec, const Native16Tensors& t, std::span<float> stage);
+  // Floats of `stage` make_plan16 needs.
+  virtual std::size_t stage16_floats(int batch) const;
 };
 
 // Linear: y = x W^T + b, W [out, in]; `relu` fuses max(y, 0) into the primitive (and its

@@ -9,6 +9,7 @@
 #include "lowsync/io/checkpoint_file.hpp"
 #include "lowsync/io/metrics.hpp"
 #include "lowsync/optim/prune.hpp"
+#include "lowsync/tensor/half.hpp"
 #include "lowsync/config.hpp"
 
 #include <nlohmann/json.hpp>
@@ -220,8 +221,21 @@ void save_checkpoint(const fs::path& path, TrainState& s) {
     layout.push_back(static_cast<std::int64_t>(info.count));
   }
   w.write_global<std::int64_t>("model/layout", layout, {layout.size() / 2, 2});
-  w.write_per_rank<float>("model/params", s.model.params());
-  for (const auto& b : s.optimizer.state()) w.write_per_rank<float>("optim/" + b.name, b.data);
+  if (s.model.native16()) {
+    // Checkpoints hold floats whatever the storage (16-bit values are exact in fp32), so a run
+    // resumes with either storage; one buffer at a time is widened.
+    const bool bf16 = s.model.compute() == model::Compute::bf16;
+    std::vector<float> wide(s.model.num_params());
+    const auto widen = [&](std::span<const std::uint16_t> h) {
+      for (std::size_t i = 0; i < h.size(); ++i) wide[i] = bf16 ? tensor::bf16_decode(h[i]) : tensor::fp16_decode(h[i]);
+      return std::span<const float>(wide.data(), h.size());
+    };
+    w.write_per_rank<float>("model/params", widen(s.model.params16()));
+    for (const auto& b : s.optimizer.state16()) w.write_per_rank<float>("optim/" + b.name, widen(b.data));
+  } else {
+    w.write_per_rank<float>("model/params", s.model.params());
+    for (const auto& b : s.optimizer.state()) w.write_per_rank<float>("optim/" + b.name, b.data);
+  }
   for (const auto& b : s.strategy.state_buffers()) w.write_per_rank<float>("strategy/" + b.name, b.data);
   for (const auto& b : s.strategy.root_state_buffers()) {
     // Rank 0's buffer; the other ranks pass a stand-in of the same size (ignored by the writer).
@@ -311,8 +325,21 @@ std::vector<std::string> load_checkpoint(const fs::path& path, TrainState& s) {
   std::vector<std::string> notes;
   const int old_world = r.saved_world();
 
-  r.read_floats("model/params", s.model.params());
-  for (auto& b : s.optimizer.state()) r.read_floats("optim/" + b.name, b.data);
+  if (s.model.native16()) {
+    // Stored as floats (a float-storage run's, or a mean over old ranks when resharding): each is
+    // rounded to nearest-even into the 16-bit buffer.
+    const bool bf16 = s.model.compute() == model::Compute::bf16;
+    std::vector<float> wide(s.model.num_params());
+    const auto narrow = [&](const std::string& name, std::span<std::uint16_t> h) {
+      r.read_floats(name, std::span<float>(wide.data(), h.size()));
+      for (std::size_t i = 0; i < h.size(); ++i) h[i] = bf16 ? tensor::bf16_encode(wide[i]) : tensor::fp16_encode(wide[i]);
+    };
+    narrow("model/params", s.model.params16());
+    for (auto& b : s.optimizer.state16()) narrow("optim/" + b.name, b.data);
+  } else {
+    r.read_floats("model/params", s.model.params());
+    for (auto& b : s.optimizer.state()) r.read_floats("optim/" + b.name, b.data);
+  }
   s.optimizer.set_step_count(reader.attribute_int("optimizer_step_count"));
   for (auto& b : s.strategy.state_buffers()) r.read_floats("strategy/" + b.name, b.data);
   for (auto& b : s.strategy.root_state_buffers()) {
@@ -365,7 +392,8 @@ std::vector<std::string> load_checkpoint(const fs::path& path, TrainState& s) {
       "resharding {} -> {} ranks at step {}: parameters, optimizer state ({}), strategy buffers and loop sums "
       "averaged over the old ranks; counters from old rank 0; data re-partitioned over {} ranks, each starting "
       "epoch {}; ledger = mean per old rank",
-      old_world, s.comm.size(), s.loop.step, s.optimizer.state().empty() ? "none" : "averaged", s.comm.size(),
+      old_world, s.comm.size(), s.loop.step,
+      s.optimizer.state().empty() && s.optimizer.state16().empty() ? "none" : "averaged", s.comm.size(),
       epoch + 1));
   notes.push_back(s.strategy.reshard(ctx));
   return notes;

@@ -21,6 +21,8 @@
 #include "lowsync/model/model.hpp"
 #include "lowsync/optim/optimizer.hpp"
 #include "lowsync/sync/strategy.hpp"
+#include "lowsync/sync/wire.hpp"
+#include "lowsync/tensor/half.hpp"
 #include "lowsync/config.hpp"
 
 #include <unistd.h>
@@ -70,17 +72,34 @@ struct Evaluator {
   std::vector<float> images;  // this rank's slice of the test set, [n, 784]
   std::vector<std::int32_t> labels;
   memory::TrackedBuffer<float> saved_params;  // the local replica while the average is evaluated
+  memory::TrackedBuffer<std::uint16_t> saved_params16;  // the same, native 16-bit storage
 
-  Evaluator(const data::Dataset& test, int rank, int size, std::size_t num_params) {
+  // saved_floats: size of the float replica to save while the average is evaluated (0 for native
+  // 16-bit storage, which saves its u16 replica only when it needs to).
+  Evaluator(const data::Dataset& test, int rank, int size, std::size_t saved_floats) {
     const std::int64_t first = test.count * rank / size, last = test.count * (rank + 1) / size;
     images.resize(static_cast<std::size_t>(last - first) * test.sample_size());
     test.images_as_float(first, last - first, images.data());
     labels.assign(test.labels.begin() + first, test.labels.begin() + last);
-    if (size > 1) saved_params = memory::TrackedBuffer<float>("eval.saved_params", num_params);
+    if (size > 1 && saved_floats > 0) saved_params = memory::TrackedBuffer<float>("eval.saved_params", saved_floats);
   }
 
-  // Loss and accuracy of the mean of the replicas over the whole test set.
-  model::EvalResult run(model::Model& model, comm::Communicator& comm) {
+  // Loss and accuracy of the mean of the replicas over the whole test set. replicas_identical
+  // (native 16-bit storage under allreduce, whose replicas are bitwise equal): the mean is the
+  // local replica, evaluated as is.
+  model::EvalResult run(model::Model& model, comm::Communicator& comm, bool replicas_identical = false) {
+    if (model.native16()) {
+      auto params16 = model.params16();
+      const bool average = comm.size() > 1 && !replicas_identical;
+      if (average) {
+        if (saved_params16.size() == 0) saved_params16 = memory::TrackedBuffer<std::uint16_t>("eval.saved_params16", params16.size());
+        std::copy(params16.begin(), params16.end(), saved_params16.data());
+        sync::average_native16(comm, params16, model.compute() == model::Compute::bf16, sync::WireFormat::fp32, "obs.eval");
+      }
+      const auto local = model.evaluate(images.data(), labels.data(), static_cast<std::int64_t>(labels.size()));
+      if (average) std::copy(saved_params16.data(), saved_params16.data() + params16.size(), params16.begin());
+      return reduce(local, comm);
+    }
     auto params = model.params();
     if (comm.size() > 1) {
       std::copy(params.begin(), params.end(), saved_params.data());
@@ -90,6 +109,10 @@ struct Evaluator {
     }
     const auto local = model.evaluate(images.data(), labels.data(), static_cast<std::int64_t>(labels.size()));
     if (comm.size() > 1) std::copy(saved_params.data(), saved_params.data() + params.size(), params.begin());
+    return reduce(local, comm);
+  }
+
+  static model::EvalResult reduce(const model::EvalResult& local, comm::Communicator& comm) {
     double sums[3] = {local.loss * static_cast<double>(local.samples), local.accuracy * static_cast<double>(local.samples),
                       static_cast<double>(local.samples)};
     comm.allreduce(std::span<double>(sums, 3), comm::ReduceOp::sum, "obs.eval");
@@ -97,14 +120,16 @@ struct Evaluator {
   }
 };
 
-// Bytes of parameters + gradients + optimizer state: as stored by this build ("stored": float
-// buffers, plus the fake-quantized weight copy for fp8) and as a native implementation of the
-// compute dtype holds them ("in_compute_dtype": 2 bytes per value for bf16/fp16; fp8 keeps fp32
-// shadow weights, gradients and state, plus 1 byte per weight).
+// Bytes of parameters + gradients + optimizer state: as this run stores them ("stored": float
+// buffers, plus the fake-quantized weight copy for fp8; 2 bytes per value for native 16-bit
+// storage) and as a native implementation of the compute dtype holds them ("in_compute_dtype":
+// 2 bytes per value for bf16/fp16; fp8 keeps fp32 shadow weights, gradients and state, plus 1
+// byte per weight). "staging": the fp32 staging buffer native 16-bit layers compute through.
 Json state_bytes_json(model::Model& model, optim::Optimizer& optimizer) {
   const auto d = static_cast<std::int64_t>(model.num_params());
   std::int64_t state = 0;
   for (const auto& s : optimizer.state()) state += static_cast<std::int64_t>(s.data.size());
+  for (const auto& s : optimizer.state16()) state += static_cast<std::int64_t>(s.data.size());
   const std::int64_t values = 2 * d + state;
   std::int64_t stored = 4 * values, native = 4 * values;
   if (model.compute() == model::Compute::fp8) {
@@ -112,8 +137,48 @@ Json state_bytes_json(model::Model& model, optim::Optimizer& optimizer) {
     native += d;
   } else if (model::is_16bit(model.compute())) {
     native = 2 * values;
+    if (model.native16()) stored = native;
   }
-  return {{"values", values}, {"stored", stored}, {"in_compute_dtype", native}};
+  return {{"values", values},
+          {"stored", stored},
+          {"in_compute_dtype", native},
+          {"staging", static_cast<std::int64_t>(model.stage16_bytes())}};
+}
+
+// precision.storage: native 16-bit storage where the run supports it (README "Precision"):
+// bf16/fp16 compute, a strategy that only averages gradients (none, allreduce: the model-averaging
+// and DeMo strategies keep fp32 buffers of the model), a wire of fp32 or of the compute format,
+// and an SGD/AdamW update. auto falls back to float storage (logged); native refuses.
+model::Storage resolve_storage(const config::Config& cfg) {
+  const std::string& choice = cfg.string("precision.storage");
+  const std::string& compute = cfg.string("precision.compute");
+  if (compute != "bf16" && compute != "fp16") {
+    if (choice == "native") fail("precision.storage = \"native\" needs precision.compute = bf16 or fp16, not {}", compute);
+    return model::Storage::float32;
+  }
+  std::string unsupported;
+  const std::string& strategy = cfg.string("sync.strategy");
+  const std::string& wire = cfg.string("precision.wire");
+  if (strategy != "none" && strategy != "allreduce")
+    unsupported = fmt::format("sync.strategy = {} (native storage: none | allreduce)", strategy);
+  else if (wire != "fp32" && wire != compute)
+    unsupported = fmt::format("precision.wire = {} (native storage: fp32 | {})", wire, compute);
+  else if (cfg.string("optim.name") != "sgd" && cfg.string("optim.name") != "adamw")
+    unsupported = fmt::format("optim.name = {} (native storage: sgd | adamw)", cfg.string("optim.name"));
+  if (unsupported.empty()) {
+    if (choice == "float") return model::Storage::float32;
+    log::info("precision.storage: native {} parameters, gradients and optimizer state", compute);
+    return model::Storage::native16;
+  }
+  if (choice == "native") fail("precision.storage = \"native\" is not available with {}", unsupported);
+  if (choice == "auto") log::info("precision.storage: float buffers rounded to {} (native storage not available with {})", compute, unsupported);
+  return model::Storage::float32;
+}
+
+// Non-finite values of a buffer: float, or native 16-bit bit patterns (exponent all ones).
+bool all_finite16(std::span<const std::uint16_t> h, bool bf16) {
+  const std::uint16_t exponent = bf16 ? 0x7f80u : 0x7c00u;
+  return std::none_of(h.begin(), h.end(), [&](std::uint16_t x) { return (x & exponent) == exponent; });
 }
 
 // Keys declared in the schema for features that are not built yet: refuse rather than ignore.
@@ -135,15 +200,17 @@ void reject_unimplemented(const config::Config& cfg) {
 // Index of the first parameter tensor with a non-finite value on any rank (all ranks get the
 // same answer), or -1.
 std::int64_t first_nonfinite_tensor(model::Model& model, comm::Communicator& comm) {
-  const auto params = model.params();
   const auto& infos = model.param_infos();
   std::int64_t bad = std::numeric_limits<std::int64_t>::max();
-  for (std::size_t t = 0; t < infos.size() && bad == std::numeric_limits<std::int64_t>::max(); ++t)
-    for (std::size_t i = infos[t].offset; i < infos[t].offset + infos[t].count; ++i)
-      if (!std::isfinite(params[i])) {
-        bad = static_cast<std::int64_t>(t);
-        break;
-      }
+  for (std::size_t t = 0; t < infos.size() && bad == std::numeric_limits<std::int64_t>::max(); ++t) {
+    const bool finite = model.native16()
+                            ? all_finite16(model.params16().subspan(infos[t].offset, infos[t].count),
+                                           model.compute() == model::Compute::bf16)
+                            : std::all_of(model.params().begin() + static_cast<std::ptrdiff_t>(infos[t].offset),
+                                          model.params().begin() + static_cast<std::ptrdiff_t>(infos[t].offset + infos[t].count),
+                                          [](float v) { return std::isfinite(v); });
+    if (!finite) bad = static_cast<std::int64_t>(t);
+  }
   comm.allreduce(std::span<std::int64_t>(&bad, 1), comm::ReduceOp::min, "obs.control");
   return bad == std::numeric_limits<std::int64_t>::max() ? -1 : bad;
 }
@@ -193,11 +260,14 @@ TrainResult train(const config::Config& cfg, comm::Communicator& comm, const std
   }
   data::Loader loader(fm.train, std::move(parts[rank]), batch, seed, rank);
 
-  model::Model model(cfg.string("model.arch"), batch, seed, model::parse_compute(cfg.string("precision.compute")));
+  model::Model model(cfg.string("model.arch"), batch, seed, model::parse_compute(cfg.string("precision.compute")),
+                     resolve_storage(cfg));
   model.set_eval_batch(static_cast<int>(cfg.integer("eval.batch")));
-  auto optimizer = optim::make_optimizer(cfg, model.num_params());
+  auto optimizer = optim::make_optimizer(cfg, model.num_params(), model.native16());
   auto strategy = sync::make_strategy(cfg);
-  Evaluator evaluator(fm.test, rank, world, model.num_params());
+  Evaluator evaluator(fm.test, rank, world, model.native16() ? 0 : model.num_params());
+  // Native 16-bit allreduce replicas apply the same update to bitwise the same averaged gradient.
+  const bool replicas_identical = model.native16() && strategy->name() == "allreduce";
   log::info("{} ({} parameters), {} ranks x batch {}, strategy {}, optimizer {}, {} steps, output {}",
             model.arch(), model.num_params(), world, batch, strategy->name(), optimizer->name(), steps,
             out_dir.string());
@@ -278,14 +348,17 @@ TrainResult train(const config::Config& cfg, comm::Communicator& comm, const std
     }
     ctx.local_loss = loss;
     strategy->after_backward(ctx);
-    model.round_to_compute(model.grads());  // 16-bit compute: the fp32 mean is stored in 16 bits
+    if (!model.native16()) model.round_to_compute(model.grads());  // 16-bit compute: the fp32 mean is stored in 16 bits
     if (!strategy->owns_update()) {
       const Timer t;
-      optimizer->step(model.params(), model.grads());
+      if (model.native16())
+        optimizer->step16(model.params16(), model.grads16());
+      else
+        optimizer->step(model.params(), model.grads());
       step_compute += t.seconds();
     }
     strategy->after_update(ctx);
-    if (!fp32_master) model.round_to_compute(model.params());
+    if (!fp32_master && !model.native16()) model.round_to_compute(model.params());
     loop.step = step;
     const double step_s = step_timer.seconds();
     loop.compute_s += step_compute;
@@ -307,7 +380,9 @@ TrainResult train(const config::Config& cfg, comm::Communicator& comm, const std
     bool nonfinite = !std::isfinite(loss);
     // Standalone 16-bit has no loss scaling or master copy to fall back on: an overflow to inf
     // in the weights stops the run (ALGORITHMS.md §3 "Edge cases").
-    if (!nonfinite && model::is_16bit(model.compute())) {
+    if (!nonfinite && model.native16()) {
+      nonfinite = !all_finite16(model.params16(), model.compute() == model::Compute::bf16);
+    } else if (!nonfinite && model::is_16bit(model.compute())) {
       const auto w = model.params();
       nonfinite = !std::all_of(w.begin(), w.end(), [](float v) { return std::isfinite(v); });
     }
@@ -332,7 +407,7 @@ TrainResult train(const config::Config& cfg, comm::Communicator& comm, const std
       std::optional<double> test_loss, test_acc;
       if (eval_now) {
         to_compute_params();
-        const auto ev = evaluator.run(model, comm);
+        const auto ev = evaluator.run(model, comm, replicas_identical);
         to_master_params();
         test_loss = loop.last_test_loss = ev.loss;
         test_acc = loop.last_test_acc = ev.accuracy;
@@ -406,6 +481,7 @@ TrainResult train(const config::Config& cfg, comm::Communicator& comm, const std
       {"optimizer", std::string(optimizer->name())},
       {"precision_compute", cfg.string("precision.compute")},
       {"precision_wire", cfg.string("precision.wire")},
+      {"precision_storage", model.native16() ? "native" : "float"},
       {"partition", cfg.string("data.partition")},
       {"ranks", world},
       {"steps", loop.step},

@@ -74,6 +74,7 @@ std::vector<KeySpec> build_schema() {
       // precision
       choice("precision.compute", "fp32", {"fp32", "bf16", "fp16", "fp8"}, "compute precision of forward/backward"),
       choice("precision.wire", "fp32", {"fp32", "bf16", "fp16", "fp8_e4m3", "fp8_e5m2"}, "format of what strategies send"),
+      choice("precision.storage", "auto", {"auto", "native", "float"}, "bf16/fp16 compute: store parameters, gradients and optimizer state as 16-bit values (native) or as 16-bit-rounded floats; auto = native where the combination supports it (README Precision)"),
       // pruning
       choice("prune.method", "none", {"none", "ntk", "magnitude", "random"}, "foresight pruning before training"),
       real("prune.sparsity", 0.9, 0.0, 0.9999, "fraction of weights removed"),

@@ -6,6 +6,7 @@
 #include "lowsync/core/rng.hpp"
 #include "lowsync/tensor/half.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 namespace lowsync::model {
@@ -59,9 +60,11 @@ void Model::round_to_compute(std::span<float> x) const {
   if (is_16bit(compute_)) tensor::round_to_16bit(x, compute_ == Compute::bf16);
 }
 
-Model::Model(const std::string& arch, int batch, std::uint64_t seed, Compute compute)
-    : arch_(arch), batch_(batch), compute_(compute) {
+Model::Model(const std::string& arch, int batch, std::uint64_t seed, Compute compute, Storage storage)
+    : arch_(arch), batch_(batch), compute_(compute), storage_(storage) {
   if (batch < 1) fail("train.batch must be >= 1, got {}", batch);
+  if (storage == Storage::native16 && !is_16bit(compute))
+    fail("native 16-bit storage needs precision.compute = bf16 or fp16");
   layers_ = build_layers(arch);
   std::size_t offset = 0;
   int linear_index = 0, conv_index = 0;
@@ -76,8 +79,19 @@ Model::Model(const std::string& arch, int batch, std::uint64_t seed, Compute com
       offset += count;
     }
   }
-  params_ = memory::TrackedBuffer<float>("model.params", offset);
-  grads_ = memory::TrackedBuffer<float>("model.grads", offset);
+  num_params_ = offset;
+  if (native16()) {
+    params16_ = memory::TrackedBuffer<std::uint16_t>("model.params16", offset);
+    grads16_ = memory::TrackedBuffer<std::uint16_t>("model.grads16", offset);
+    // One staging buffer for all layers: only one layer computes at a time.
+    std::size_t stage = 0;
+    for (const auto& layer : layers_)
+      if (!layer->param_specs().empty()) stage = std::max(stage, layer->stage16_floats(batch));
+    stage16_ = memory::TrackedBuffer<float>("model.stage16", stage);
+  } else {
+    params_ = memory::TrackedBuffer<float>("model.params", offset);
+    grads_ = memory::TrackedBuffer<float>("model.grads", offset);
+  }
   if (compute_ == Compute::fp8) params_fp8_ = memory::TrackedBuffer<float>("model.params_fp8", offset);
   initialize(seed);
   plan_for(batch_);
@@ -93,11 +107,28 @@ void Model::initialize(std::uint64_t seed) {
       const ParamInfo& p = infos_[info++];
       const float bound = 1.0f / std::sqrt(static_cast<float>(spec.fan_in));
       const std::uint64_t key = stream_key({seed, 0x1417ULL, static_cast<std::uint64_t>(info)});
-      float* w = params_.data() + p.offset;
-      for (std::size_t i = 0; i < p.count; ++i) w[i] = (2.0f * uniform01(key, i) - 1.0f) * bound;
+      const auto value = [&](std::size_t i) { return (2.0f * uniform01(key, i) - 1.0f) * bound; };
+      if (native16()) {
+        std::uint16_t* w = params16_.data() + p.offset;
+        const bool bf16 = compute_ == Compute::bf16;
+        for (std::size_t i = 0; i < p.count; ++i) w[i] = bf16 ? tensor::bf16_encode(value(i)) : tensor::fp16_encode(value(i));
+      } else {
+        float* w = params_.data() + p.offset;
+        for (std::size_t i = 0; i < p.count; ++i) w[i] = value(i);
+      }
     }
   }
-  round_to_compute(params_.span());
+  if (!native16()) round_to_compute(params_.span());
+}
+
+std::span<float> Model::float_storage(memory::TrackedBuffer<float>& b) {
+  LOWSYNC_ASSERT(!native16(), "float parameter/gradient view of a model with native 16-bit storage");
+  return b.span();
+}
+
+std::span<std::uint16_t> Model::native_storage(memory::TrackedBuffer<std::uint16_t>& b) {
+  LOWSYNC_ASSERT(native16(), "16-bit parameter/gradient view of a model with float storage");
+  return b.span();
 }
 
 Model::Plan& Model::plan_for(int batch) {
@@ -130,6 +161,28 @@ Model::Plan& Model::plan_for(int batch) {
   for (const auto& layer : layers_) {
     std::vector<float*> ps, gs;
     const std::size_t first = info;
+    if (native16()) {
+      layers::Native16Tensors t;
+      t.bf16 = compute_ == Compute::bf16;
+      for (std::size_t k = 0; k < layer->param_specs().size(); ++k, ++info) {
+        t.params.push_back(params16_.data() + infos_[info].offset);
+        t.grads.push_back(grads16_.data() + infos_[info].offset);
+      }
+      const auto n = static_cast<std::size_t>(batch);
+      if (!t.params.empty()) {
+        LOWSYNC_ASSERT(layer->stage16_floats(batch) <= stage16_.size(), "16-bit staging of {} floats, {} allocated",
+                       layer->stage16_floats(batch), stage16_.size());
+        plan->layer_plans.push_back(layer->make_plan16(batch, exec_, t, stage16_.span()));
+      } else if (!layer->aliases_input()) {
+        plan->layer_plans.push_back(layers::make_half_plan(
+            layer->make_plan(batch, exec_, {}, {}), n * static_cast<std::size_t>(layers::shape_size(in_shape)),
+            n * static_cast<std::size_t>(layers::shape_size(layer->output_shape())), t.bf16, {}));
+      } else {
+        plan->layer_plans.push_back(layer->make_plan(batch, exec_, {}, {}));
+      }
+      in_shape = layer->output_shape();
+      continue;
+    }
     for (std::size_t k = 0; k < layer->param_specs().size(); ++k, ++info) {
       ps.push_back(params_.data() + infos_[info].offset);
       gs.push_back(grads_.data() + infos_[info].offset);
@@ -239,6 +292,7 @@ double Model::forward_flops_per_sample() const {
 }
 
 std::vector<tensor::Tensor> Model::views_of(const memory::TrackedBuffer<float>& flat) const {
+  LOWSYNC_ASSERT(!native16(), "float tensor views of a model with native 16-bit storage");
   std::vector<tensor::Tensor> out;
   for (const auto& p : infos_)
     out.push_back({p.name, tensor::Tensor::View(flat.data() + p.offset, p.count), p.shape, DType::f32});

@@ -15,87 +15,163 @@ namespace {
 
 using Policy = Kokkos::RangePolicy<Kokkos::DefaultHostExecutionSpace>;
 
-// Storage of parameters and optimizer state (precision.compute): fp32, or standalone 16-bit
-// (ALGORITHMS.md §3): every stored value rounded to nearest-even on the 16-bit grid, the
-// arithmetic of one update in fp32 registers, no fp32 master copy.
+// Storage of parameters and optimizer state (precision.compute, precision.storage): fp32, or
+// standalone 16-bit (ALGORITHMS.md §3) with no fp32 master copy: every stored value rounded to
+// nearest-even on the 16-bit grid, the arithmetic of one update in fp32 registers. The 16-bit
+// values live either in float buffers (emulated: `Rounded`) or as u16 bit patterns (native:
+// `Bits`); both run the same kernel, so the two storages give bitwise the same values.
 enum class Storage : std::uint8_t { fp32, bf16, fp16 };
 
-inline float store(float x, Storage s) {
-  if (s == Storage::bf16) return tensor::bf16_round(x);
-  if (s == Storage::fp16) return tensor::fp16_round(x);
-  return x;
+struct Rounded {  // float buffers, rounded to the 16-bit grid at every store (or not, for fp32)
+  using T = float;
+  Storage s;
+  float load(float x) const { return x; }
+  float put(float x) const {
+    if (s == Storage::bf16) return tensor::bf16_round(x);
+    if (s == Storage::fp16) return tensor::fp16_round(x);
+    return x;
+  }
+};
+
+struct Bits {  // native 16-bit storage: bf16 or fp16 bit patterns
+  using T = std::uint16_t;
+  bool bf16;
+  float load(T h) const { return bf16 ? tensor::bf16_decode(h) : tensor::fp16_decode(h); }
+  T put(float x) const { return bf16 ? tensor::bf16_encode(x) : tensor::fp16_encode(x); }
+};
+
+// SGD with momentum mu and L2 weight decay wd (torch.optim.SGD); v == nullptr: no momentum.
+template <class S>
+void sgd_update(S st, typename S::T* w, const typename S::T* g, typename S::T* v, std::size_t n, float lr, float wd,
+                float mu) {
+  if (v == nullptr) {
+    Kokkos::parallel_for("sgd", Policy(0, n), [=](const std::size_t i) {
+      const float wi = st.load(w[i]);
+      w[i] = st.put(wi - lr * (st.load(g[i]) + wd * wi));
+    });
+    return;
+  }
+  Kokkos::parallel_for("sgd_momentum", Policy(0, n), [=](const std::size_t i) {
+    const float wi = st.load(w[i]);
+    const auto vi = st.put(mu * st.load(v[i]) + (st.load(g[i]) + wd * wi));
+    v[i] = vi;
+    w[i] = st.put(wi - lr * st.load(vi));
+  });
 }
+
+struct AdamCoeffs {
+  float b1, b2, lr, eps, decay, c1, c2;
+};
+
+// AdamW (torch.optim.AdamW): sqrt(v) + eps and the division run in fp32 registers; only the
+// stores are 16-bit.
+template <class S>
+void adamw_update(S st, typename S::T* w, const typename S::T* g, typename S::T* m, typename S::T* v, std::size_t n,
+                  AdamCoeffs k) {
+  Kokkos::parallel_for("adamw", Policy(0, n), [=](const std::size_t i) {
+    const float gi = st.load(g[i]);
+    const auto mi = st.put(k.b1 * st.load(m[i]) + (1.0f - k.b1) * gi);
+    const auto vi = st.put(k.b2 * st.load(v[i]) + (1.0f - k.b2) * gi * gi);
+    m[i] = mi;
+    v[i] = vi;
+    w[i] = st.put(st.load(w[i]) * k.decay - k.lr * (st.load(mi) * k.c1) / (std::sqrt(st.load(vi)) * k.c2 + k.eps));
+  });
+}
+
+// A state buffer in whichever storage the optimizer was made for.
+struct StateStore {
+  memory::TrackedBuffer<float> f;
+  memory::TrackedBuffer<std::uint16_t> h;
+  StateStore() = default;
+  StateStore(const char* name, std::size_t n, bool native16) {
+    if (native16)
+      h = memory::TrackedBuffer<std::uint16_t>(name, n);  // zero bits = +0 in bf16 and fp16
+    else
+      f = memory::TrackedBuffer<float>(name, n);
+  }
+};
 
 class Sgd final : public Optimizer {
  public:
-  Sgd(double lr, double momentum, double weight_decay, std::size_t n, Storage storage)
-      : momentum_(static_cast<float>(momentum)), weight_decay_(static_cast<float>(weight_decay)), storage_(storage) {
+  Sgd(double lr, double momentum, double weight_decay, std::size_t n, Storage storage, bool native16)
+      : momentum_(static_cast<float>(momentum)), weight_decay_(static_cast<float>(weight_decay)), storage_(storage),
+        native16_(native16) {
     lr_ = lr;
-    if (momentum > 0.0) velocity_ = memory::TrackedBuffer<float>("sgd.momentum", n);
+    if (momentum > 0.0) velocity_ = StateStore("sgd.momentum", n, native16);
   }
   std::string_view name() const override { return "sgd"; }
   void step(std::span<float> params, std::span<const float> grads) override {
-    float* w = params.data();
-    const float* g = grads.data();
-    const float lr = static_cast<float>(lr_), wd = weight_decay_, mu = momentum_;
-    const std::size_t n = params.size();
-    const Storage st = storage_;
-    if (velocity_.size() == 0) {
-      Kokkos::parallel_for("sgd", Policy(0, n), [=](const std::size_t i) { w[i] = store(w[i] - lr * (g[i] + wd * w[i]), st); });
-    } else {
-      float* v = velocity_.data();
-      Kokkos::parallel_for("sgd_momentum", Policy(0, n), [=](const std::size_t i) {
-        v[i] = store(mu * v[i] + (g[i] + wd * w[i]), st);
-        w[i] = store(w[i] - lr * v[i], st);
-      });
-    }
+    LOWSYNC_ASSERT(!native16_, "float step on a native 16-bit optimizer");
+    sgd_update(Rounded{storage_}, params.data(), grads.data(), momentum() ? velocity_.f.data() : nullptr, params.size(),
+               static_cast<float>(lr_), weight_decay_, momentum_);
+    ++step_count_;
+  }
+  void step16(std::span<std::uint16_t> params, std::span<const std::uint16_t> grads) override {
+    LOWSYNC_ASSERT(native16_, "16-bit step on a float-storage optimizer");
+    sgd_update(Bits{storage_ == Storage::bf16}, params.data(), grads.data(), momentum() ? velocity_.h.data() : nullptr,
+               params.size(), static_cast<float>(lr_), weight_decay_, momentum_);
     ++step_count_;
   }
   std::vector<StateBuffer> state() override {
-    if (velocity_.size() == 0) return {};
-    return {{"momentum", velocity_.span()}};
+    if (!momentum() || native16_) return {};
+    return {{"momentum", velocity_.f.span()}};
+  }
+  std::vector<StateBuffer16> state16() override {
+    if (!momentum() || !native16_) return {};
+    return {{"momentum", velocity_.h.span()}};
   }
 
  private:
+  bool momentum() const { return momentum_ > 0.0f; }
   float momentum_, weight_decay_;
   Storage storage_;
-  memory::TrackedBuffer<float> velocity_;
+  bool native16_;
+  StateStore velocity_;
 };
 
 class AdamW final : public Optimizer {
  public:
-  AdamW(double lr, double beta1, double beta2, double eps, double weight_decay, std::size_t n, Storage storage)
-      : beta1_(beta1), beta2_(beta2), eps_(eps), weight_decay_(weight_decay), storage_(storage),
-        m_("adamw.m", n), v_("adamw.v", n) {
+  AdamW(double lr, double beta1, double beta2, double eps, double weight_decay, std::size_t n, Storage storage,
+        bool native16)
+      : beta1_(beta1), beta2_(beta2), eps_(eps), weight_decay_(weight_decay), storage_(storage), native16_(native16),
+        m_("adamw.m", n, native16), v_("adamw.v", n, native16) {
     lr_ = lr;
   }
   std::string_view name() const override { return "adamw"; }
   void step(std::span<float> params, std::span<const float> grads) override {
-    ++step_count_;
-    const double t = static_cast<double>(step_count_);
-    const float b1 = static_cast<float>(beta1_), b2 = static_cast<float>(beta2_);
-    const float lr = static_cast<float>(lr_), eps = static_cast<float>(eps_);
-    const float decay = static_cast<float>(1.0 - lr_ * weight_decay_);
-    const float c1 = static_cast<float>(1.0 / (1.0 - std::pow(beta1_, t)));
-    const float c2 = static_cast<float>(1.0 / std::sqrt(1.0 - std::pow(beta2_, t)));
-    float* w = params.data();
-    const float* g = grads.data();
-    float* m = m_.data();
-    float* v = v_.data();
-    const Storage st = storage_;
-    // sqrt(v) + eps and the division run in fp32 registers; only the stores are 16-bit.
-    Kokkos::parallel_for("adamw", Policy(0, params.size()), [=](const std::size_t i) {
-      m[i] = store(b1 * m[i] + (1.0f - b1) * g[i], st);
-      v[i] = store(b2 * v[i] + (1.0f - b2) * g[i] * g[i], st);
-      w[i] = store(w[i] * decay - lr * (m[i] * c1) / (std::sqrt(v[i]) * c2 + eps), st);
-    });
+    LOWSYNC_ASSERT(!native16_, "float step on a native 16-bit optimizer");
+    adamw_update(Rounded{storage_}, params.data(), grads.data(), m_.f.data(), v_.f.data(), params.size(), next_coeffs());
   }
-  std::vector<StateBuffer> state() override { return {{"adam_m", m_.span()}, {"adam_v", v_.span()}}; }
+  void step16(std::span<std::uint16_t> params, std::span<const std::uint16_t> grads) override {
+    LOWSYNC_ASSERT(native16_, "16-bit step on a float-storage optimizer");
+    adamw_update(Bits{storage_ == Storage::bf16}, params.data(), grads.data(), m_.h.data(), v_.h.data(), params.size(),
+                 next_coeffs());
+  }
+  std::vector<StateBuffer> state() override {
+    if (native16_) return {};
+    return {{"adam_m", m_.f.span()}, {"adam_v", v_.f.span()}};
+  }
+  std::vector<StateBuffer16> state16() override {
+    if (!native16_) return {};
+    return {{"adam_m", m_.h.span()}, {"adam_v", v_.h.span()}};
+  }
 
  private:
+  AdamCoeffs next_coeffs() {
+    ++step_count_;
+    const double t = static_cast<double>(step_count_);
+    return {static_cast<float>(beta1_),
+            static_cast<float>(beta2_),
+            static_cast<float>(lr_),
+            static_cast<float>(eps_),
+            static_cast<float>(1.0 - lr_ * weight_decay_),
+            static_cast<float>(1.0 / (1.0 - std::pow(beta1_, t))),
+            static_cast<float>(1.0 / std::sqrt(1.0 - std::pow(beta2_, t)))};
+  }
   double beta1_, beta2_, eps_, weight_decay_;
   Storage storage_;
-  memory::TrackedBuffer<float> m_, v_;
+  bool native16_;
+  StateStore m_, v_;
 };
 
 // DeMo applies its own update (the strategy owns it); the trainer never calls this.
@@ -108,13 +184,20 @@ class NoUpdate final : public Optimizer {
 
 }  // namespace
 
-std::unique_ptr<Optimizer> make_optimizer(const config::Config& cfg, std::size_t num_params) {
+void Optimizer::step16(std::span<std::uint16_t>, std::span<const std::uint16_t>) {
+  fail("optimizer {} has no native 16-bit update", name());
+}
+
+std::unique_ptr<Optimizer> make_optimizer(const config::Config& cfg, std::size_t num_params, bool native16) {
   const std::string& name = cfg.string("sync.strategy") == "demo" ? std::string("demo") : cfg.string("optim.name");
   const double lr = cfg.real("optim.lr");
   const std::string& compute = cfg.string("precision.compute");
   const Storage storage = compute == "bf16" ? Storage::bf16 : compute == "fp16" ? Storage::fp16 : Storage::fp32;
+  if (native16 && storage == Storage::fp32) fail("native 16-bit optimizer state needs precision.compute = bf16 or fp16");
+  if (native16 && name != "sgd" && name != "adamw") fail("optim.name = '{}' has no native 16-bit storage", name);
   if (name == "sgd")
-    return std::make_unique<Sgd>(lr, cfg.real("optim.momentum"), cfg.real("optim.weight_decay"), num_params, storage);
+    return std::make_unique<Sgd>(lr, cfg.real("optim.momentum"), cfg.real("optim.weight_decay"), num_params, storage,
+                                 native16);
   if (name == "adamw") {
     double eps = cfg.real("optim.eps");
     // 1e-8 is below the fp16 subnormal floor and v = g^2 underflows for |g| < 2.4e-4, so
@@ -124,7 +207,7 @@ std::unique_ptr<Optimizer> make_optimizer(const config::Config& cfg, std::size_t
       eps = 1e-4;
     }
     return std::make_unique<AdamW>(lr, cfg.real("optim.beta1"), cfg.real("optim.beta2"), eps,
-                                   cfg.real("optim.weight_decay"), num_params, storage);
+                                   cfg.real("optim.weight_decay"), num_params, storage, native16);
   }
   if (name == "demo") return std::make_unique<NoUpdate>(lr);
   fail("optim.name = '{}' is not available in this build", name);
@@ -134,9 +217,10 @@ std::unique_ptr<Optimizer> make_zo_update(const config::Config& cfg, std::size_t
   const std::string& update = cfg.string("optim.zo.update");
   const double lr = cfg.real("optim.lr");
   if (update == "sgd")
-    return std::make_unique<Sgd>(lr, cfg.real("optim.momentum"), cfg.real("optim.weight_decay"), num_values, Storage::fp32);
+    return std::make_unique<Sgd>(lr, cfg.real("optim.momentum"), cfg.real("optim.weight_decay"), num_values, Storage::fp32,
+                                 false);
   return std::make_unique<AdamW>(lr, cfg.real("optim.beta1"), cfg.real("optim.beta2"), cfg.real("optim.eps"),
-                                 cfg.real("optim.weight_decay"), num_values, Storage::fp32);  // zo is fp32 only
+                                 cfg.real("optim.weight_decay"), num_values, Storage::fp32, false);  // zo is fp32 only
 }
 
 }  // namespace lowsync::optim

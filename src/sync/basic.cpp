@@ -9,7 +9,10 @@ namespace lowsync::sync {
 
 void Strategy::on_start(StepContext& ctx) {
   // Replicas start identical: rank 0's initialisation wins.
-  ctx.comm.broadcast(ctx.model.params(), 0, "model");
+  if (ctx.model.native16())
+    ctx.comm.broadcast(ctx.model.params16(), 0, "model");
+  else
+    ctx.comm.broadcast(ctx.model.params(), 0, "model");
 }
 
 std::int64_t find_counter(std::span<const StateCounter> counters, std::string_view name, std::int64_t fallback) {
@@ -36,6 +39,11 @@ void AllreduceStrategy::on_start(StepContext& ctx) {
 }
 
 void AllreduceStrategy::after_backward(StepContext& ctx) {
+  if (ctx.model.native16()) {
+    average_native16(ctx.comm, ctx.model.grads16(), ctx.model.compute() == model::Compute::bf16, wire_, "grad");
+    ++syncs_;
+    return;
+  }
   average_via_wire(ctx.comm, ctx.model.grads(), counts_, wire_, seed_, ctx.step, "grad");
   ++syncs_;
 }

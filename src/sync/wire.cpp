@@ -183,6 +183,51 @@ int average_via_wire(comm::Communicator& comm, std::span<float> data, std::span<
   return world - contributors;
 }
 
+int average_native16(comm::Communicator& comm, std::span<std::uint16_t> data, bool bf16, WireFormat format,
+                     std::string_view traffic) {
+  const auto decode = [bf16](std::uint16_t h) { return bf16 ? tensor::bf16_decode(h) : tensor::fp16_decode(h); };
+  const auto encode = [bf16](float x) { return bf16 ? tensor::bf16_encode(x) : tensor::fp16_encode(x); };
+  const int world = comm.size();
+  const float inv_world = 1.0f / static_cast<float>(world);
+  const std::size_t chunk = std::min(kNative16Chunk, data.size());
+  memory::TrackedBuffer<float> sum("wire.native16_sum", chunk);
+  if (format == WireFormat::fp32) {
+    for (std::size_t first = 0; first < data.size(); first += chunk) {
+      const std::size_t n = std::min(chunk, data.size() - first);
+      const auto part = data.subspan(first, n);
+      for (std::size_t i = 0; i < n; ++i) sum[i] = decode(part[i]);
+      comm.allreduce(sum.span().first(n), comm::ReduceOp::sum, traffic);
+      for (std::size_t i = 0; i < n; ++i) part[i] = encode(sum[i] * inv_world);
+    }
+    return 0;
+  }
+  if (format != (bf16 ? WireFormat::bf16 : WireFormat::fp16))
+    fail("{} average: native {} storage sends fp32 or {}, not precision.wire = {}", traffic, bf16 ? "bf16" : "fp16",
+         bf16 ? "bf16" : "fp16", wire_format_name(format));
+  const std::int32_t finite =
+      std::all_of(data.begin(), data.end(), [&](std::uint16_t h) { return std::isfinite(decode(h)); }) ? 1 : 0;
+  std::vector<std::int32_t> finite_by_rank(static_cast<std::size_t>(world));
+  comm.allgather(std::span<const std::int32_t>(&finite, 1), std::span<std::int32_t>(finite_by_rank), traffic);
+  const int contributors = static_cast<int>(std::count(finite_by_rank.begin(), finite_by_rank.end(), 1));
+  if (contributors == 0) fail("{} average: every rank's contribution is non-finite ({} wire)", traffic, wire_format_name(format));
+  const float inv = 1.0f / static_cast<float>(contributors);
+  memory::TrackedBuffer<std::uint16_t> recv("wire.native16_recv", chunk * static_cast<std::size_t>(world));
+  for (std::size_t first = 0; first < data.size(); first += chunk) {
+    const std::size_t n = std::min(chunk, data.size() - first);
+    const auto part = data.subspan(first, n);
+    comm.allgather(std::span<const std::uint16_t>(part), recv.span().first(n * static_cast<std::size_t>(world)), traffic);
+    // Every rank sums the same bits in the same order with the same float operations.
+    std::fill(sum.data(), sum.data() + n, 0.0f);
+    for (int r = 0; r < world; ++r) {
+      if (finite_by_rank[static_cast<std::size_t>(r)] == 0) continue;
+      const std::uint16_t* bits = recv.data() + static_cast<std::size_t>(r) * n;
+      for (std::size_t i = 0; i < n; ++i) sum[i] += decode(bits[i]);
+    }
+    for (std::size_t i = 0; i < n; ++i) part[i] = encode(sum[i] * inv);
+  }
+  return world - contributors;
+}
+
 void ServerAverager::begin(const comm::Communicator& comm, std::span<const float> params,
                            std::span<const std::size_t> counts) {
   counts_.assign(counts.begin(), counts.end());

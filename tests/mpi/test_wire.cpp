@@ -121,6 +121,62 @@ TEST(Wire, NonFiniteUploadIsExcludedEverywhere) {
   EXPECT_TRUE(bitwise_equal(data, expect));
 }
 
+// Native 16-bit storage (average_native16): more values than one chunk, so the chunked
+// collectives are covered; the result is the rank-order fp32 sum of the decoded values times
+// 1/K, encoded nearest-even, rebuilt here from each rank's data.
+TEST(Wire, Native16AverageEqualsRankOrderFp32MeanAcrossChunks) {
+  const std::size_t n = 2 * kNative16Chunk + 77;
+  const auto values = [&](int r, bool bf16) {
+    std::vector<std::uint16_t> h(n);
+    const std::uint64_t key = stream_key({91, static_cast<std::uint64_t>(r)});
+    for (std::size_t i = 0; i < n; ++i) {
+      const float x = 0.3f * normal01(key, i);
+      h[i] = bf16 ? tensor::bf16_encode(x) : tensor::fp16_encode(x);
+    }
+    return h;
+  };
+  for (bool bf16 : {true, false}) {
+    for (WireFormat format : {WireFormat::fp32, bf16 ? WireFormat::bf16 : WireFormat::fp16}) {
+      // Deterministic sums: the fp32 allreduce adds in rank order too.
+      comm::Communicator comm(MPI_COMM_WORLD, {true, 60.0});
+      const int K = world_size();
+      auto data = values(world_rank(), bf16);
+      EXPECT_EQ(average_native16(comm, data, bf16, format, "grad"), 0);
+      const auto dec = [&](std::uint16_t h) { return bf16 ? tensor::bf16_decode(h) : tensor::fp16_decode(h); };
+      std::vector<float> sum(n, 0.0f);
+      for (int r = 0; r < K; ++r) {
+        const auto h = values(r, bf16);
+        for (std::size_t i = 0; i < n; ++i) sum[i] += dec(h[i]);
+      }
+      std::size_t differ = 0;
+      for (std::size_t i = 0; i < n; ++i) {
+        const float mean = sum[i] * (1.0f / static_cast<float>(K));
+        differ += data[i] != (bf16 ? tensor::bf16_encode(mean) : tensor::fp16_encode(mean));
+      }
+      EXPECT_EQ(differ, 0u) << (bf16 ? "bf16" : "fp16") << " storage, " << wire_format_name(format) << " wire";
+      const std::uint64_t expect_bytes = format == WireFormat::fp32
+                                             ? 0  // counted by the allreduce model, checked elsewhere
+                                             : static_cast<std::uint64_t>(K - 1) * (2 * n + 4);
+      if (format != WireFormat::fp32) EXPECT_EQ(wire_bytes_of(comm, "grad"), expect_bytes);
+    }
+  }
+}
+
+TEST(Wire, Native16NonFiniteRankIsExcludedAndOtherWiresRefused) {
+  comm::Communicator comm(MPI_COMM_WORLD, {false, 60.0});
+  const int K = world_size();
+  std::vector<std::uint16_t> data(100, tensor::bf16_encode(static_cast<float>(world_rank() + 1)));
+  EXPECT_THROW(average_native16(comm, data, true, WireFormat::fp8_e4m3, "grad"), Error);
+  if (world_rank() == K - 1) data[3] = tensor::bf16_encode(INFINITY);
+  if (K == 1) {
+    EXPECT_THROW(average_native16(comm, data, true, WireFormat::bf16, "grad"), Error);
+    return;
+  }
+  EXPECT_EQ(average_native16(comm, data, true, WireFormat::bf16, "grad"), 1);
+  // Ranks 0..K-2 hold 1..K-1: their mean is K/2.
+  for (std::uint16_t h : data) EXPECT_EQ(tensor::bf16_decode(h), static_cast<float>(K) / 2.0f);
+}
+
 // Reference of one server round (fp8): master += mean(decoded uploads) - B; broadcast =
 // nearest-even with the best_scale per tensor.
 void reference_round(std::vector<float>& master, std::vector<float>& broadcast, std::int64_t round,

@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """Precision comparison (issue 7 "What it must show"), one run per row on RANKS ranks.
 
-Table 1: compute precision (fp32 vs fp8 fake-quant; bf16/fp16 rows where the build has them) at
-equal steps with DDP allreduce: test accuracy, samples/s, peak RSS, training-state bytes.
+Table 1: compute precision (fp32, bf16 and fp16 with native 16-bit storage, fp8 fake-quant) at
+equal steps with DDP allreduce: test accuracy, samples/s, peak RSS, the bytes of parameters +
+gradients + optimizer state as stored (plus the fp32 staging of native 16-bit layers) and the
+ratio fp32/this, and every tracked buffer's peak (train_state_bytes: activations, eval plan, ...).
 Table 2: periodic averaging and FDA with fp32 vs 8/16-bit wire: the fp32 run's final accuracy is
 the target; bytes per rank at the first evaluation reaching it (the low-precision runs get
 STEPS * SLACK steps so they can catch up), and the ratio to fp32.
 
-usage: tools/bench/precision.py [--ranks 4] [--steps 1000] [--arch mlp] [--out DIR] [--only compute|wire]
+usage: tools/bench/precision.py [--ranks 4] [--steps 1000] [--arch mlp] [--optim sgd|adamw] [--lr 0.05]
+                               [--out DIR] [--only compute|wire]
 Accuracy and bytes do not depend on machine load; samples/s does (noisy on a shared machine).
 """
 import argparse
@@ -57,10 +60,12 @@ def main():
     ap.add_argument("--only", choices=["compute", "wire"], default=None)
     ap.add_argument("--computes", default="fp32,bf16,fp16,fp8")
     ap.add_argument("--wires", default="fp32,bf16,fp8_e4m3", help="fp32 first: it sets the target")
+    ap.add_argument("--optim", default="sgd")
+    ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--lowsync", default=os.path.join(ROOT, "build", "bin", "lowsync"))
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
-    common = [f"model.arch={a.arch}", "optim.name=sgd", "optim.lr=0.05", "log.every=50", "log.progress=off"]
+    common = [f"model.arch={a.arch}", f"optim.name={a.optim}", f"optim.lr={a.lr}", "log.every=50", "log.progress=off"]
     md = []
 
     if a.only in (None, "compute"):
@@ -72,16 +77,24 @@ def main():
                               f"eval.every={a.steps}"], out + ".log")
             rows.append((compute, s))
         base = rows[0][1]
-        md.append(f"### Compute precision ({a.arch}, {a.ranks} ranks, allreduce, {a.steps} steps)\n")
-        md.append("| compute | test acc | vs fp32 (points) | samples/s | peak RSS MB | training-state MB |")
-        md.append("|---|---|---|---|---|---|")
+        md.append(f"### Compute precision ({a.arch}, {a.ranks} ranks, allreduce, {a.optim} lr {a.lr}, {a.steps} steps)\n")
+        md.append("| compute | storage | test acc | vs fp32 (points) | samples/s | peak RSS MB | params+grads+optim MB "
+                  "(+ staging) | fp32/this | all tracked buffers MB |")
+        md.append("|---|---|---|---|---|---|---|---|---|")
+
+        def state_mb(s):
+            b = s["param_grad_optim_bytes"]
+            return (b["stored"] + b.get("staging", 0)) / 1e6, b.get("staging", 0) / 1e6
+
         for compute, s in rows:
             if s is None:
-                md.append(f"| {compute} | not available in this build | | | | |")
+                md.append(f"| {compute} | not available in this build | | | | | | | |")
                 continue
             d = 100 * (s["final_test_accuracy"] - base["final_test_accuracy"]) if base else float("nan")
-            md.append(f"| {compute} | {s['final_test_accuracy']:.4f} | {d:+.2f} | {s['samples_per_s']:.0f} | "
-                      f"{s['peak_rss_bytes'] / 1e6:.1f} | {s['train_state_bytes'] / 1e6:.2f} |")
+            mb, stage = state_mb(s)
+            md.append(f"| {compute} | {s.get('precision_storage', 'float')} | {s['final_test_accuracy']:.4f} | {d:+.2f} | "
+                      f"{s['samples_per_s']:.0f} | {s['peak_rss_bytes'] / 1e6:.1f} | {mb:.2f} (+{stage:.2f}) | "
+                      f"{state_mb(base)[0] / mb:.2f}x | {s['train_state_bytes'] / 1e6:.2f} |")
         md.append("")
 
     if a.only in (None, "wire"):

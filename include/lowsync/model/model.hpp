@@ -32,17 +32,24 @@ struct EvalResult {
 
 // precision.compute modes the model runs. fp8: fake quantization (layers::make_fp8_plan) of
 // weights and GEMM/conv inputs (E4M3) and output gradients (E5M2); params() stay the fp32 master.
-// bf16, fp16: standalone 16-bit numerics, emulated: parameters, activations and gradients are
-// rounded to the 16-bit grid at every store (layers::make_half_plan), storage stays float.
+// bf16, fp16: standalone 16-bit numerics: parameters, activations and gradients are rounded to
+// the 16-bit grid at every store. Storage::float32 keeps them in float buffers
+// (layers::make_half_plan); Storage::native16 holds parameters and gradients as u16 bit patterns
+// (params16() / grads16(); params() / grads() do not exist then) and computes through fp32
+// staging (Layer::make_plan16). Activations stay 16-bit-rounded float buffers in both.
 enum class Compute : std::uint8_t { fp32, fp8, bf16, fp16 };
 Compute parse_compute(const std::string& name);  // fp32 | fp8 | bf16 | fp16, else lowsync::Error
 constexpr bool is_16bit(Compute c) { return c == Compute::bf16 || c == Compute::fp16; }
+enum class Storage : std::uint8_t { float32, native16 };
 
 class Model {
  public:
   // arch = "mlp" | "cnn"; batch = training batch per rank (primitives are built for it once).
-  Model(const std::string& arch, int batch, std::uint64_t seed, Compute compute = Compute::fp32);
+  // storage = native16 needs a 16-bit compute.
+  Model(const std::string& arch, int batch, std::uint64_t seed, Compute compute = Compute::fp32,
+        Storage storage = Storage::float32);
   Compute compute() const { return compute_; }
+  bool native16() const { return storage_ == Storage::native16; }
   // 16-bit compute: round a buffer (parameters after an update or an average) to the 16-bit grid;
   // no-op otherwise.
   void round_to_compute(std::span<float> x) const;
@@ -51,9 +58,14 @@ class Model {
   Model& operator=(const Model&) = delete;
 
   const std::string& arch() const { return arch_; }
-  std::span<float> params() { return params_.span(); }
-  std::span<float> grads() { return grads_.span(); }
-  std::size_t num_params() const { return params_.size(); }
+  std::span<float> params() { return float_storage(params_); }
+  std::span<float> grads() { return float_storage(grads_); }
+  // Native 16-bit storage: bf16 or fp16 bit patterns (precision.compute).
+  std::span<std::uint16_t> params16() { return native_storage(params16_); }
+  std::span<std::uint16_t> grads16() { return native_storage(grads16_); }
+  std::size_t num_params() const { return num_params_; }
+  // Bytes of the shared fp32 staging buffer of native 16-bit layers (0 otherwise).
+  std::size_t stage16_bytes() const { return stage16_.size() * sizeof(float); }
   const std::vector<ParamInfo>& param_infos() const { return infos_; }
   // Named views into params() / grads() with their shapes.
   std::vector<tensor::Tensor> param_tensors() { return views_of(params_); }
@@ -81,6 +93,8 @@ class Model {
   struct Plan;  // layer buffers and primitives for one batch size
   Plan& plan_for(int batch);
   std::vector<tensor::Tensor> views_of(const memory::TrackedBuffer<float>& flat) const;
+  std::span<float> float_storage(memory::TrackedBuffer<float>& b);
+  std::span<std::uint16_t> native_storage(memory::TrackedBuffer<std::uint16_t>& b);
   // Returns the input the first layer read (the batch, or its 16-bit rounded copy).
   const float* run_forward(Plan& plan, const data::Batch& batch, bool keep_for_backward);
 
@@ -88,9 +102,13 @@ class Model {
   int batch_ = 0;
   std::vector<std::unique_ptr<layers::Layer>> layers_;
   std::vector<ParamInfo> infos_;
+  std::size_t num_params_ = 0;
   memory::TrackedBuffer<float> params_;
   memory::TrackedBuffer<float> grads_;
   Compute compute_ = Compute::fp32;
+  Storage storage_ = Storage::float32;
+  memory::TrackedBuffer<std::uint16_t> params16_, grads16_;  // [d] native16 only
+  memory::TrackedBuffer<float> stage16_;  // native16: fp32 staging shared by all layers
   memory::TrackedBuffer<float> params_fp8_;  // [d] fp8: fake-quantized weights (bias slots unused)
   layers::Executor exec_;
   std::vector<std::unique_ptr<Plan>> plans_;

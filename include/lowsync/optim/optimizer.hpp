@@ -19,6 +19,12 @@ struct StateBuffer {
   std::span<float> data;   // same length as the parameters
 };
 
+// Optimizer state of native 16-bit storage: bf16 or fp16 bit patterns (precision.compute).
+struct StateBuffer16 {
+  std::string name;
+  std::span<std::uint16_t> data;
+};
+
 class Optimizer {
  public:
   virtual ~Optimizer() = default;
@@ -26,6 +32,10 @@ class Optimizer {
   // params[i] -= update(grads[i]); grads is the (already synchronised) gradient.
   virtual void step(std::span<float> params, std::span<const float> grads) = 0;
   virtual std::vector<StateBuffer> state() { return {}; }
+  // Native 16-bit storage (precision.storage = native): parameters, gradients and state are u16
+  // bit patterns; only an optimizer made with native16 = true implements these (state() is empty).
+  virtual void step16(std::span<std::uint16_t> params, std::span<const std::uint16_t> grads);
+  virtual std::vector<StateBuffer16> state16() { return {}; }
   std::int64_t step_count() const { return step_count_; }
   void set_step_count(std::int64_t n) { step_count_ = n; }
   double learning_rate() const { return lr_; }
@@ -37,7 +47,8 @@ class Optimizer {
 };
 
 // optim.name = sgd | adamw (later issues add more); num_params sizes the state buffers.
-std::unique_ptr<Optimizer> make_optimizer(const config::Config& cfg, std::size_t num_params);
+// native16: state stored as 16-bit values of precision.compute (bf16 | fp16), step16 updates.
+std::unique_ptr<Optimizer> make_optimizer(const config::Config& cfg, std::size_t num_params, bool native16 = false);
 // The update applied to a zeroth-order estimate (optim.zo.update = sgd | adam, the latter as
 // AdamW with optim.beta1/beta2/eps/weight_decay) over num_values entries: the compressed kept
 // values of a pruned model, so its state is stored compressed too.

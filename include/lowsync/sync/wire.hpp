@@ -56,6 +56,17 @@ bool wire_decode(std::span<const std::uint8_t> in, std::span<const std::size_t> 
 int average_via_wire(comm::Communicator& comm, std::span<float> data, std::span<const std::size_t> counts,
                      WireFormat format, std::uint64_t seed, std::int64_t round, std::string_view traffic);
 
+// The same mean for a buffer in native 16-bit storage (bf16 or fp16 bit patterns), summed in
+// fp32 and stored back rounded to nearest-even, in chunks of kNative16Chunk values so the scratch
+// stays small (the point of native storage). fp32 wire: allreduce of the decoded chunks (no
+// exclusion, as average_in_place). A 16-bit wire of the buffer's own format: one int allgather of
+// "my values are finite", then allgathers of the raw bits, decoded and summed in rank order over
+// the finite contributors (the excluded count is returned; none left is an error). Other wire
+// formats are refused (precision.storage = auto picks float storage for them).
+inline constexpr std::size_t kNative16Chunk = std::size_t{1} << 16;
+int average_native16(comm::Communicator& comm, std::span<std::uint16_t> data, bool bf16, WireFormat format,
+                     std::string_view traffic);
+
 // Model averaging with an fp32 server model (ALGORITHMS.md §1, proposal "FP8-FedAvg with unbiased
 // uplink"), the server living on rank 0. Per round:
 //   client k: upload enc(w_k) (fp8: SR, amax scale; 16-bit: nearest-even)      -> gather to rank 0

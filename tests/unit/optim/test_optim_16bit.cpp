@@ -1,13 +1,16 @@
 // Standalone 16-bit optimizers (precision.compute = bf16 | fp16, ALGORITHMS.md §3): SGD momentum
 // and Adam store parameters and state on the 16-bit grid (nearest-even) with the arithmetic of one
-// update in fp32, against scalar loops; 16-bit Adam raises eps to 1e-4.
+// update in fp32, against scalar loops; 16-bit Adam raises eps to 1e-4. Native 16-bit storage
+// (u16 bit patterns, step16) gives bitwise the values of the float-storage optimizer.
 #include "lowsync/config/config.hpp"
+#include "lowsync/core/error.hpp"
 #include "lowsync/core/rng.hpp"
 #include "lowsync/optim/optimizer.hpp"
 #include "lowsync/tensor/half.hpp"
 
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cmath>
 #include <cstring>
 
@@ -70,6 +73,64 @@ TEST(Optim16Bit, AdamUsesEpsOneEMinus4AndSixteenBitState) {
     EXPECT_TRUE(std::isfinite(w[i]));
     EXPECT_GT(w[i], 0.49f);  // a bounded step, not an explosion
   }
+}
+
+std::uint16_t enc(float x, bool bf16) { return bf16 ? tensor::bf16_encode(x) : tensor::fp16_encode(x); }
+float dec(std::uint16_t h, bool bf16) { return bf16 ? tensor::bf16_decode(h) : tensor::fp16_decode(h); }
+
+// Same config, float storage (checked against scalar loops above) and native storage: after
+// several steps parameters and every state buffer agree bit for bit once decoded.
+void expect_native_equals_float(std::vector<std::string> sets, bool bf16) {
+  sets.push_back(bf16 ? "precision.compute=bf16" : "precision.compute=fp16");
+  const std::size_t n = 257;
+  auto emulated = make_optimizer(make_cfg(sets), n);
+  auto native = make_optimizer(make_cfg(sets), n, true);
+  EXPECT_TRUE(native->state().empty());
+  std::vector<float> w(n);
+  std::vector<std::uint16_t> w16(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    w16[i] = enc(3.0f * (2.0f * uniform01(11, i) - 1.0f), bf16);
+    w[i] = dec(w16[i], bf16);
+  }
+  for (int step = 0; step < 6; ++step) {
+    std::vector<float> g(n);
+    std::vector<std::uint16_t> g16(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      // Magnitudes from 1e-6 to 1: fp16 subnormals, underflowing g^2, and large steps.
+      g16[i] = enc(std::pow(10.0f, -6.0f * uniform01(40 + step, i)) * (uniform01(60 + step, i) < 0.5f ? -1.0f : 1.0f), bf16);
+      g[i] = dec(g16[i], bf16);
+    }
+    emulated->step(w, g);
+    native->step16(w16, g16);
+  }
+  EXPECT_EQ(native->step_count(), emulated->step_count());
+  std::size_t differ = 0;
+  for (std::size_t i = 0; i < n; ++i) differ += std::bit_cast<std::uint32_t>(dec(w16[i], bf16)) != std::bit_cast<std::uint32_t>(w[i]);
+  EXPECT_EQ(differ, 0u) << "parameters, " << (bf16 ? "bf16" : "fp16");
+  const auto fs = emulated->state();
+  const auto hs = native->state16();
+  ASSERT_EQ(fs.size(), hs.size());
+  for (std::size_t b = 0; b < fs.size(); ++b) {
+    EXPECT_EQ(fs[b].name, hs[b].name);
+    std::size_t state_differ = 0;
+    for (std::size_t i = 0; i < n; ++i) state_differ += dec(hs[b].data[i], bf16) != fs[b].data[i];
+    EXPECT_EQ(state_differ, 0u) << fs[b].name;
+  }
+}
+
+TEST(Optim16Bit, NativeStorageMatchesFloatStorageBitwise) {
+  for (bool bf16 : {true, false}) {
+    expect_native_equals_float({"optim.name=sgd", "optim.lr=0.05"}, bf16);
+    expect_native_equals_float({"optim.name=sgd", "optim.lr=0.05", "optim.momentum=0.9", "optim.weight_decay=0.01"}, bf16);
+    expect_native_equals_float({"optim.name=adamw", "optim.lr=0.01", "optim.weight_decay=0.1"}, bf16);
+  }
+}
+
+TEST(Optim16Bit, NativeStorageRefusesFp32ComputeAndFloatSteps) {
+  EXPECT_THROW(make_optimizer(make_cfg({"optim.name=sgd"}), 4, true), Error);
+  auto native = make_optimizer(make_cfg({"optim.name=sgd", "precision.compute=bf16"}), 4, true);
+  std::vector<float> w(4), g(4);
+  EXPECT_THROW(native->step(w, g), Error);
 }
 
 }  // namespace

@@ -88,6 +88,7 @@ class Linear final : public Layer {
  public:
   Linear(std::int64_t in, std::int64_t out, bool relu) : in_(in), out_(out), relu_(relu) {}
   std::string name() const override { return relu_ ? "linear+relu" : "linear"; }
+  Shape input_shape() const override { return {in_}; }
   Shape output_shape() const override { return {out_}; }
   std::vector<ParamSpec> param_specs() const override {
     return {{"weight", {out_, in_}, in_}, {"bias", {out_}, in_}};

@@ -93,6 +93,7 @@ class Conv2d final : public Layer {
  public:
   Conv2d(Shape in, std::int64_t oc, std::int64_t k, bool relu) : in_(std::move(in)), oc_(oc), k_(k), relu_(relu) {}
   std::string name() const override { return relu_ ? "conv2d+relu" : "conv2d"; }
+  Shape input_shape() const override { return in_; }
   Shape output_shape() const override { return {oc_, in_[1] - k_ + 1, in_[2] - k_ + 1}; }
   std::vector<ParamSpec> param_specs() const override {
     const std::int64_t fan_in = in_[0] * k_ * k_;

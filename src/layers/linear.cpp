@@ -1,8 +1,12 @@
 // Linear layer on oneDNN inner-product primitives: forward (bias + optional fused ReLU),
 // backward-data and backward-weights (with bias). Argument maps are built once per plan; each
-// call only swaps data handles.
+// call only swaps data handles. Native 16-bit storage uses a row-tiled matmul plan instead
+// (TiledLinearPlan16) so only one tile of W is ever staged as floats.
 #include "lowsync/core/error.hpp"
 #include "lowsync/layers/layer.hpp"
+#include "lowsync/tensor/half.hpp"
+
+#include <algorithm>
 
 namespace lowsync::layers {
 namespace {
@@ -84,10 +88,123 @@ class LinearPlan final : public LayerPlan {
   std::unordered_map<int, dnnl::memory> fwd_args_, bwd_data_args_, bwd_w_args_, relu_args_;
 };
 
+// Rows of W staged at a time by the native 16-bit plan: the largest divisor of `out` up to 64, so
+// every tile is full (one set of primitives) while the stage stays ~2 * 64 * in floats.
+std::int64_t tile_rows(std::int64_t out) {
+  std::int64_t t = std::min<std::int64_t>(out, 64);
+  while (out % t != 0) --t;
+  return t;
+}
+
+// Native 16-bit storage for Linear: W [out, in] and b stay u16; each tile of T output rows is
+// decoded into `stage` and multiplied in fp32 by oneDNN matmuls on strided views (a column block
+// of y / dy, the staged rows read transposed), so no full-size float copy of W or dW exists.
+// Rounding points match the emulated path (half_plan.cpp): y, dx and the encoded gradients.
+class TiledLinearPlan16 final : public LayerPlan {
+ public:
+  TiledLinearPlan16(int n, std::int64_t in, std::int64_t out, bool relu, Executor& exec, const Native16Tensors& t,
+                    std::span<float> stage)
+      : exec_(exec), n_(n), in_(in), out_(out), rows_(tile_rows(out)), relu_(relu), bf16_(t.bf16),
+        w_(t.params[0]), b_(t.params[1]), dw_(t.grads[0]), db_(t.grads[1]),
+        w_tile_(stage.subspan(0, rows_ * in)), b_tile_(stage.subspan(rows_ * in, rows_)),
+        dw_tile_(stage.subspan(rows_ * (in + 1), rows_ * in)), db_tile_(stage.subspan(rows_ * (2 * in + 1), rows_)),
+        dy_pre_(relu ? lowsync::memory::TrackedBuffer<float>("linear16.dy_pre", static_cast<std::size_t>(n) * out)
+                     : lowsync::memory::TrackedBuffer<float>()) {
+    auto& eng = exec.engine();
+    const std::int64_t rows = rows_;
+    using dims = memory::dims;
+    const memory::desc x_md({n, in}, dt::f32, dims{in, 1});
+    const memory::desc w_rows_md({rows, in}, dt::f32, dims{in, 1});
+    const memory::desc w_cols_md({in, rows}, dt::f32, dims{1, in});   // the staged rows, transposed
+    const memory::desc b_md({1, rows}, dt::f32, dims{rows, 1});
+    const memory::desc block_md({n, rows}, dt::f32, dims{out, 1});    // columns r0.. of a [N, out] tensor
+    const memory::desc block_t_md({rows, n}, dt::f32, dims{1, out});  // the same block, transposed
+
+    dnnl::primitive_attr fwd_attr, accumulate_attr;
+    if (relu) {
+      dnnl::post_ops po;
+      po.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
+      fwd_attr.set_post_ops(po);
+    }
+    dnnl::post_ops sum;
+    sum.append_sum(1.0f);
+    accumulate_attr.set_post_ops(sum);
+    // y block = x . W_rows^T + b_rows
+    fwd_ = dnnl::matmul({{x_md, w_cols_md, b_md, block_md}, fwd_attr, eng});
+    // dW_rows = dy_block^T . x
+    bwd_weights_ = dnnl::matmul({{block_t_md, x_md, w_rows_md}, eng});
+    // dx = dy_block . W_rows, written by the first tile and accumulated (sum post-op) by the rest
+    bwd_data_first_ = dnnl::matmul({{block_md, w_rows_md, x_md}, eng});
+    bwd_data_rest_ = dnnl::matmul({{block_md, w_rows_md, x_md}, accumulate_attr, eng});
+
+    x_ = memory(x_md, eng, nullptr);
+    block_ = memory(block_md, eng, nullptr);
+    block_t_ = memory(block_t_md, eng, nullptr);
+    dx_ = memory(x_md, eng, nullptr);
+    const memory w_cols(w_cols_md, eng, w_tile_.data()), w_rows(w_rows_md, eng, w_tile_.data());
+    const memory b_mem(b_md, eng, b_tile_.data()), dw_mem(w_rows_md, eng, dw_tile_.data());
+    fwd_args_ = {{DNNL_ARG_SRC, x_}, {DNNL_ARG_WEIGHTS, w_cols}, {DNNL_ARG_BIAS, b_mem}, {DNNL_ARG_DST, block_}};
+    bwd_w_args_ = {{DNNL_ARG_SRC, block_t_}, {DNNL_ARG_WEIGHTS, x_}, {DNNL_ARG_DST, dw_mem}};
+    bwd_data_args_ = {{DNNL_ARG_SRC, block_}, {DNNL_ARG_WEIGHTS, w_rows}, {DNNL_ARG_DST, dx_}};
+  }
+
+  void forward(const float* x, float* y, bool) override {
+    x_.set_data_handle(const_cast<float*>(x));
+    for (std::int64_t r0 = 0; r0 < out_; r0 += rows_) {
+      stage_rows(r0);
+      tensor::decode_16bit({b_ + r0, b_tile_.size()}, b_tile_, bf16_);
+      block_.set_data_handle(y + r0);
+      exec_.run(fwd_, fwd_args_);
+    }
+    tensor::round_to_16bit({y, static_cast<std::size_t>(n_ * out_)}, bf16_);
+  }
+
+  void backward(const float* x, const float* y, const float* dy, float* dx) override {
+    const float* g = dy;
+    if (relu_) {  // y = max(pre, 0) was kept: the gradient passes where y > 0
+      for (std::int64_t i = 0; i < n_ * out_; ++i) dy_pre_[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+      g = dy_pre_.data();
+    }
+    x_.set_data_handle(const_cast<float*>(x));
+    if (dx != nullptr) dx_.set_data_handle(dx);
+    for (std::int64_t r0 = 0; r0 < out_; r0 += rows_) {
+      block_.set_data_handle(const_cast<float*>(g + r0));
+      block_t_.set_data_handle(const_cast<float*>(g + r0));
+      exec_.run(bwd_weights_, bwd_w_args_);
+      tensor::encode_16bit(dw_tile_, {dw_ + r0 * in_, dw_tile_.size()}, bf16_);
+      for (std::int64_t j = 0; j < rows_; ++j) {
+        float s = 0.0f;
+        for (std::int64_t i = 0; i < n_; ++i) s += g[i * out_ + r0 + j];
+        db_tile_[j] = s;
+      }
+      tensor::encode_16bit(db_tile_, {db_ + r0, db_tile_.size()}, bf16_);
+      if (dx != nullptr) {
+        stage_rows(r0);
+        exec_.run(r0 == 0 ? bwd_data_first_ : bwd_data_rest_, bwd_data_args_);
+      }
+    }
+    if (dx != nullptr) tensor::round_to_16bit({dx, static_cast<std::size_t>(n_ * in_)}, bf16_);
+  }
+
+ private:
+  void stage_rows(std::int64_t r0) { tensor::decode_16bit({w_ + r0 * in_, w_tile_.size()}, w_tile_, bf16_); }
+
+  Executor& exec_;
+  std::int64_t n_, in_, out_, rows_;
+  bool relu_, bf16_;
+  std::uint16_t *w_, *b_, *dw_, *db_;
+  std::span<float> w_tile_, b_tile_, dw_tile_, db_tile_;  // in the shared stage
+  lowsync::memory::TrackedBuffer<float> dy_pre_;          // [N, out] gradient before the fused ReLU
+  dnnl::memory x_, block_, block_t_, dx_;
+  dnnl::primitive fwd_, bwd_weights_, bwd_data_first_, bwd_data_rest_;
+  std::unordered_map<int, dnnl::memory> fwd_args_, bwd_w_args_, bwd_data_args_;
+};
+
 class Linear final : public Layer {
  public:
   Linear(std::int64_t in, std::int64_t out, bool relu) : in_(in), out_(out), relu_(relu) {}
   std::string name() const override { return relu_ ? "linear+relu" : "linear"; }
+  Shape input_shape() const override { return {in_}; }
   Shape output_shape() const override { return {out_}; }
   std::vector<ParamSpec> param_specs() const override {
     return {{"weight", {out_, in_}, in_}, {"bias", {out_}, in_}};
@@ -96,6 +213,17 @@ class Linear final : public Layer {
                                        std::vector<float*> g) override {
     return std::make_unique<LinearPlan>(batch, in_, out_, relu_, exec, p[0], p[1], g[0], g[1]);
   }
+  std::unique_ptr<LayerPlan> make_plan16(int batch, Executor& exec, const Native16Tensors& t,
+                                         std::span<float> stage) override {
+    if (t.params.size() != 2 || t.grads.size() != 2)
+      fail("{}: native 16-bit plan needs weight and bias tensors, got {} params / {} grads", name(),
+           t.params.size(), t.grads.size());
+    if (stage.size() < stage16_floats(batch))
+      fail("{}: stage of {} floats, needs {}", name(), stage.size(), stage16_floats(batch));
+    return std::make_unique<TiledLinearPlan16>(batch, in_, out_, relu_, exec, t, stage);
+  }
+  // One tile of W rows and bias, for the parameters and for the gradients.
+  std::size_t stage16_floats(int) const override { return static_cast<std::size_t>(2 * tile_rows(out_) * (in_ + 1)); }
   double flops_per_sample() const override { return 2.0 * static_cast<double>(in_ * out_); }
 
  private:

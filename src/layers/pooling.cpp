@@ -56,6 +56,7 @@ class MaxPool2d final : public Layer {
  public:
   MaxPool2d(Shape in, std::int64_t win) : in_(std::move(in)), win_(win) {}
   std::string name() const override { return "maxpool2d"; }
+  Shape input_shape() const override { return in_; }
   Shape output_shape() const override { return {in_[0], in_[1] / win_, in_[2] / win_}; }
   std::unique_ptr<LayerPlan> make_plan(int batch, Executor& exec, std::vector<float*>, std::vector<float*>) override {
     return std::make_unique<MaxPoolPlan>(batch, in_, win_, exec);
@@ -107,6 +108,7 @@ class Relu final : public Layer {
  public:
   explicit Relu(Shape s) : shape_(std::move(s)) {}
   std::string name() const override { return "relu"; }
+  Shape input_shape() const override { return shape_; }
   Shape output_shape() const override { return shape_; }
   std::unique_ptr<LayerPlan> make_plan(int batch, Executor& exec, std::vector<float*>, std::vector<float*>) override {
     return std::make_unique<ReluPlan>(batch, shape_, exec);
@@ -127,6 +129,7 @@ class Flatten final : public Layer {
  public:
   explicit Flatten(Shape in) : in_(std::move(in)) {}
   std::string name() const override { return "flatten"; }
+  Shape input_shape() const override { return in_; }
   Shape output_shape() const override { return {shape_size(in_)}; }
   bool aliases_input() const override { return true; }
   std::unique_ptr<LayerPlan> make_plan(int, Executor&, std::vector<float*>, std::vector<float*>) override {

@@ -62,4 +62,14 @@ void round_to_16bit(std::span<float> x, bool bf16) {
                          KOKKOS_LAMBDA(const std::int64_t i) { p[i] = fp16_round(p[i]); });
 }
 
+void encode_16bit(std::span<const float> x, std::span<std::uint16_t> out, bool bf16) {
+  if (bf16) bf16_encode(x, out);
+  else fp16_encode(x, out);
+}
+
+void decode_16bit(std::span<const std::uint16_t> h, std::span<float> out, bool bf16) {
+  if (bf16) bf16_decode(h, out);
+  else fp16_decode(h, out);
+}
+
 }  // namespace lowsync::tensor

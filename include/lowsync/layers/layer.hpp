@@ -64,6 +64,8 @@ class Layer {
  public:
   virtual ~Layer() = default;
   virtual std::string name() const = 0;
+  // Per-sample input shape; the default make_plan16 sizes the dx it rounds from it.
+  virtual Shape input_shape() const = 0;
   virtual Shape output_shape() const = 0;
   virtual std::vector<ParamSpec> param_specs() const { return {}; }
   // True when the output is the input reinterpreted (Flatten): no buffer, no work.

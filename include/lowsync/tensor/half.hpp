@@ -85,5 +85,8 @@ void fp16_encode(std::span<const float> x, std::span<Fp16Bits> out);    // [n] -
 void fp16_decode(std::span<const Fp16Bits> h, std::span<float> out);    // [n] -> [n]
 // x[i] = bf16_round(x[i]) (bf16) or fp16_round(x[i]): 16-bit storage emulated in float buffers.
 void round_to_16bit(std::span<float> x, bool bf16);                     // [n] in place
+// The codec chosen at run time (bf16, else fp16): native 16-bit storage stages through these.
+void encode_16bit(std::span<const float> x, std::span<std::uint16_t> out, bool bf16);  // [n] -> [n]
+void decode_16bit(std::span<const std::uint16_t> h, std::span<float> out, bool bf16);  // [n] -> [n]
 
 }  // namespace lowsync::tensor

@@ -49,7 +49,7 @@ check "zo + fp8 compute names the keys" grep -q 'optim.name = "zo" cannot run wi
 for dt in bf16 fp16; do
   for storage in native float; do
     "${mpi[@]}" "$lowsync" train "${small[@]}" --set optim.name=adamw --set optim.lr=0.002 --set precision.compute=$dt \
-      --set precision.storage=$storage --set checkpoint.every=10 --out "$tmp/$dt-$storage" >"$tmp/$dt-$storage.out" 2>&1
+      --set precision.storage=$storage --set checkpoint.every=10 --set log.every=5 --out "$tmp/$dt-$storage" >"$tmp/$dt-$storage.out" 2>&1
     check "$dt $storage storage runs" test $? -eq 0
   done
   # Same numerics (the stored values are the same 16-bit grid), half the bytes for parameters +
@@ -63,13 +63,14 @@ assert n["param_grad_optim_bytes"]["stored"] == 2 * 4 * d, n["param_grad_optim_b
 assert f["param_grad_optim_bytes"]["stored"] == 4 * 4 * d, f["param_grad_optim_bytes"]
 assert 0 < n["param_grad_optim_bytes"]["staging"] < 0.1 * 2 * 4 * d, n["param_grad_optim_bytes"]
 assert math.isfinite(n["final_loss"]) and n["final_loss"] < 2.0, n["final_loss"]
-assert abs(n["final_loss"] - f["final_loss"]) < 0.05, (n["final_loss"], f["final_loss"])
+# final_loss: mean of the last 5 steps; the two storages sum in a different fp32 order.
+assert abs(n["final_loss"] - f["final_loss"]) < 0.1 * f["final_loss"], (n["final_loss"], f["final_loss"])
 PY
   # Resume from the step-10 checkpoint: the 16-bit values round-trip through the float checkpoint
   # exactly, so the continued run ends where the uninterrupted one did, bit for bit.
   ckpt="$tmp/$dt-native/checkpoints/ckpt-00000010.h5"
   "${mpi[@]}" "$lowsync" train "${small[@]}" --set optim.name=adamw --set optim.lr=0.002 --set precision.compute=$dt \
-    --set precision.storage=native --set checkpoint.every=10 --resume "$ckpt" --out "$tmp/$dt-resumed" >"$tmp/$dt-resumed.out" 2>&1
+    --set precision.storage=native --set checkpoint.every=10 --set log.every=5 --resume "$ckpt" --out "$tmp/$dt-resumed" >"$tmp/$dt-resumed.out" 2>&1
   check "$dt native resume runs" test $? -eq 0
   check "$dt native resume ends bitwise where the uninterrupted run did" /usr/bin/python3 -c "
 import json; a, b = (json.load(open(p)) for p in ('$tmp/$dt-native/summary.json', '$tmp/$dt-resumed/summary.json'))

@@ -7,6 +7,7 @@
 #include <bit>
 #include <cstdint>
 #include <span>
+#include <type_traits>
 
 namespace lowsync::tensor {
 
@@ -33,7 +34,7 @@ constexpr float bf16_decode(Bf16Bits h) {
 
 // float -> fp16, round-to-nearest-even with IEEE overflow to inf (|x| >= 65520) and gradual
 // underflow (subnormals down to 2^-24); NaN becomes a quiet NaN keeping sign and top payload.
-constexpr Fp16Bits fp16_encode(float x) {
+constexpr Fp16Bits fp16_encode_soft(float x) {
   const std::uint32_t f = std::bit_cast<std::uint32_t>(x);
   const std::uint32_t sign = (f >> 16) & 0x8000u;
   const std::uint32_t a = f & 0x7fffffffu;
@@ -61,7 +62,7 @@ constexpr Fp16Bits fp16_encode(float x) {
 }
 
 // fp16 -> float is exact (every fp16 value, subnormals included, is a normal float).
-constexpr float fp16_decode(Fp16Bits h) {
+constexpr float fp16_decode_soft(Fp16Bits h) {
   const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
   const std::uint32_t exponent = (h >> 10) & 0x1fu;
   const std::uint32_t mantissa = h & 0x03ffu;
@@ -72,6 +73,26 @@ constexpr float fp16_decode(Fp16Bits h) {
     return sign ? -magnitude : magnitude;
   }
   return std::bit_cast<float>(sign | ((exponent + 112u) << 23) | (mantissa << 13));
+}
+
+// The fp16 conversions used everywhere: the CPU's (F16C vcvtps2ph / vcvtph2ps, through GCC's
+// _Float16) at run time when the build targets it — the branchy software codec above is ~10x
+// slower, and native fp16 storage converts every value of the model several times per step —
+// and the software codec in constant evaluation or without F16C. tests/unit/tensor/test_half.cpp
+// checks the software codec against _Float16 on every pattern and millions of floats, so both
+// give the same bits (a decoded signalling NaN aside: the CPU sets its quiet bit).
+constexpr Fp16Bits fp16_encode(float x) {
+#if defined(__F16C__)
+  if (!std::is_constant_evaluated()) return std::bit_cast<Fp16Bits>(static_cast<_Float16>(x));
+#endif
+  return fp16_encode_soft(x);
+}
+
+constexpr float fp16_decode(Fp16Bits h) {
+#if defined(__F16C__)
+  if (!std::is_constant_evaluated()) return static_cast<float>(std::bit_cast<_Float16>(h));
+#endif
+  return fp16_decode_soft(h);
 }
 
 // Round a float to the nearest value the 16-bit format holds (emulates 16-bit storage).

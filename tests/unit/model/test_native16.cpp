@@ -64,9 +64,11 @@ TEST(Native16, NoFloatViewsAndSmallStaging) {
   EXPECT_THROW(native.params(), Error);
   EXPECT_THROW(native.grads(), Error);
   EXPECT_THROW(native.param_tensors(), Error);
-  // The tiled staging is a small fraction of the 2 bytes per parameter the store itself takes.
+  // The tiled staging (one 64-row tile of fc1's weight and its gradient, in fp32) is under a
+  // quarter of the 16-bit parameters + gradients (4 bytes per parameter); whole-tensor staging
+  // of fc1 would be 1.5x them.
   EXPECT_GT(native.stage16_bytes(), 0u);
-  EXPECT_LT(native.stage16_bytes(), native.num_params() * 2 / 4);
+  EXPECT_LT(native.stage16_bytes(), native.num_params() * 4 / 4);
   Model float_storage("mlp", 4, 1, Compute::bf16);
   EXPECT_THROW(float_storage.params16(), Error);
   EXPECT_EQ(float_storage.stage16_bytes(), 0u);

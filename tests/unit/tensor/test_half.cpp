@@ -85,7 +85,7 @@ std::vector<float> encode_inputs(Decode decode, std::uint16_t max_finite, std::u
 
 TEST(Fp16, DecodeMatchesGccForAll65536Patterns) {
   for (std::uint32_t h = 0; h < 65536; ++h) {
-    const float got = fp16_decode(std::uint16_t(h));
+    const float got = fp16_decode_soft(std::uint16_t(h));
     const float want = gcc_fp16_decode(std::uint16_t(h));
     if (std::isnan(want)) {
       ASSERT_TRUE(std::isnan(got)) << std::hex << h;
@@ -94,20 +94,20 @@ TEST(Fp16, DecodeMatchesGccForAll65536Patterns) {
       ASSERT_EQ(bits_of(got), bits_of(want)) << std::hex << h;  // -0 and subnormals exact
     }
   }
-  EXPECT_EQ(fp16_decode(0x0001), 0x1p-24f);
-  EXPECT_EQ(fp16_decode(0x0400), 0x1p-14f);
-  EXPECT_EQ(fp16_decode(0x7bff), 65504.0f);
-  EXPECT_EQ(fp16_decode(0x3c00), 1.0f);
-  EXPECT_EQ(fp16_decode(0xfc00), -INFINITY);
+  EXPECT_EQ(fp16_decode_soft(0x0001), 0x1p-24f);
+  EXPECT_EQ(fp16_decode_soft(0x0400), 0x1p-14f);
+  EXPECT_EQ(fp16_decode_soft(0x7bff), 65504.0f);
+  EXPECT_EQ(fp16_decode_soft(0x3c00), 1.0f);
+  EXPECT_EQ(fp16_decode_soft(0xfc00), -INFINITY);
 }
 
 TEST(Fp16, EncodeMatchesGccOnMidpointsAndRandomFloats) {
   const std::vector<float> xs =
-      encode_inputs([](std::uint16_t v) { return fp16_decode(v); }, 0x7bff, stream_key({11}));
+      encode_inputs([](std::uint16_t v) { return fp16_decode_soft(v); }, 0x7bff, stream_key({11}));
   ASSERT_GT(xs.size(), kRandomFloats);
   std::uint64_t mismatches = 0, nans = 0;
   for (float x : xs) {
-    const std::uint16_t got = fp16_encode(x), want = gcc_fp16_encode(x);
+    const std::uint16_t got = fp16_encode_soft(x), want = gcc_fp16_encode(x);
     if (std::isnan(x)) {
       ++nans;
       // Quiet NaN, sign kept; the payload rule (top 10 bits, quiet bit set) matches F16C.
@@ -124,22 +124,38 @@ TEST(Fp16, EncodeMatchesGccOnMidpointsAndRandomFloats) {
 
 TEST(Fp16, RoundTripAndEdges) {
   for (std::uint32_t h = 0; h < 65536; ++h) {
-    const float v = fp16_decode(std::uint16_t(h));
+    const float v = fp16_decode_soft(std::uint16_t(h));
     if (!std::isnan(v)) {
-      ASSERT_EQ(fp16_encode(v), h) << std::hex << h;
+      ASSERT_EQ(fp16_encode_soft(v), h) << std::hex << h;
     }
   }
-  EXPECT_EQ(fp16_encode(65504.0f), 0x7bff);
-  EXPECT_EQ(fp16_encode(std::nextafter(65520.0f, 0.0f)), 0x7bff);
-  EXPECT_EQ(fp16_encode(65520.0f), 0x7c00);  // tie with an odd 65504: rounds up to inf
-  EXPECT_EQ(fp16_encode(-1e10f), 0xfc00);
-  EXPECT_EQ(fp16_encode(0x1p-25f), 0x0000);  // tie between 0 and 2^-24: even is 0
-  EXPECT_EQ(fp16_encode(std::nextafter(0x1p-25f, 1.0f)), 0x0001);
-  EXPECT_EQ(fp16_encode(0x1.8p-24f), 0x0002);  // tie between 1 and 2 units: even is 2
-  EXPECT_EQ(fp16_encode(-0.0f), 0x8000);
-  EXPECT_EQ(fp16_encode(float_of(0x7f800001u)) & 0x7fff, 0x7e00);  // signalling NaN: NaN, not inf
+  EXPECT_EQ(fp16_encode_soft(65504.0f), 0x7bff);
+  EXPECT_EQ(fp16_encode_soft(std::nextafter(65520.0f, 0.0f)), 0x7bff);
+  EXPECT_EQ(fp16_encode_soft(65520.0f), 0x7c00);  // tie with an odd 65504: rounds up to inf
+  EXPECT_EQ(fp16_encode_soft(-1e10f), 0xfc00);
+  EXPECT_EQ(fp16_encode_soft(0x1p-25f), 0x0000);  // tie between 0 and 2^-24: even is 0
+  EXPECT_EQ(fp16_encode_soft(std::nextafter(0x1p-25f, 1.0f)), 0x0001);
+  EXPECT_EQ(fp16_encode_soft(0x1.8p-24f), 0x0002);  // tie between 1 and 2 units: even is 2
+  EXPECT_EQ(fp16_encode_soft(-0.0f), 0x8000);
+  EXPECT_EQ(fp16_encode_soft(float_of(0x7f800001u)) & 0x7fff, 0x7e00);  // signalling NaN: NaN, not inf
   EXPECT_EQ(fp16_round(1.0f + 0x1p-11f), 1.0f);                    // half an ulp is lost
   EXPECT_EQ(fp16_round(1.0f + 0x1p-10f), 1.0f + 0x1p-10f);
+}
+
+// The codec the library uses (F16C when the build has it) against the software codec above.
+TEST(Fp16, FastCodecMatchesSoftwareCodec) {
+  for (std::uint32_t h = 0; h < 65536; ++h) {
+    const float fast = fp16_decode(std::uint16_t(h)), soft = fp16_decode_soft(std::uint16_t(h));
+    if (std::isnan(soft))
+      ASSERT_TRUE(std::isnan(fast) && std::signbit(fast) == std::signbit(soft)) << std::hex << h;
+    else
+      ASSERT_EQ(bits_of(fast), bits_of(soft)) << std::hex << h;
+  }
+  const std::vector<float> xs =
+      encode_inputs([](std::uint16_t v) { return fp16_decode_soft(v); }, 0x7bff, stream_key({12}));
+  std::uint64_t mismatches = 0;
+  for (float x : xs) mismatches += fp16_encode(x) != fp16_encode_soft(x);
+  EXPECT_EQ(mismatches, 0u);
 }
 
 TEST(Bf16, DecodeMatchesReferenceForAll65536Patterns) {

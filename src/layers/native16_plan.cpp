@@ -26,7 +26,7 @@ class StagedPlan16 final : public LayerPlan {
       fail("{}: native 16-bit plan got {} params / {} grads for {} tensors", layer.name(), t.params.size(),
            t.grads.size(), specs.size());
     // Qualified: a layer overriding stage16_floats (tiled Linear) may still be staged whole here.
-    const std::size_t needed = layer.Layer::stage16_floats(batch);
+    const std::size_t needed = layer.Layer::stage16_floats(batch, false);
     if (stage.size() < needed) fail("{}: stage of {} floats, needs {}", layer.name(), stage.size(), needed);
     std::size_t offset = 0;
     auto take = [&](std::uint16_t* bits, const Shape& shape) {
@@ -78,7 +78,7 @@ std::unique_ptr<LayerPlan> Layer::make_plan16(int batch, Executor& exec, const N
   return std::make_unique<StagedPlan16>(*this, batch, exec, t, stage);
 }
 
-std::size_t Layer::stage16_floats(int) const {
+std::size_t Layer::stage16_floats(int, bool) const {
   std::size_t floats = 0;
   for (const auto& spec : param_specs()) floats += static_cast<std::size_t>(shape_size(spec.shape));
   return 2 * floats;  // parameters, then gradients

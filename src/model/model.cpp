@@ -85,8 +85,10 @@ Model::Model(const std::string& arch, int batch, std::uint64_t seed, Compute com
     grads16_ = memory::TrackedBuffer<std::uint16_t>("model.grads16", offset);
     // One staging buffer for all layers: only one layer computes at a time.
     std::size_t stage = 0;
+    // bf16: Linear computes on oneDNN bf16 primitives in place and needs none.
+    const bool bf16 = compute_ == Compute::bf16;
     for (const auto& layer : layers_)
-      if (!layer->param_specs().empty()) stage = std::max(stage, layer->stage16_floats(batch));
+      if (!layer->param_specs().empty()) stage = std::max(stage, layer->stage16_floats(batch, bf16));
     stage16_ = memory::TrackedBuffer<float>("model.stage16", stage);
   } else {
     params_ = memory::TrackedBuffer<float>("model.params", offset);
@@ -170,8 +172,9 @@ Model::Plan& Model::plan_for(int batch) {
       }
       const auto n = static_cast<std::size_t>(batch);
       if (!t.params.empty()) {
-        LOWSYNC_ASSERT(layer->stage16_floats(batch) <= stage16_.size(), "16-bit staging of {} floats, {} allocated",
-                       layer->stage16_floats(batch), stage16_.size());
+        const std::size_t stage_floats = layer->stage16_floats(batch, t.bf16 && t.bf16_primitives);
+        LOWSYNC_ASSERT(stage_floats <= stage16_.size(), "16-bit staging of {} floats, {} allocated", stage_floats,
+                       stage16_.size());
         plan->layer_plans.push_back(layer->make_plan16(batch, exec_, t, stage16_.span()));
       } else if (!layer->aliases_input()) {
         plan->layer_plans.push_back(layers::make_half_plan(

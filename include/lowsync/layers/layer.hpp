@@ -58,6 +58,9 @@ struct Native16Tensors {
   std::vector<std::uint16_t*> params;
   std::vector<std::uint16_t*> grads;
   bool bf16 = true;  // false: IEEE fp16
+  // bf16 only: layers may compute on oneDNN bf16 primitives over the u16 tensors (Linear) instead
+  // of staging them in fp32; false forces the fp32 staging (tests, comparisons).
+  bool bf16_primitives = true;
 };
 
 class Layer {
@@ -83,8 +86,9 @@ class Layer {
   // activation and the input gradient stay float buffers, rounded to the 16-bit grid.
   // Default: the whole parameter and gradient tensors are staged around make_plan's plan.
   virtual std::unique_ptr<LayerPlan> make_plan16(int batch, Executor& exec, const Native16Tensors& t, std::span<float> stage);
-  // Floats of `stage` make_plan16 needs.
-  virtual std::size_t stage16_floats(int batch) const;
+  // Floats of `stage` make_plan16 needs; bf16_primitives = t.bf16 && t.bf16_primitives of the
+  // Native16Tensors the plan will be made with (bf16 primitives may need no staging).
+  virtual std::size_t stage16_floats(int batch, bool bf16_primitives) const;
 };
 
 // Linear: y = x W^T + b, W [out, in]; `relu` fuses max(y, 0) into the primitive (and its

@@ -103,6 +103,7 @@ struct Case {
   bool relu;
   int batch;
   bool whole_staging = false;  // Linear through the default staged plan instead of its tiled one
+  bool fp32_tiled = false;     // bf16 Linear through the tiled fp32 plan instead of bf16 primitives
 };
 
 const std::vector<Case>& cases() {
@@ -111,6 +112,8 @@ const std::vector<Case>& cases() {
       {"linear50x130relu", [] { return make_linear(50, 130, true); }, {50, 1, 1, 130, 1}, true, 8},
       {"linear784x512relu", [] { return make_linear(784, 512, true); }, {784, 1, 1, 512, 1}, true, 8},
       {"linear50x130relu_staged", [] { return make_linear(50, 130, true); }, {50, 1, 1, 130, 1}, true, 8, true},
+      {"linear784x512relu_tiled", [] { return make_linear(784, 512, true); }, {784, 1, 1, 512, 1}, true, 8, false, true},
+      {"linear37x10_tiled", [] { return make_linear(37, 10, false); }, {37, 1, 1, 10, 1}, false, 8, false, true},
       {"conv3x8x8k3relu", [] { return make_conv2d({3, 8, 8}, 4, 3, true); }, {3, 8, 8, 4, 3}, true, 2},
       {"conv2x7x6k2", [] { return make_conv2d({2, 7, 6}, 3, 2, false); }, {2, 7, 6, 3, 2}, false, 3},
   };
@@ -135,8 +138,11 @@ TEST_P(Native16Test, MatchesRoundedFp64Reference) {
   std::vector<float> y(dy.size()), dx(x.size());
 
   Executor exec;
-  const Native16Tensors t{{w.data(), b.data()}, {dw.data(), db.data()}, bf16};
-  const std::size_t stage_size = tc.whole_staging ? layer->Layer::stage16_floats(n) : layer->stage16_floats(n);
+  const Native16Tensors t{{w.data(), b.data()}, {dw.data(), db.data()}, bf16, !tc.fp32_tiled};
+  // Sized exactly: a bf16 Linear on bf16 primitives gets an empty stage, so a fallback to the
+  // tiled plan would fail here rather than pass unnoticed.
+  const std::size_t stage_size = tc.whole_staging ? layer->Layer::stage16_floats(n, false)
+                                                  : layer->stage16_floats(n, bf16 && !tc.fp32_tiled);
   std::vector<float> stage(stage_size, std::numeric_limits<float>::quiet_NaN());
   auto plan = tc.whole_staging ? layer->Layer::make_plan16(n, exec, t, stage) : layer->make_plan16(n, exec, t, stage);
   plan->forward(x.data(), y.data(), true);
@@ -161,7 +167,7 @@ TEST_P(Native16Test, MatchesRoundedFp64Reference) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Layers, Native16Test,
-                         ::testing::Combine(::testing::Range<std::size_t>(0, 6), ::testing::Bool()),
+                         ::testing::Combine(::testing::Range<std::size_t>(0, cases().size()), ::testing::Bool()),
                          [](const auto& info) {
                            return std::string(cases()[std::get<0>(info.param)].name) +
                                   (std::get<1>(info.param) ? "_bf16" : "_fp16");
@@ -169,11 +175,21 @@ INSTANTIATE_TEST_SUITE_P(Layers, Native16Test,
 
 TEST(Native16, TileRowsDivideTheOutputs) {
   // stage16_floats = 2 * T * (in + 1) for the tile T: the largest divisor of out up to 64.
-  EXPECT_EQ(make_linear(37, 10, false)->stage16_floats(8), 2u * 10 * 38);
-  EXPECT_EQ(make_linear(50, 130, true)->stage16_floats(8), 2u * 26 * 51);
-  EXPECT_EQ(make_linear(784, 512, true)->stage16_floats(8), 2u * 64 * 785);
-  EXPECT_EQ(make_linear(10, 67, false)->stage16_floats(8), 2u * 1 * 11);  // prime: one row per tile
-  EXPECT_EQ(make_conv2d({3, 8, 8}, 4, 3, true)->stage16_floats(8), 2u * (4 * 3 * 9 + 4));
+  EXPECT_EQ(make_linear(37, 10, false)->stage16_floats(8, false), 2u * 10 * 38);
+  EXPECT_EQ(make_linear(50, 130, true)->stage16_floats(8, false), 2u * 26 * 51);
+  EXPECT_EQ(make_linear(784, 512, true)->stage16_floats(8, false), 2u * 64 * 785);
+  EXPECT_EQ(make_linear(10, 67, false)->stage16_floats(8, false), 2u * 1 * 11);  // prime: one row per tile
+  EXPECT_EQ(make_conv2d({3, 8, 8}, 4, 3, true)->stage16_floats(8, false), 2u * (4 * 3 * 9 + 4));
+  EXPECT_EQ(make_conv2d({3, 8, 8}, 4, 3, true)->stage16_floats(8, true), 2u * (4 * 3 * 9 + 4));
+}
+
+// oneDNN 2.6 runs bf16 matmuls on avx512_core and up (natively with avx512_bf16): there the bf16
+// Linear plan works on the u16 tensors in place and needs no staging.
+TEST(Native16, Bf16LinearNeedsNoStaging) {
+  if (dnnl::get_effective_cpu_isa() < dnnl::cpu_isa::avx512_core) GTEST_SKIP() << "no bf16 matmul before avx512_core";
+  EXPECT_EQ(make_linear(37, 10, false)->stage16_floats(8, true), 0u);
+  EXPECT_EQ(make_linear(784, 512, true)->stage16_floats(8, true), 0u);
+  EXPECT_EQ(make_linear(10, 67, false)->stage16_floats(1, true), 0u);
 }
 
 // A conv (whole staging) feeding a linear (tiled staging), as in a CNN. Every call re-stages, so
@@ -205,7 +221,7 @@ TEST(Native16, SharedStageAndRepeatedStepsGiveIdenticalBits) {
     auto run = [&](bool shared, int steps) {
       Executor exec;
       Tensors pc = init(*conv, 10), pf = init(*fc, 20);
-      const std::size_t conv_floats = conv->stage16_floats(n), fc_floats = fc->stage16_floats(n);
+      const std::size_t conv_floats = conv->stage16_floats(n, bf16), fc_floats = fc->stage16_floats(n, bf16);
       std::vector<float> stage(shared ? std::max(conv_floats, fc_floats) : conv_floats + fc_floats);
       const std::span<float> all(stage);
       auto conv_plan = conv->make_plan16(n, exec, {{pc.w.data(), pc.b.data()}, {pc.dw.data(), pc.db.data()}, bf16},

@@ -61,7 +61,7 @@ assert n["precision_storage"] == "native" and f["precision_storage"] == "float",
 d = 535818
 assert n["param_grad_optim_bytes"]["stored"] == 2 * 4 * d, n["param_grad_optim_bytes"]
 assert f["param_grad_optim_bytes"]["stored"] == 4 * 4 * d, f["param_grad_optim_bytes"]
-assert 0 < n["param_grad_optim_bytes"]["staging"] < 0.1 * 2 * 4 * d, n["param_grad_optim_bytes"]
+assert 0 <= n["param_grad_optim_bytes"]["staging"] < 0.1 * 2 * 4 * d, n["param_grad_optim_bytes"]
 assert math.isfinite(n["final_loss"]) and n["final_loss"] < 2.0, n["final_loss"]
 # final_loss: mean of the last 5 steps; the two storages sum in a different fp32 order.
 assert abs(n["final_loss"] - f["final_loss"]) < 0.1 * f["final_loss"], (n["final_loss"], f["final_loss"])

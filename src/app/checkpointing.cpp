@@ -227,7 +227,7 @@ void save_checkpoint(const fs::path& path, TrainState& s) {
     const bool bf16 = s.model.compute() == model::Compute::bf16;
     std::vector<float> wide(s.model.num_params());
     const auto widen = [&](std::span<const std::uint16_t> h) {
-      for (std::size_t i = 0; i < h.size(); ++i) wide[i] = bf16 ? tensor::bf16_decode(h[i]) : tensor::fp16_decode(h[i]);
+      tensor::decode_16bit(h, std::span<float>(wide.data(), h.size()), bf16);
       return std::span<const float>(wide.data(), h.size());
     };
     w.write_per_rank<float>("model/params", widen(s.model.params16()));
@@ -331,8 +331,9 @@ std::vector<std::string> load_checkpoint(const fs::path& path, TrainState& s) {
     const bool bf16 = s.model.compute() == model::Compute::bf16;
     std::vector<float> wide(s.model.num_params());
     const auto narrow = [&](const std::string& name, std::span<std::uint16_t> h) {
-      r.read_floats(name, std::span<float>(wide.data(), h.size()));
-      for (std::size_t i = 0; i < h.size(); ++i) h[i] = bf16 ? tensor::bf16_encode(wide[i]) : tensor::fp16_encode(wide[i]);
+      const std::span<float> floats(wide.data(), h.size());
+      r.read_floats(name, floats);
+      tensor::encode_16bit(floats, h, bf16);
     };
     narrow("model/params", s.model.params16());
     for (auto& b : s.optimizer.state16()) narrow("optim/" + b.name, b.data);

@@ -175,11 +175,6 @@ model::Storage resolve_storage(const config::Config& cfg) {
   return model::Storage::float32;
 }
 
-// Non-finite values of a buffer: float, or native 16-bit bit patterns (exponent all ones).
-bool all_finite16(std::span<const std::uint16_t> h, bool bf16) {
-  const std::uint16_t exponent = bf16 ? 0x7f80u : 0x7c00u;
-  return std::none_of(h.begin(), h.end(), [&](std::uint16_t x) { return (x & exponent) == exponent; });
-}
 
 // Keys declared in the schema for features that are not built yet: refuse rather than ignore.
 void reject_unimplemented(const config::Config& cfg) {
@@ -204,7 +199,7 @@ std::int64_t first_nonfinite_tensor(model::Model& model, comm::Communicator& com
   std::int64_t bad = std::numeric_limits<std::int64_t>::max();
   for (std::size_t t = 0; t < infos.size() && bad == std::numeric_limits<std::int64_t>::max(); ++t) {
     const bool finite = model.native16()
-                            ? all_finite16(model.params16().subspan(infos[t].offset, infos[t].count),
+                            ? tensor::all_finite_16bit(model.params16().subspan(infos[t].offset, infos[t].count),
                                            model.compute() == model::Compute::bf16)
                             : std::all_of(model.params().begin() + static_cast<std::ptrdiff_t>(infos[t].offset),
                                           model.params().begin() + static_cast<std::ptrdiff_t>(infos[t].offset + infos[t].count),
@@ -381,7 +376,7 @@ TrainResult train(const config::Config& cfg, comm::Communicator& comm, const std
     // Standalone 16-bit has no loss scaling or master copy to fall back on: an overflow to inf
     // in the weights stops the run (ALGORITHMS.md §3 "Edge cases").
     if (!nonfinite && model.native16()) {
-      nonfinite = !all_finite16(model.params16(), model.compute() == model::Compute::bf16);
+      nonfinite = !tensor::all_finite_16bit(model.params16(), model.compute() == model::Compute::bf16);
     } else if (!nonfinite && model::is_16bit(model.compute())) {
       const auto w = model.params();
       nonfinite = !std::all_of(w.begin(), w.end(), [](float v) { return std::isfinite(v); });

@@ -186,7 +186,6 @@ int average_via_wire(comm::Communicator& comm, std::span<float> data, std::span<
 int average_native16(comm::Communicator& comm, std::span<std::uint16_t> data, bool bf16, WireFormat format,
                      std::string_view traffic) {
   const auto decode = [bf16](std::uint16_t h) { return bf16 ? tensor::bf16_decode(h) : tensor::fp16_decode(h); };
-  const auto encode = [bf16](float x) { return bf16 ? tensor::bf16_encode(x) : tensor::fp16_encode(x); };
   const int world = comm.size();
   const float inv_world = 1.0f / static_cast<float>(world);
   const std::size_t chunk = std::min(kNative16Chunk, data.size());
@@ -195,17 +194,18 @@ int average_native16(comm::Communicator& comm, std::span<std::uint16_t> data, bo
     for (std::size_t first = 0; first < data.size(); first += chunk) {
       const std::size_t n = std::min(chunk, data.size() - first);
       const auto part = data.subspan(first, n);
-      for (std::size_t i = 0; i < n; ++i) sum[i] = decode(part[i]);
-      comm.allreduce(sum.span().first(n), comm::ReduceOp::sum, traffic);
-      for (std::size_t i = 0; i < n; ++i) part[i] = encode(sum[i] * inv_world);
+      const auto values = sum.span().first(n);
+      tensor::decode_16bit(part, values, bf16);
+      comm.allreduce(values, comm::ReduceOp::sum, traffic);
+      for (float& v : values) v *= inv_world;
+      tensor::encode_16bit(values, part, bf16);
     }
     return 0;
   }
   if (format != (bf16 ? WireFormat::bf16 : WireFormat::fp16))
     fail("{} average: native {} storage sends fp32 or {}, not precision.wire = {}", traffic, bf16 ? "bf16" : "fp16",
          bf16 ? "bf16" : "fp16", wire_format_name(format));
-  const std::int32_t finite =
-      std::all_of(data.begin(), data.end(), [&](std::uint16_t h) { return std::isfinite(decode(h)); }) ? 1 : 0;
+  const std::int32_t finite = tensor::all_finite_16bit(data, bf16) ? 1 : 0;
   std::vector<std::int32_t> finite_by_rank(static_cast<std::size_t>(world));
   comm.allgather(std::span<const std::int32_t>(&finite, 1), std::span<std::int32_t>(finite_by_rank), traffic);
   const int contributors = static_cast<int>(std::count(finite_by_rank.begin(), finite_by_rank.end(), 1));
@@ -223,7 +223,8 @@ int average_native16(comm::Communicator& comm, std::span<std::uint16_t> data, bo
       const std::uint16_t* bits = recv.data() + static_cast<std::size_t>(r) * n;
       for (std::size_t i = 0; i < n; ++i) sum[i] += decode(bits[i]);
     }
-    for (std::size_t i = 0; i < n; ++i) part[i] = encode(sum[i] * inv);
+    for (std::size_t i = 0; i < n; ++i) sum[i] *= inv;
+    tensor::encode_16bit(sum.span().first(n), part, bf16);
   }
   return world - contributors;
 }

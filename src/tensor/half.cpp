@@ -4,6 +4,8 @@
 
 #include <Kokkos_Core.hpp>
 
+#include <algorithm>
+
 #include <cstddef>
 #include <cstdint>
 
@@ -65,6 +67,11 @@ void round_to_16bit(std::span<float> x, bool bf16) {
 void encode_16bit(std::span<const float> x, std::span<std::uint16_t> out, bool bf16) {
   if (bf16) bf16_encode(x, out);
   else fp16_encode(x, out);
+}
+
+bool all_finite_16bit(std::span<const std::uint16_t> h, bool bf16) {
+  const std::uint16_t exponent = bf16 ? 0x7f80u : 0x7c00u;
+  return std::none_of(h.begin(), h.end(), [&](std::uint16_t x) { return (x & exponent) == exponent; });
 }
 
 void decode_16bit(std::span<const std::uint16_t> h, std::span<float> out, bool bf16) {

@@ -67,7 +67,9 @@ TEST(Native16, NoFloatViewsAndSmallStaging) {
   EXPECT_THROW(native.grads(), Error);
   EXPECT_THROW(native.param_tensors(), Error);
   // bf16 Linear layers run oneDNN bf16 matmuls on the u16 store in place: no staging at all.
-  if (dnnl::get_effective_cpu_isa() >= dnnl::cpu_isa::avx512_core) EXPECT_EQ(native.stage16_bytes(), 0u);
+  if (dnnl::get_effective_cpu_isa() >= dnnl::cpu_isa::avx512_core) {
+    EXPECT_EQ(native.stage16_bytes(), 0u);
+  }
   // fp16: the tiled staging (one 64-row tile of fc1's weight and its gradient, in fp32) is under a
   // quarter of the 16-bit parameters + gradients (4 bytes per parameter).
   Model native_fp16("mlp", 4, 1, Compute::fp16, Storage::native16);

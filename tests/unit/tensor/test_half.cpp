@@ -158,6 +158,20 @@ TEST(Fp16, FastCodecMatchesSoftwareCodec) {
   EXPECT_EQ(mismatches, 0u);
 }
 
+TEST(Half, AllFiniteMatchesDecodeForEveryPattern) {
+  for (bool bf16 : {true, false}) {
+    for (std::uint32_t h = 0; h < 65536; ++h) {
+      const std::uint16_t bits = static_cast<std::uint16_t>(h);
+      const double v = bf16 ? reference_bf16_decode(bits) : static_cast<double>(fp16_decode_soft(bits));
+      ASSERT_EQ(all_finite_16bit(std::span<const std::uint16_t>(&bits, 1), bf16), std::isfinite(v))
+          << (bf16 ? "bf16 " : "fp16 ") << std::hex << h;
+    }
+  }
+  const std::vector<std::uint16_t> mixed = {0x3c00, 0x0001, 0x7c00};
+  EXPECT_FALSE(all_finite_16bit(mixed, false));
+  EXPECT_TRUE(all_finite_16bit(std::span(mixed).first(2), false));
+}
+
 TEST(Bf16, DecodeMatchesReferenceForAll65536Patterns) {
   for (std::uint32_t h = 0; h < 65536; ++h) {
     const float got = bf16_decode(std::uint16_t(h));

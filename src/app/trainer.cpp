@@ -124,7 +124,8 @@ struct Evaluator {
 // buffers, plus the fake-quantized weight copy for fp8; 2 bytes per value for native 16-bit
 // storage) and as a native implementation of the compute dtype holds them ("in_compute_dtype":
 // 2 bytes per value for bf16/fp16; fp8 keeps fp32 shadow weights, gradients and state, plus 1
-// byte per weight). "staging": the fp32 staging buffer native 16-bit layers compute through.
+// byte per weight). "staging": the fp32 stage native 16-bit layers compute through, shared by
+// parameter tiles and activation chunks (README "Precision").
 Json state_bytes_json(model::Model& model, optim::Optimizer& optimizer) {
   const auto d = static_cast<std::int64_t>(model.num_params());
   std::int64_t state = 0;
@@ -507,6 +508,9 @@ TrainResult train(const config::Config& cfg, comm::Communicator& comm, const std
       {"syncs", strategy->syncs()},
       {"peak_rss_bytes", maxima[0]},
       {"param_grad_optim_bytes", state_bytes_json(model, *optimizer)},
+      // The training batch's activation + activation-gradient buffers (2 bytes per value with
+      // native 16-bit storage, 4 otherwise), rank 0's model: every rank has the same.
+      {"activation_bytes", static_cast<std::int64_t>(model.activation_bytes())},
       {"train_state_bytes", maxima[1]},
       {"forward_flops_per_sample", model.forward_flops_per_sample()},
       {"label_histograms", histograms},

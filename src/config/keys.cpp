@@ -89,7 +89,7 @@ std::vector<KeySpec> build_schema() {
       real("net.beta_gbps", 100.0, 1e-9, kBig, "network model: link bandwidth in Gbit/s"),
       // evaluation, logging, checkpoints
       integer("eval.every", 500, 0, kBig, "steps between test-set evaluations (0 = only at the end)"),
-      integer("eval.batch", 1000, 1, 1 << 20, "evaluation batch"),
+      integer("eval.batch", 1000, 1, 1 << 20, "evaluation batch (native 16-bit storage: at most train.batch, the batch its stage is sized for)"),
       integer("log.every", 50, 1, kBig, "steps between metrics.csv rows and progress lines"),
       choice("log.progress", "auto", {"auto", "bar", "lines", "off"}, "progress output on rank 0"),
       integer("checkpoint.every", 0, 0, kBig, "steps between checkpoints (0 = none)"),

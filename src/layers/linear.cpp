@@ -3,9 +3,10 @@
 // call only swaps data handles. Native 16-bit storage: bf16 runs oneDNN bf16 matmuls on the u16
 // tensors in place (Bf16LinearPlan16); fp16 (or bf16 where oneDNN refuses the bf16 primitives, or
 // Native16Tensors::bf16_primitives = false) uses a row-tiled fp32 matmul plan (TiledLinearPlan16)
-// so only one tile of W is ever staged as floats.
+// so only one tile of W is ever staged as floats; its activations are decoded whole into the stage.
+#include "native16.hpp"
+
 #include "lowsync/core/error.hpp"
-#include "lowsync/layers/layer.hpp"
 #include "lowsync/tensor/half.hpp"
 
 #include <algorithm>
@@ -215,10 +216,10 @@ Bf16LinearPrims make_bf16_linear_prims(const dnnl::engine& eng, std::int64_t n, 
   const memory::desc x_md({n, in}, dt::bf16, dims{in, 1});
   const memory::desc w_t_md({in, out}, dt::bf16, dims{1, in});  // W [out, in] read as W^T
   const memory::desc w_md({out, in}, dt::bf16, dims{in, 1});
-  const memory::desc y_md({n, out}, dt::f32, dims{out, 1});
+  const memory::desc y_md({n, out}, dt::bf16, dims{out, 1});
   const memory::desc g_md({n, out}, dt::bf16, dims{out, 1});
   const memory::desc g_t_md({out, n}, dt::bf16, dims{1, out});  // the same gradient, transposed
-  const memory::desc dx_md({n, in}, dt::f32, dims{in, 1});
+  const memory::desc dx_md({n, in}, dt::bf16, dims{in, 1});
   dnnl::primitive_attr fwd_attr;
   if (relu) {
     dnnl::post_ops po;
@@ -252,22 +253,21 @@ bool bf16_linear_supported(std::int64_t n, std::int64_t in, std::int64_t out, bo
   }
 }
 
-// Native bf16 storage on oneDNN bf16 matmuls: W, b and dW are used in place as bf16 (no staging,
-// no tiling); only x and the output gradient are converted to plan-owned bf16 copies (exact: both
-// are on the bf16 grid). Accumulation is fp32 inside the primitives; rounding points match the
-// staged plans: y, dx (rounded here) and dW (rounded by the primitive), db (encoded here).
-class Bf16LinearPlan16 final : public LayerPlan {
+// Native bf16 storage on oneDNN bf16 matmuls: W, b, dW and the activations x, y, dx are used in
+// place as bf16 (no staging, no tiling); only the output gradient is masked by the ReLU into a
+// plan-owned bf16 copy. Accumulation is fp32 inside the primitives, which round y, dx and dW to
+// bf16 (nearest-even) on store, the rounding points of the staged plans; db is summed in fp32 here.
+class Bf16LinearPlan16 final : public LayerPlan16 {
  public:
   Bf16LinearPlan16(int n, std::int64_t in, std::int64_t out, bool relu, Executor& exec, const Native16Tensors& t)
-      : exec_(exec), n_(n), in_(in), out_(out), relu_(relu), b_(t.params[1]), db_(t.grads[1]),
-        x16_("linear16.x_bf16", static_cast<std::size_t>(n) * in),
+      : exec_(exec), n_(n), out_(out), relu_(relu), b_(t.params[1]), db_(t.grads[1]),
         g16_("linear16.dy_bf16", static_cast<std::size_t>(n) * out), db_sum_("linear16.db", static_cast<std::size_t>(out)) {
     auto& eng = exec.engine();
     const Bf16LinearPrims p = make_bf16_linear_prims(eng, n, in, out, relu);
     fwd_ = dnnl::matmul(p.fwd);
     bwd_weights_ = dnnl::matmul(p.bwd_weights);
     bwd_data_ = dnnl::matmul(p.bwd_data);
-    const memory x16(p.fwd.src_desc(), eng, x16_.data());
+    x_ = memory(p.fwd.src_desc(), eng, nullptr);
     const memory w_t(p.fwd.weights_desc(), eng, t.params[0]);
     if (!p.bias_bf16) b_f32_ = lowsync::memory::TrackedBuffer<float>("linear16.b_f32", static_cast<std::size_t>(out));
     const memory bias(p.fwd.bias_desc(), eng, p.bias_bf16 ? static_cast<void*>(t.params[1]) : b_f32_.data());
@@ -275,54 +275,48 @@ class Bf16LinearPlan16 final : public LayerPlan {
     const memory g_t(p.bwd_weights.src_desc(), eng, g16_.data()), dw(p.bwd_weights.dst_desc(), eng, t.grads[0]);
     const memory g(p.bwd_data.src_desc(), eng, g16_.data()), w(p.bwd_data.weights_desc(), eng, t.params[0]);
     dx_ = memory(p.bwd_data.dst_desc(), eng, nullptr);
-    fwd_args_ = {{DNNL_ARG_SRC, x16}, {DNNL_ARG_WEIGHTS, w_t}, {DNNL_ARG_BIAS, bias}, {DNNL_ARG_DST, y_}};
-    bwd_w_args_ = {{DNNL_ARG_SRC, g_t}, {DNNL_ARG_WEIGHTS, x16}, {DNNL_ARG_DST, dw}};
+    fwd_args_ = {{DNNL_ARG_SRC, x_}, {DNNL_ARG_WEIGHTS, w_t}, {DNNL_ARG_BIAS, bias}, {DNNL_ARG_DST, y_}};
+    bwd_w_args_ = {{DNNL_ARG_SRC, g_t}, {DNNL_ARG_WEIGHTS, x_}, {DNNL_ARG_DST, dw}};
     bwd_data_args_ = {{DNNL_ARG_SRC, g}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DST, dx_}};
   }
 
-  void forward(const float* x, float* y, bool) override {
-    encode_x(x);
+  void forward(const std::uint16_t* x, std::uint16_t* y, bool) override {
     if (b_f32_.size() != 0) tensor::bf16_decode({b_, b_f32_.size()}, b_f32_.span());
+    x_.set_data_handle(const_cast<std::uint16_t*>(x));
     y_.set_data_handle(y);
     exec_.run(fwd_, fwd_args_);
-    tensor::round_to_16bit({y, static_cast<std::size_t>(n_ * out_)}, true);
   }
 
-  void backward(const float* x, const float* y, const float* dy, float* dx) override {
-    // g = dy where y > 0 (ReLU; y = max(pre, 0) was kept), in bf16; db = fp32 column sums of g.
+  void backward(const std::uint16_t* x, const std::uint16_t* y, const std::uint16_t* dy, std::uint16_t* dx) override {
+    // g = dy where y > 0 (ReLU; y = max(pre, 0) was kept); db = fp32 column sums of g.
     std::fill(db_sum_.data(), db_sum_.data() + out_, 0.0f);
     for (std::int64_t i = 0; i < n_; ++i) {
-      const float* dy_row = dy + i * out_;
-      const float* y_row = y + i * out_;
+      const std::uint16_t* dy_row = dy + i * out_;
+      const std::uint16_t* y_row = y + i * out_;
       std::uint16_t* g_row = g16_.data() + i * out_;
       for (std::int64_t j = 0; j < out_; ++j) {
-        const float v = relu_ && !(y_row[j] > 0.0f) ? 0.0f : dy_row[j];
-        db_sum_[j] += v;
-        g_row[j] = tensor::bf16_encode(v);
+        const bool passes = !relu_ || tensor::bf16_decode(y_row[j]) > 0.0f;
+        g_row[j] = passes ? dy_row[j] : std::uint16_t{0};
+        if (passes) db_sum_[j] += tensor::bf16_decode(dy_row[j]);
       }
     }
     tensor::bf16_encode(db_sum_.span(), {db_, static_cast<std::size_t>(out_)});
-    // x again: another plan of this layer (an evaluation batch size) has its own copy, but a
-    // caller may run backward with an x other than the last forward's.
-    encode_x(x);
+    x_.set_data_handle(const_cast<std::uint16_t*>(x));
     exec_.run(bwd_weights_, bwd_w_args_);
     if (dx != nullptr) {
       dx_.set_data_handle(dx);
       exec_.run(bwd_data_, bwd_data_args_);
-      tensor::round_to_16bit({dx, static_cast<std::size_t>(n_ * in_)}, true);
     }
   }
 
  private:
-  void encode_x(const float* x) { tensor::bf16_encode({x, x16_.size()}, x16_.span()); }
-
   Executor& exec_;
-  std::int64_t n_, in_, out_;
+  std::int64_t n_, out_;
   bool relu_;
   std::uint16_t *b_, *db_;
-  lowsync::memory::TrackedBuffer<std::uint16_t> x16_, g16_;  // [N, in], [N, out] bf16 copies
-  lowsync::memory::TrackedBuffer<float> db_sum_, b_f32_;      // [out]; b_f32_ only if bf16 bias is refused
-  dnnl::memory y_, dx_;
+  lowsync::memory::TrackedBuffer<std::uint16_t> g16_;     // [N, out] the masked output gradient
+  lowsync::memory::TrackedBuffer<float> db_sum_, b_f32_;  // [out]; b_f32_ only if bf16 bias is refused
+  dnnl::memory x_, y_, dx_;
   dnnl::primitive fwd_, bwd_weights_, bwd_data_;
   std::unordered_map<int, dnnl::memory> fwd_args_, bwd_w_args_, bwd_data_args_;
 };
@@ -340,8 +334,8 @@ class Linear final : public Layer {
                                        std::vector<float*> g) override {
     return std::make_unique<LinearPlan>(batch, in_, out_, relu_, exec, p[0], p[1], g[0], g[1]);
   }
-  std::unique_ptr<LayerPlan> make_plan16(int batch, Executor& exec, const Native16Tensors& t,
-                                         std::span<float> stage) override {
+  std::unique_ptr<LayerPlan16> make_plan16(int batch, Executor& exec, const Native16Tensors& t,
+                                           std::span<float> stage) override {
     if (t.params.size() != 2 || t.grads.size() != 2)
       fail("{}: native 16-bit plan needs weight and bias tensors, got {} params / {} grads", name(),
            t.params.size(), t.grads.size());
@@ -351,15 +345,18 @@ class Linear final : public Layer {
       } catch (const dnnl::error&) {  // refused by oneDNN / this CPU: stage W in fp32 below
       }
     }
-    const std::size_t tiled = tiled_stage_floats();
-    if (stage.size() < tiled) fail("{}: stage of {} floats, needs {}", name(), stage.size(), tiled);
-    return std::make_unique<TiledLinearPlan16>(batch, in_, out_, relu_, exec, t, stage);
+    const std::size_t tiled = tiled_stage_floats(), needed = stage16_floats(batch, false);
+    if (stage.size() < needed) fail("{}: stage of {} floats, needs {}", name(), stage.size(), needed);
+    const auto n = static_cast<std::size_t>(batch);
+    return stage_activations16(std::make_unique<TiledLinearPlan16>(batch, in_, out_, relu_, exec, t, stage.first(tiled)),
+                               n * in_, n * out_, t.bf16, stage.subspan(tiled));
   }
   // bf16 primitives: no staging. Otherwise one tile of W rows and bias, for the parameters and
-  // for the gradients.
+  // for the gradients, then the batch's x, dx, y and dy.
   std::size_t stage16_floats(int batch, bool bf16_primitives) const override {
     if (bf16_primitives && bf16_linear_supported(batch, in_, out_, relu_)) return 0;
-    return tiled_stage_floats();
+    const auto n = static_cast<std::size_t>(batch);
+    return tiled_stage_floats() + activation_stage16_floats(n * in_, n * out_);
   }
   double flops_per_sample() const override { return 2.0 * static_cast<double>(in_ * out_); }
 

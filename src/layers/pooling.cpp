@@ -56,6 +56,7 @@ class MaxPool2d final : public Layer {
  public:
   MaxPool2d(Shape in, std::int64_t win) : in_(std::move(in)), win_(win) {}
   std::string name() const override { return "maxpool2d"; }
+  bool backward_reads_forward_state() const override { return true; }  // the argmax workspace
   Shape input_shape() const override { return in_; }
   Shape output_shape() const override { return {in_[0], in_[1] / win_, in_[2] / win_}; }
   std::unique_ptr<LayerPlan> make_plan(int batch, Executor& exec, std::vector<float*>, std::vector<float*>) override {

@@ -13,11 +13,19 @@ namespace lowsync::model {
 
 struct Model::Plan {
   int batch = 0;
+  bool backward = false;  // has gradient buffers (false: evaluation / forward-only)
+  // Float storage: fp32 activations (16-bit compute: rounded to the 16-bit grid).
   std::vector<std::unique_ptr<layers::LayerPlan>> layer_plans;
   std::vector<memory::TrackedBuffer<float>> owned;  // activation and gradient storage
   std::vector<float*> acts;   // acts[i] = input of layer i, acts.back() = logits
   std::vector<float*> diffs;  // diffs[i] = d loss / d acts[i]
   memory::TrackedBuffer<float> input16;  // [N, 1, 28, 28] 16-bit compute: the rounded batch
+  // Native 16-bit storage: activations and their gradients as u16 bit patterns; the loss reads
+  // and writes the (tiny) logits in fp32.
+  std::vector<std::unique_ptr<layers::LayerPlan16>> layer_plans16;  // null for aliasing layers
+  std::vector<memory::TrackedBuffer<std::uint16_t>> owned16;
+  std::vector<std::uint16_t*> acts16, diffs16;  // as acts / diffs; acts16[0] = the encoded batch
+  memory::TrackedBuffer<float> logits, dlogits;  // [N, classes]
 };
 
 namespace {
@@ -88,7 +96,7 @@ Model::Model(const std::string& arch, int batch, std::uint64_t seed, Compute com
     // bf16: Linear computes on oneDNN bf16 primitives in place and needs none.
     const bool bf16 = compute_ == Compute::bf16;
     for (const auto& layer : layers_)
-      if (!layer->param_specs().empty()) stage = std::max(stage, layer->stage16_floats(batch, bf16));
+      if (!layer->aliases_input()) stage = std::max(stage, layer->stage16_floats(batch, bf16));
     stage16_ = memory::TrackedBuffer<float>("model.stage16", stage);
   } else {
     params_ = memory::TrackedBuffer<float>("model.params", offset);
@@ -96,7 +104,7 @@ Model::Model(const std::string& arch, int batch, std::uint64_t seed, Compute com
   }
   if (compute_ == Compute::fp8) params_fp8_ = memory::TrackedBuffer<float>("model.params_fp8", offset);
   initialize(seed);
-  plan_for(batch_);
+  plan_for(batch_, true);
 }
 
 Model::~Model() = default;
@@ -133,70 +141,57 @@ std::span<std::uint16_t> Model::native_storage(memory::TrackedBuffer<std::uint16
   return b.span();
 }
 
-Model::Plan& Model::plan_for(int batch) {
+Model::Plan& Model::plan_for(int batch, bool backward) {
   for (auto& p : plans_)
-    if (p->batch == batch) return *p;
+    if (p->batch == batch && (p->backward || !backward)) return *p;
   auto plan = std::make_unique<Plan>();
   plan->batch = batch;
+  plan->backward = backward;
+  if (native16())
+    build_plan16(*plan);
+  else
+    build_plan(*plan);
+  plans_.push_back(std::move(plan));
+  return *plans_.back();
+}
+
+void Model::build_plan(Plan& plan) {
+  const int batch = plan.batch;
   // acts[0] is the caller's input; every non-aliasing layer owns its output and its input gradient.
-  plan->acts.assign(layers_.size() + 1, nullptr);
-  plan->diffs.assign(layers_.size() + 1, nullptr);
-  layers::Shape shape = kInputShape;
+  plan.acts.assign(layers_.size() + 1, nullptr);
+  plan.diffs.assign(layers_.size() + 1, nullptr);
   for (std::size_t i = 0; i < layers_.size(); ++i) {
-    const auto out_shape = layers_[i]->output_shape();
     if (layers_[i]->aliases_input()) {
-      plan->acts[i + 1] = plan->acts[i];  // patched at run time for i == 0
+      plan.acts[i + 1] = plan.acts[i];  // patched at run time for i == 0
     } else {
-      const std::size_t n = static_cast<std::size_t>(batch) * layers::shape_size(out_shape);
-      plan->owned.emplace_back(fmt::format("model.act{}", i), n);
-      plan->acts[i + 1] = plan->owned.back().data();
-      plan->owned.emplace_back(fmt::format("model.diff{}", i), n);
-      plan->diffs[i + 1] = plan->owned.back().data();
+      const std::size_t n = static_cast<std::size_t>(batch) * layers::shape_size(layers_[i]->output_shape());
+      plan.owned.emplace_back(fmt::format("model.act{}", i), n);
+      plan.acts[i + 1] = plan.owned.back().data();
+      if (plan.backward) {
+        plan.owned.emplace_back(fmt::format("model.diff{}", i), n);
+        plan.diffs[i + 1] = plan.owned.back().data();
+      }
     }
-    shape = out_shape;
   }
   // Flatten after a real layer aliases that layer's diff too.
   for (std::size_t i = 0; i < layers_.size(); ++i)
-    if (layers_[i]->aliases_input()) plan->diffs[i + 1] = plan->diffs[i];
+    if (layers_[i]->aliases_input()) plan.diffs[i + 1] = plan.diffs[i];
   std::size_t info = 0;
   layers::Shape in_shape = kInputShape;
   for (const auto& layer : layers_) {
     std::vector<float*> ps, gs;
     const std::size_t first = info;
-    if (native16()) {
-      layers::Native16Tensors t;
-      t.bf16 = compute_ == Compute::bf16;
-      for (std::size_t k = 0; k < layer->param_specs().size(); ++k, ++info) {
-        t.params.push_back(params16_.data() + infos_[info].offset);
-        t.grads.push_back(grads16_.data() + infos_[info].offset);
-      }
-      const auto n = static_cast<std::size_t>(batch);
-      if (!t.params.empty()) {
-        const std::size_t stage_floats = layer->stage16_floats(batch, t.bf16 && t.bf16_primitives);
-        LOWSYNC_ASSERT(stage_floats <= stage16_.size(), "16-bit staging of {} floats, {} allocated", stage_floats,
-                       stage16_.size());
-        plan->layer_plans.push_back(layer->make_plan16(batch, exec_, t, stage16_.span()));
-      } else if (!layer->aliases_input()) {
-        plan->layer_plans.push_back(layers::make_half_plan(
-            layer->make_plan(batch, exec_, {}, {}), n * static_cast<std::size_t>(layers::shape_size(in_shape)),
-            n * static_cast<std::size_t>(layers::shape_size(layer->output_shape())), t.bf16, {}));
-      } else {
-        plan->layer_plans.push_back(layer->make_plan(batch, exec_, {}, {}));
-      }
-      in_shape = layer->output_shape();
-      continue;
-    }
     for (std::size_t k = 0; k < layer->param_specs().size(); ++k, ++info) {
       ps.push_back(params_.data() + infos_[info].offset);
       gs.push_back(grads_.data() + infos_[info].offset);
     }
+    const auto n = static_cast<std::size_t>(batch);
     if (compute_ == Compute::fp8 && !ps.empty()) {
       // The primitive reads the fake-quantized weight (param 0); the bias stays fp32.
       const ParamInfo& w = infos_[first];
       ps[0] = params_fp8_.data() + w.offset;
       auto inner = layer->make_plan(batch, exec_, ps, gs);
-      const auto n = static_cast<std::size_t>(batch);
-      plan->layer_plans.push_back(layers::make_fp8_plan(
+      plan.layer_plans.push_back(layers::make_fp8_plan(
           std::move(inner), n * static_cast<std::size_t>(layers::shape_size(in_shape)),
           n * static_cast<std::size_t>(layers::shape_size(layer->output_shape())),
           {{params_.data() + w.offset, w.count}, {params_fp8_.data() + w.offset, w.count},
@@ -204,20 +199,59 @@ Model::Plan& Model::plan_for(int batch) {
     } else if (is_16bit(compute_) && !layer->aliases_input()) {
       std::vector<std::span<float>> grad_spans;
       for (std::size_t k = first; k < info; ++k) grad_spans.push_back({grads_.data() + infos_[k].offset, infos_[k].count});
-      const auto n = static_cast<std::size_t>(batch);
-      plan->layer_plans.push_back(layers::make_half_plan(
+      plan.layer_plans.push_back(layers::make_half_plan(
           layer->make_plan(batch, exec_, ps, gs), n * static_cast<std::size_t>(layers::shape_size(in_shape)),
           n * static_cast<std::size_t>(layers::shape_size(layer->output_shape())), compute_ == Compute::bf16,
           std::move(grad_spans)));
     } else {
-      plan->layer_plans.push_back(layer->make_plan(batch, exec_, ps, gs));
+      plan.layer_plans.push_back(layer->make_plan(batch, exec_, ps, gs));
     }
     in_shape = layer->output_shape();
   }
   if (is_16bit(compute_))
-    plan->input16 = memory::TrackedBuffer<float>("model.input16", static_cast<std::size_t>(batch) * layers::shape_size(kInputShape));
-  plans_.push_back(std::move(plan));
-  return *plans_.back();
+    plan.input16 = memory::TrackedBuffer<float>("model.input16", static_cast<std::size_t>(batch) * layers::shape_size(kInputShape));
+}
+
+void Model::build_plan16(Plan& plan) {
+  const auto n = static_cast<std::size_t>(plan.batch);
+  plan.owned16.emplace_back("model.input16", n * layers::shape_size(kInputShape));
+  plan.acts16.assign(layers_.size() + 1, nullptr);
+  plan.diffs16.assign(layers_.size() + 1, nullptr);
+  plan.acts16[0] = plan.owned16.back().data();
+  for (std::size_t i = 0; i < layers_.size(); ++i) {
+    if (layers_[i]->aliases_input()) {
+      plan.acts16[i + 1] = plan.acts16[i];
+      plan.diffs16[i + 1] = plan.diffs16[i];
+      continue;
+    }
+    const std::size_t size = n * layers::shape_size(layers_[i]->output_shape());
+    plan.owned16.emplace_back(fmt::format("model.act{}", i), size);
+    plan.acts16[i + 1] = plan.owned16.back().data();
+    if (plan.backward) {
+      plan.owned16.emplace_back(fmt::format("model.diff{}", i), size);
+      plan.diffs16[i + 1] = plan.owned16.back().data();
+    }
+  }
+  plan.logits = memory::TrackedBuffer<float>("model.logits", n * kClasses);
+  if (plan.backward) plan.dlogits = memory::TrackedBuffer<float>("model.dlogits", n * kClasses);
+
+  std::size_t info = 0;
+  for (const auto& layer : layers_) {
+    layers::Native16Tensors t;
+    t.bf16 = compute_ == Compute::bf16;
+    for (std::size_t k = 0; k < layer->param_specs().size(); ++k, ++info) {
+      t.params.push_back(params16_.data() + infos_[info].offset);
+      t.grads.push_back(grads16_.data() + infos_[info].offset);
+    }
+    if (layer->aliases_input()) {
+      plan.layer_plans16.push_back(nullptr);
+      continue;
+    }
+    const std::size_t stage_floats = layer->stage16_floats(plan.batch, t.bf16 && t.bf16_primitives);
+    LOWSYNC_ASSERT(stage_floats <= stage16_.size(), "16-bit staging of {} floats, {} allocated", stage_floats,
+                   stage16_.size());
+    plan.layer_plans16.push_back(layer->make_plan16(plan.batch, exec_, t, stage16_.span()));
+  }
 }
 
 const float* Model::run_forward(Plan& plan, const data::Batch& batch, bool training) {
@@ -237,10 +271,38 @@ const float* Model::run_forward(Plan& plan, const data::Batch& batch, bool train
   return input;
 }
 
+const float* Model::run_forward16(Plan& plan, const data::Batch& batch, bool training) {
+  LOWSYNC_ASSERT(batch.size == plan.batch, "batch of {} on a plan for {}", batch.size, plan.batch);
+  const bool bf16 = compute_ == Compute::bf16;
+  const auto input_size = static_cast<std::size_t>(batch.size) * layers::shape_size(kInputShape);
+  tensor::encode_16bit({batch.images, input_size}, {plan.acts16[0], input_size}, bf16);
+  for (std::size_t i = 0; i < layers_.size(); ++i)
+    if (!layers_[i]->aliases_input()) plan.layer_plans16[i]->forward(plan.acts16[i], plan.acts16[i + 1], training);
+  tensor::decode_16bit({plan.acts16.back(), plan.logits.size()}, plan.logits.span(), bf16);
+  return plan.logits.data();
+}
+
 float Model::forward_backward(const data::Batch& batch) {
-  Plan& plan = plan_for(batch.size);
-  const float* input = run_forward(plan, batch, true);
+  Plan& plan = plan_for(batch.size, true);
   const std::size_t n = layers_.size();
+  // No layer before layer i has parameters or a gradient to receive: it needs no dx.
+  auto dx_needed = [&](std::size_t i) {
+    for (std::size_t j = 0; j < i; ++j)
+      if (!layers_[j]->param_specs().empty()) return true;
+    return false;
+  };
+  if (native16()) {
+    const float* logits = run_forward16(plan, batch, true);
+    const float loss = layers::softmax_cross_entropy(logits, batch.labels, batch.size, kClasses, plan.dlogits.data());
+    tensor::encode_16bit(plan.dlogits.span(), {plan.diffs16[n], plan.dlogits.size()}, compute_ == Compute::bf16);
+    for (std::size_t i = n; i-- > 0;) {
+      if (layers_[i]->aliases_input()) continue;
+      plan.layer_plans16[i]->backward(plan.acts16[i], plan.acts16[i + 1], plan.diffs16[i + 1],
+                                      dx_needed(i) ? plan.diffs16[i] : nullptr);
+    }
+    return loss;
+  }
+  const float* input = run_forward(plan, batch, true);
   // Resolve the aliases of this call (the first layers may alias the caller's images).
   std::vector<const float*> ins(n + 1);
   ins[0] = input;
@@ -250,20 +312,21 @@ float Model::forward_backward(const data::Batch& batch) {
     round_to_compute({plan.diffs[n], static_cast<std::size_t>(batch.size) * kClasses});
   for (std::size_t i = n; i-- > 0;) {
     if (layers_[i]->aliases_input()) continue;
-    float* dx = i == 0 ? nullptr : plan.diffs[i];
-    // No layer before this one has parameters or a gradient to receive: stop early.
-    bool needed = false;
-    for (std::size_t j = 0; j < i; ++j) needed = needed || !layers_[j]->param_specs().empty();
-    plan.layer_plans[i]->backward(ins[i], ins[i + 1], plan.diffs[i + 1], needed ? dx : nullptr);
+    plan.layer_plans[i]->backward(ins[i], ins[i + 1], plan.diffs[i + 1], dx_needed(i) ? plan.diffs[i] : nullptr);
   }
   return loss;
 }
 
 float Model::forward_loss(const data::Batch& batch) {
-  Plan& plan = plan_for(batch.size);
-  const float* input = run_forward(plan, batch, false);
-  const float* logits = plan.acts.back() != nullptr ? plan.acts.back() : input;
+  Plan& plan = plan_for(batch.size, false);
+  const float* logits = logits_of(plan, batch);
   return layers::softmax_cross_entropy(logits, batch.labels, batch.size, kClasses, nullptr);
+}
+
+const float* Model::logits_of(Plan& plan, const data::Batch& batch) {
+  if (native16()) return run_forward16(plan, batch, false);
+  const float* input = run_forward(plan, batch, false);
+  return plan.acts.back() != nullptr ? plan.acts.back() : input;
 }
 
 EvalResult Model::evaluate(const float* images, const std::int32_t* labels, std::int64_t n) {
@@ -272,12 +335,13 @@ EvalResult Model::evaluate(const float* images, const std::int32_t* labels, std:
   double loss_sum = 0.0;
   std::int64_t correct = 0;
   const std::int64_t sample = layers::shape_size(kInputShape);
+  // Native 16-bit storage: the stage is sized for the training batch (plans of up to that size).
+  const int eval_chunk = native16() ? std::min(eval_batch_, batch_) : eval_batch_;
   for (std::int64_t first = 0; first < n;) {
-    const int chunk = static_cast<int>(std::min<std::int64_t>(n - first, eval_batch_));
-    Plan& plan = plan_for(chunk);
+    const int chunk = static_cast<int>(std::min<std::int64_t>(n - first, eval_chunk));
+    Plan& plan = plan_for(chunk, false);
     const data::Batch b{images + first * sample, labels + first, chunk};
-    run_forward(plan, b, false);
-    const float* logits = plan.acts.back();
+    const float* logits = logits_of(plan, b);
     loss_sum += static_cast<double>(layers::softmax_cross_entropy(logits, b.labels, chunk, kClasses, nullptr)) * chunk;
     correct += layers::count_correct(logits, b.labels, chunk, kClasses);
     first += chunk;
@@ -286,6 +350,14 @@ EvalResult Model::evaluate(const float* images, const std::int32_t* labels, std:
   r.loss = loss_sum / static_cast<double>(n);
   r.accuracy = static_cast<double>(correct) / static_cast<double>(n);
   return r;
+}
+
+std::size_t Model::activation_bytes() const {
+  const Plan& plan = *plans_.front();  // the training batch's, made by the constructor
+  std::size_t bytes = (plan.input16.size() + plan.logits.size() + plan.dlogits.size()) * sizeof(float);
+  for (const auto& b : plan.owned) bytes += b.size() * sizeof(float);
+  for (const auto& b : plan.owned16) bytes += b.size() * sizeof(std::uint16_t);
+  return bytes;
 }
 
 double Model::forward_flops_per_sample() const {

@@ -4,7 +4,8 @@
 Table 1: compute precision (fp32, bf16 and fp16 with native 16-bit storage, fp8 fake-quant) at
 equal steps with DDP allreduce: test accuracy, samples/s, peak RSS, the bytes of parameters +
 gradients + optimizer state as stored (plus the fp32 staging of native 16-bit layers) and the
-ratio fp32/this, and every tracked buffer's peak (train_state_bytes: activations, eval plan, ...).
+ratio fp32/this, the same with the training batch's activations and their gradients added, and
+every tracked buffer's peak (train_state_bytes: activations, eval plan, ...).
 Table 2: periodic averaging and FDA with fp32 vs 8/16-bit wire: the fp32 run's final accuracy is
 the target; bytes per rank at the first evaluation reaching it (the low-precision runs get
 STEPS * SLACK steps so they can catch up), and the ratio to fp32.
@@ -65,7 +66,10 @@ def main():
     ap.add_argument("--lowsync", default=os.path.join(ROOT, "build", "bin", "lowsync"))
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
-    common = [f"model.arch={a.arch}", f"optim.name={a.optim}", f"optim.lr={a.lr}", "log.every=50", "log.progress=off"]
+    # eval.batch = the training batch for every row: native 16-bit storage evaluates in chunks of
+    # at most the training batch, so memory is compared at the same evaluation batch.
+    common = [f"model.arch={a.arch}", f"optim.name={a.optim}", f"optim.lr={a.lr}", "log.every=50", "log.progress=off",
+              "eval.batch=64"]
     md = []
 
     if a.only in (None, "compute"):
@@ -79,12 +83,15 @@ def main():
         base = rows[0][1]
         md.append(f"### Compute precision ({a.arch}, {a.ranks} ranks, allreduce, {a.optim} lr {a.lr}, {a.steps} steps)\n")
         md.append("| compute | storage | test acc | vs fp32 (points) | samples/s | peak RSS MB | params+grads+optim MB "
-                  "(+ staging) | fp32/this | all tracked buffers MB |")
-        md.append("|---|---|---|---|---|---|---|---|---|")
+                  "(+ staging) | fp32/this | + activations MB | fp32/this | all tracked buffers MB |")
+        md.append("|---|---|---|---|---|---|---|---|---|---|---|")
 
         def state_mb(s):
             b = s["param_grad_optim_bytes"]
             return (b["stored"] + b.get("staging", 0)) / 1e6, b.get("staging", 0) / 1e6
+
+        def with_activations_mb(s):  # the training batch's activation + activation-gradient buffers
+            return state_mb(s)[0] + s.get("activation_bytes", 0) / 1e6
 
         for compute, s in rows:
             if s is None:
@@ -92,9 +99,11 @@ def main():
                 continue
             d = 100 * (s["final_test_accuracy"] - base["final_test_accuracy"]) if base else float("nan")
             mb, stage = state_mb(s)
+            act = s.get("activation_bytes", 0) / 1e6
             md.append(f"| {compute} | {s.get('precision_storage', 'float')} | {s['final_test_accuracy']:.4f} | {d:+.2f} | "
                       f"{s['samples_per_s']:.0f} | {s['peak_rss_bytes'] / 1e6:.1f} | {mb:.2f} (+{stage:.2f}) | "
-                      f"{state_mb(base)[0] / mb:.2f}x | {s['train_state_bytes'] / 1e6:.2f} |")
+                      f"{state_mb(base)[0] / mb:.2f}x | {act:.2f} | {with_activations_mb(base) / with_activations_mb(s):.2f}x | "
+                      f"{s['train_state_bytes'] / 1e6:.2f} |")
         md.append("")
 
     if a.only in (None, "wire"):

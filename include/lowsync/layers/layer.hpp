@@ -20,6 +20,10 @@ using Shape = std::vector<std::int64_t>;  // per-sample shape: [C, H, W] or [F]
 
 std::int64_t shape_size(const Shape& s);
 
+// Input + output values of one chunk of the default native 16-bit plan (Layer::make_plan16):
+// its activation staging is 2 * chunk * (input + output) floats, about 1 MB.
+inline constexpr std::size_t kStage16ChunkFloats = std::size_t{1} << 17;
+
 struct ParamSpec {
   std::string name;     // "weight" or "bias"
   Shape shape;          // weight [out, in] or [out, in, kh, kw]; bias [out]
@@ -53,6 +57,15 @@ class LayerPlan {
   virtual void backward(const float* x, const float* y, const float* dy, float* dx) = 0;
 };
 
+// The same contract for native 16-bit storage: activations x, y and their gradients dy, dx are
+// bf16 or fp16 bit patterns (the Model's buffers hold 2 bytes per value).
+class LayerPlan16 {
+ public:
+  virtual ~LayerPlan16() = default;
+  virtual void forward(const std::uint16_t* x, std::uint16_t* y, bool training) = 0;
+  virtual void backward(const std::uint16_t* x, const std::uint16_t* y, const std::uint16_t* dy, std::uint16_t* dx) = 0;
+};
+
 // Parameter and gradient tensors of one layer in native 16-bit storage, one per param_specs() entry.
 struct Native16Tensors {
   std::vector<std::uint16_t*> params;
@@ -79,15 +92,23 @@ class Layer {
   // Forward multiply-adds x 2 for one sample.
   virtual double flops_per_sample() const { return 0.0; }
 
-  // Native 16-bit storage (precision.storage = native, src/layers/native16_plan.cpp): the plan
-  // reads parameters from and writes gradients to u16 buffers (bf16 or fp16 bit patterns), and
-  // computes in fp32 on copies staged in `stage` (shared by all layers of a model, so only one
-  // layer's staging is alive at a time; its content is garbage between calls). The output
-  // activation and the input gradient stay float buffers, rounded to the 16-bit grid.
-  // Default: the whole parameter and gradient tensors are staged around make_plan's plan.
-  virtual std::unique_ptr<LayerPlan> make_plan16(int batch, Executor& exec, const Native16Tensors& t, std::span<float> stage);
+  // True when backward reads state the last training forward left in the plan (the max-pool
+  // argmax workspace), so a plan that runs the batch in chunks must redo the chunk's forward.
+  virtual bool backward_reads_forward_state() const { return false; }
+
+  // Native 16-bit storage (precision.storage = native, src/layers/native16_plan.cpp): parameters,
+  // gradients and activations are u16 buffers (bf16 or fp16 bit patterns; t is empty for a layer
+  // without parameters). Where a plan computes in fp32 it decodes into `stage`, shared by all
+  // layers of a model (only one layer computes at a time; its content is garbage between calls),
+  // and encodes its results back with round-to-nearest-even.
+  // Default: make_plan's fp32 plan on the whole parameter and gradient tensors staged as floats,
+  // run over the batch in chunks of kStage16ChunkFloats input+output values so the activation
+  // staging stays small whatever the batch; the chunks' parameter gradients are summed in fp32.
+  virtual std::unique_ptr<LayerPlan16> make_plan16(int batch, Executor& exec, const Native16Tensors& t,
+                                                   std::span<float> stage);
   // Floats of `stage` make_plan16 needs; bf16_primitives = t.bf16 && t.bf16_primitives of the
-  // Native16Tensors the plan will be made with (bf16 primitives may need no staging).
+  // Native16Tensors the plan will be made with (bf16 primitives may need no staging). Never
+  // larger for a smaller batch, so a stage sized for the training batch serves every plan.
   virtual std::size_t stage16_floats(int batch, bool bf16_primitives) const;
 };
 

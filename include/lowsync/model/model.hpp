@@ -34,9 +34,10 @@ struct EvalResult {
 // weights and GEMM/conv inputs (E4M3) and output gradients (E5M2); params() stay the fp32 master.
 // bf16, fp16: standalone 16-bit numerics: parameters, activations and gradients are rounded to
 // the 16-bit grid at every store. Storage::float32 keeps them in float buffers
-// (layers::make_half_plan); Storage::native16 holds parameters and gradients as u16 bit patterns
-// (params16() / grads16(); params() / grads() do not exist then) and computes through fp32
-// staging (Layer::make_plan16). Activations stay 16-bit-rounded float buffers in both.
+// (layers::make_half_plan); Storage::native16 holds parameters, gradients, activations and
+// activation gradients as u16 bit patterns (params16() / grads16(); params() / grads() do not
+// exist then) and computes on bf16 primitives or through a small shared fp32 stage
+// (Layer::make_plan16); only the logits meet the loss in fp32.
 enum class Compute : std::uint8_t { fp32, fp8, bf16, fp16 };
 Compute parse_compute(const std::string& name);  // fp32 | fp8 | bf16 | fp16, else lowsync::Error
 constexpr bool is_16bit(Compute c) { return c == Compute::bf16 || c == Compute::fp16; }
@@ -66,6 +67,9 @@ class Model {
   std::size_t num_params() const { return num_params_; }
   // Bytes of the shared fp32 staging buffer of native 16-bit layers (0 otherwise).
   std::size_t stage16_bytes() const { return stage16_.size() * sizeof(float); }
+  // Bytes of the training batch's activation and activation-gradient buffers (the input copy and
+  // the logits included): 4 per value with float storage, 2 with native 16-bit storage.
+  std::size_t activation_bytes() const;
   const std::vector<ParamInfo>& param_infos() const { return infos_; }
   // Named views into params() / grads() with their shapes.
   std::vector<tensor::Tensor> param_tensors() { return views_of(params_); }
@@ -91,12 +95,19 @@ class Model {
 
  private:
   struct Plan;  // layer buffers and primitives for one batch size
-  Plan& plan_for(int batch);
+  // The plan for `batch` samples; backward: with gradient buffers (a forward-only plan of the
+  // same size is not reused for training).
+  Plan& plan_for(int batch, bool backward);
+  void build_plan(Plan& plan);    // float storage
+  void build_plan16(Plan& plan);  // native 16-bit storage
   std::vector<tensor::Tensor> views_of(const memory::TrackedBuffer<float>& flat) const;
   std::span<float> float_storage(memory::TrackedBuffer<float>& b);
   std::span<std::uint16_t> native_storage(memory::TrackedBuffer<std::uint16_t>& b);
   // Returns the input the first layer read (the batch, or its 16-bit rounded copy).
   const float* run_forward(Plan& plan, const data::Batch& batch, bool keep_for_backward);
+  // Native 16-bit storage: encodes the batch, runs the u16 plans, returns the logits decoded to fp32.
+  const float* run_forward16(Plan& plan, const data::Batch& batch, bool training);
+  const float* logits_of(Plan& plan, const data::Batch& batch);  // forward only, either storage
 
   std::string arch_;
   int batch_ = 0;

@@ -1,5 +1,6 @@
-// Native 16-bit storage plans (make_plan16) against a naive fp64 reference run on the decoded
-// parameters and rounded to the 16-bit grid where the plan rounds (y, dx, parameter gradients).
+// Native 16-bit storage plans (make_plan16: u16 parameters, gradients and activations) against a
+// naive fp64 reference run on the decoded values and rounded to the 16-bit grid where the plan
+// rounds (y, dx, parameter gradients).
 // fp32 sums in oneDNN and fp64 sums here may fall either side of a rounding boundary, so a value
 // may land on the neighbouring grid point, never further; nearly all must match exactly.
 #include "support/reference_layers.hpp"
@@ -116,6 +117,9 @@ const std::vector<Case>& cases() {
       {"linear37x10_tiled", [] { return make_linear(37, 10, false); }, {37, 1, 1, 10, 1}, false, 8, false, true},
       {"conv3x8x8k3relu", [] { return make_conv2d({3, 8, 8}, 4, 3, true); }, {3, 8, 8, 4, 3}, true, 2},
       {"conv2x7x6k2", [] { return make_conv2d({2, 7, 6}, 3, 2, false); }, {2, 7, 6, 3, 2}, false, 3},
+      // 19216 input + output values per sample: chunks of 6 samples (kStage16ChunkFloats), so
+      // batch 8 runs a full chunk and a tail of 2, with the weight gradients summed over both.
+      {"conv1x28x28k5relu_chunked", [] { return make_conv2d({1, 28, 28}, 32, 5, true); }, {1, 28, 28, 32, 5}, true, 8},
   };
   return all;
 }
@@ -135,7 +139,8 @@ TEST_P(Native16Test, MatchesRoundedFp64Reference) {
   Bits dw(w.size(), 0xffff), db(b.size(), 0xffff);  // garbage: gradients are overwritten
   const auto x = random_on_grid(static_cast<std::size_t>(n) * s.c * s.h * s.w, 1, 1.0f, bf16);
   const auto dy = random_on_grid(static_cast<std::size_t>(n) * s.oc * s.oh() * s.ow(), 4, 1.0f, bf16);
-  std::vector<float> y(dy.size()), dx(x.size());
+  const Bits x16 = encode_all(x, bf16), dy16 = encode_all(dy, bf16);
+  Bits y16(dy.size(), 0xffff), dx16(x.size(), 0xffff);
 
   Executor exec;
   const Native16Tensors t{{w.data(), b.data()}, {dw.data(), db.data()}, bf16, !tc.fp32_tiled};
@@ -145,8 +150,9 @@ TEST_P(Native16Test, MatchesRoundedFp64Reference) {
                                                   : layer->stage16_floats(n, bf16 && !tc.fp32_tiled);
   std::vector<float> stage(stage_size, std::numeric_limits<float>::quiet_NaN());
   auto plan = tc.whole_staging ? layer->Layer::make_plan16(n, exec, t, stage) : layer->make_plan16(n, exec, t, stage);
-  plan->forward(x.data(), y.data(), true);
-  plan->backward(x.data(), y.data(), dy.data(), dx.data());
+  plan->forward(x16.data(), y16.data(), true);
+  plan->backward(x16.data(), y16.data(), dy16.data(), dx16.data());
+  const auto y = decode_all(y16, bf16), dx = decode_all(dx16, bf16);
 
   const auto wd = decode_all(w, bf16), bd = decode_all(b, bf16);
   const std::vector<double> xr(x.begin(), x.end()), wr(wd.begin(), wd.end()), br(bd.begin(), bd.end());
@@ -173,14 +179,49 @@ INSTANTIATE_TEST_SUITE_P(Layers, Native16Test,
                                   (std::get<1>(info.param) ? "_bf16" : "_fp16");
                          });
 
-TEST(Native16, TileRowsDivideTheOutputs) {
-  // stage16_floats = 2 * T * (in + 1) for the tile T: the largest divisor of out up to 64.
-  EXPECT_EQ(make_linear(37, 10, false)->stage16_floats(8, false), 2u * 10 * 38);
-  EXPECT_EQ(make_linear(50, 130, true)->stage16_floats(8, false), 2u * 26 * 51);
-  EXPECT_EQ(make_linear(784, 512, true)->stage16_floats(8, false), 2u * 64 * 785);
-  EXPECT_EQ(make_linear(10, 67, false)->stage16_floats(8, false), 2u * 1 * 11);  // prime: one row per tile
-  EXPECT_EQ(make_conv2d({3, 8, 8}, 4, 3, true)->stage16_floats(8, false), 2u * (4 * 3 * 9 + 4));
-  EXPECT_EQ(make_conv2d({3, 8, 8}, 4, 3, true)->stage16_floats(8, true), 2u * (4 * 3 * 9 + 4));
+TEST(Native16, StageSizes) {
+  // Tiled Linear: 2 * T * (in + 1) for the tile T, the largest divisor of out up to 64, then the
+  // whole batch's x, dx, y, dy (2 * batch * (in + out)).
+  EXPECT_EQ(make_linear(37, 10, false)->stage16_floats(8, false), 2u * 10 * 38 + 2u * 8 * 47);
+  EXPECT_EQ(make_linear(50, 130, true)->stage16_floats(8, false), 2u * 26 * 51 + 2u * 8 * 180);
+  EXPECT_EQ(make_linear(784, 512, true)->stage16_floats(8, false), 2u * 64 * 785 + 2u * 8 * 1296);
+  EXPECT_EQ(make_linear(10, 67, false)->stage16_floats(8, false), 2u * 1 * 11 + 2u * 8 * 77);  // prime: one row per tile
+  // Default plan: parameters and gradients, then one chunk's x, dx, y, dy (the whole batch of 8).
+  EXPECT_EQ(make_conv2d({3, 8, 8}, 4, 3, true)->stage16_floats(8, false), 2u * (4 * 3 * 9 + 4) + 2u * 8 * (192 + 144));
+  EXPECT_EQ(make_conv2d({3, 8, 8}, 4, 3, true)->stage16_floats(8, true), 2u * (4 * 3 * 9 + 4) + 2u * 8 * (192 + 144));
+  // 784 + 18432 values per sample: chunks of 6 and fp32 gradient sums; the same for any batch > 6.
+  const std::size_t conv1 = 3u * (32 * 25 + 32) + 2u * 6 * (784 + 18432);
+  EXPECT_EQ(make_conv2d({1, 28, 28}, 32, 5, true)->stage16_floats(8, false), conv1);
+  EXPECT_EQ(make_conv2d({1, 28, 28}, 32, 5, true)->stage16_floats(1000, false), conv1);
+  EXPECT_EQ(make_conv2d({1, 28, 28}, 32, 5, true)->stage16_floats(3, false), 2u * (32 * 25 + 32) + 2u * 3 * (784 + 18432));
+  EXPECT_EQ(make_maxpool2d({32, 24, 24}, 2)->stage16_floats(64, false), 2u * 5 * (18432 + 4608));
+}
+
+// Max pooling in chunks (5 samples of [32, 24, 24]; batch 12 = 5 + 5 + a tail of 2): the backward
+// must redo each chunk's forward, since the argmax workspace is the plan's state and the second
+// chunk overwrote the first's. Against the fp32 plan on the whole batch (pooling only moves
+// values, so both are exact).
+TEST(Native16, ChunkedMaxPoolMatchesFloatPlan) {
+  const int n = 12;
+  for (const bool bf16 : {true, false}) {
+    auto pool = make_maxpool2d({32, 24, 24}, 2);
+    const auto x = random_on_grid(static_cast<std::size_t>(n) * 18432, 11, 1.0f, bf16);
+    const auto dy = random_on_grid(static_cast<std::size_t>(n) * 4608, 12, 1.0f, bf16);
+    Executor exec;
+    std::vector<float> y(dy.size()), dx(x.size());
+    auto reference = pool->make_plan(n, exec, {}, {});
+    reference->forward(x.data(), y.data(), true);
+    reference->backward(x.data(), y.data(), dy.data(), dx.data());
+
+    std::vector<float> stage(pool->stage16_floats(n, bf16), std::numeric_limits<float>::quiet_NaN());
+    auto plan = pool->make_plan16(n, exec, {{}, {}, bf16}, stage);
+    const Bits x16 = encode_all(x, bf16), dy16 = encode_all(dy, bf16);
+    Bits y16(y.size(), 0xffff), dx16(x.size(), 0xffff);
+    plan->forward(x16.data(), y16.data(), true);
+    plan->backward(x16.data(), y16.data(), dy16.data(), dx16.data());
+    EXPECT_EQ(decode_all(y16, bf16), y) << "bf16 " << bf16;
+    EXPECT_EQ(decode_all(dx16, bf16), dx) << "bf16 " << bf16;
+  }
 }
 
 // oneDNN 2.6 runs bf16 matmuls on avx512_core and up (natively with avx512_bf16): there the bf16
@@ -192,7 +233,7 @@ TEST(Native16, Bf16LinearNeedsNoStaging) {
   EXPECT_EQ(make_linear(10, 67, false)->stage16_floats(1, true), 0u);
 }
 
-// A conv (whole staging) feeding a linear (tiled staging), as in a CNN. Every call re-stages, so
+// A conv (whole staging) feeding a linear (tiled staging, or none on bf16 primitives), as in a CNN. Every call re-stages, so
 // sharing one stage between the two plans changes nothing, and a second step gives the same bits
 // (gradients overwritten, not accumulated).
 TEST(Native16, SharedStageAndRepeatedStepsGiveIdenticalBits) {
@@ -211,10 +252,11 @@ TEST(Native16, SharedStageAndRepeatedStepsGiveIdenticalBits) {
       p.db.resize(p.b.size());
       return p;
     };
-    const auto x = random_on_grid(n * 3 * 8 * 8, 7, 1.0f, bf16), dy = random_on_grid(n * 10, 8, 1.0f, bf16);
+    const Bits x = encode_all(random_on_grid(n * 3 * 8 * 8, 7, 1.0f, bf16), bf16);
+    const Bits dy = encode_all(random_on_grid(n * 10, 8, 1.0f, bf16), bf16);
 
     struct Result {
-      std::vector<float> h, y, dh, dx;
+      Bits h, y, dh, dx;
       Bits conv_dw, conv_db, fc_dw, fc_db;
       bool operator==(const Result&) const = default;
     };
@@ -228,8 +270,7 @@ TEST(Native16, SharedStageAndRepeatedStepsGiveIdenticalBits) {
                                          all.first(conv_floats));
       auto fc_plan = fc->make_plan16(n, exec, {{pf.w.data(), pf.b.data()}, {pf.dw.data(), pf.db.data()}, bf16},
                                      shared ? all.first(fc_floats) : all.subspan(conv_floats, fc_floats));
-      Result r{std::vector<float>(n * 4 * 6 * 6), std::vector<float>(n * 10), std::vector<float>(n * 4 * 6 * 6),
-               std::vector<float>(x.size()), {}, {}, {}, {}};
+      Result r{Bits(n * 4 * 6 * 6), Bits(n * 10), Bits(n * 4 * 6 * 6), Bits(x.size()), {}, {}, {}, {}};
       for (int step = 0; step < steps; ++step) {
         conv_plan->forward(x.data(), r.h.data(), true);
         fc_plan->forward(r.h.data(), r.y.data(), true);

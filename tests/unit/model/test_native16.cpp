@@ -61,6 +61,17 @@ TEST(Native16, CnnMatchesFloatStorage) {
   compare_with_float_storage("cnn", Compute::fp16);
 }
 
+// Activations and their gradients are u16 too: half the float buffers, plus the fp32 logits and
+// their gradient the loss reads and writes ([N, 10] each).
+TEST(Native16, ActivationsTakeTwoBytesPerValue) {
+  for (const char* arch : {"mlp", "cnn"}) {
+    const int n = 16;
+    Model emulated(arch, n, 1, Compute::bf16, Storage::float32);
+    Model native(arch, n, 1, Compute::bf16, Storage::native16);
+    EXPECT_EQ(native.activation_bytes(), emulated.activation_bytes() / 2 + 2 * n * 10 * sizeof(float)) << arch;
+  }
+}
+
 TEST(Native16, NoFloatViewsAndSmallStaging) {
   Model native("mlp", 4, 1, Compute::bf16, Storage::native16);
   EXPECT_THROW(native.params(), Error);

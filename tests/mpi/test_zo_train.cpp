@@ -142,7 +142,9 @@ TEST(ZoFedAvg, AveragesKeptValuesEveryPeriod) {
   const auto v = m.params().values();
   const auto bytes = std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(v.data()), v.size() * 4);
   zo.step(synthetic_batch(2, 1, world.rank() * 4, 4).batch(), 1);
-  if (world.size() > 1) EXPECT_FALSE(same_on_all_ranks(world, bytes));  // local steps diverge
+  if (world.size() > 1) {
+    EXPECT_FALSE(same_on_all_ranks(world, bytes));  // local steps diverge
+  }
   zo.step(synthetic_batch(2, 2, world.rank() * 4, 4).batch(), 2);
   EXPECT_TRUE(same_on_all_ranks(world, bytes));  // averaged at step 2
   EXPECT_EQ(zo.syncs(), world.size() > 1 ? 1 : 0);

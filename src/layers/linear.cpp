@@ -3,10 +3,9 @@
 // call only swaps data handles. Native 16-bit storage: bf16 runs oneDNN bf16 matmuls on the u16
 // tensors in place (Bf16LinearPlan16); fp16 (or bf16 where oneDNN refuses the bf16 primitives, or
 // Native16Tensors::bf16_primitives = false) uses a row-tiled fp32 matmul plan (TiledLinearPlan16)
-// so only one tile of W is ever staged as floats; its activations are decoded whole into the stage.
-#include "native16.hpp"
-
+// and batch chunks, so only one tile of W and one chunk of activations are ever staged as floats.
 #include "lowsync/core/error.hpp"
+#include "lowsync/layers/layer.hpp"
 #include "lowsync/tensor/half.hpp"
 
 #include <algorithm>
@@ -99,29 +98,60 @@ std::int64_t tile_rows(std::int64_t out) {
   return t;
 }
 
-// Native 16-bit storage for Linear: W [out, in] and b stay u16; each tile of T output rows is
-// decoded into `stage` and multiplied in fp32 by oneDNN matmuls on strided views (a column block
-// of y / dy, the staged rows read transposed), so no full-size float copy of W or dW exists.
+// Samples per batch chunk of the same plan: the largest divisor of the batch up to kChunkCap
+// (the default batch is one chunk: a smaller chunk means more, smaller oneDNN calls).
+constexpr std::int64_t kChunkCap = 64;
+std::int64_t chunk_rows(std::int64_t n) {
+  std::int64_t m = std::min(n, kChunkCap);
+  while (n % m != 0) --m;
+  return m;
+}
+
+// Floats the tiled plan stages: a tile of W and b rows (dW and db reuse it: the dW pass reads no
+// W), then one batch chunk's x (dx reuses it: the dx pass reads no x) and output gradient (the
+// forward's output chunk reuses that). Bounded by the chunk cap rather than the chunk itself, so
+// it never shrinks with the batch.
+std::size_t tiled_stage_floats(std::int64_t n, std::int64_t in, std::int64_t out) {
+  const std::int64_t rows = tile_rows(out), m = std::min(n, kChunkCap);
+  return static_cast<std::size_t>(rows * (in + 1) + m * (in + out));
+}
+
+// Native 16-bit storage for Linear in fp32: W [out, in], b and the activations stay u16. The batch
+// runs in chunks of M samples and W in tiles of T output rows, each decoded into `stage` and
+// multiplied by oneDNN fp32 matmuls on strided views (a column block of the chunk's y / dy, the
+// staged rows read transposed), so no full-size float copy of W, dW or an activation exists.
+//   forward:  per chunk, per tile: y block = x . W_rows^T + b_rows (ReLU fused); encode the chunk.
+//   backward: per tile, per chunk: dW_rows += g_block^T . x (sum post-op), db_rows += column sums
+//             of g (g = dy where y > 0); encode the tile. Then per chunk, per tile:
+//             dx += g_block . W_rows; encode the chunk.
+// W is decoded once per chunk in forward and in the dx pass, x once per tile in the dW pass.
 // Rounding points match the emulated path (half_plan.cpp): y, dx and the encoded gradients.
-class TiledLinearPlan16 final : public LayerPlan {
+class TiledLinearPlan16 final : public LayerPlan16 {
  public:
   TiledLinearPlan16(int n, std::int64_t in, std::int64_t out, bool relu, Executor& exec, const Native16Tensors& t,
                     std::span<float> stage)
-      : exec_(exec), n_(n), in_(in), out_(out), rows_(tile_rows(out)), relu_(relu), bf16_(t.bf16),
-        w_(t.params[0]), b_(t.params[1]), dw_(t.grads[0]), db_(t.grads[1]),
-        w_tile_(stage.subspan(0, rows_ * in)), b_tile_(stage.subspan(rows_ * in, rows_)),
-        dw_tile_(stage.subspan(rows_ * (in + 1), rows_ * in)), db_tile_(stage.subspan(rows_ * (2 * in + 1), rows_)),
-        dy_pre_(relu ? lowsync::memory::TrackedBuffer<float>("linear16.dy_pre", static_cast<std::size_t>(n) * out)
-                     : lowsync::memory::TrackedBuffer<float>()) {
+      : exec_(exec), n_(n), in_(in), out_(out), rows_(tile_rows(out)), m_(chunk_rows(n)), relu_(relu), bf16_(t.bf16),
+        w_(t.params[0]), b_(t.params[1]), dw_(t.grads[0]), db_(t.grads[1]) {
+    if (stage.size() < tiled_stage_floats(n, in, out))
+      fail("linear: stage of {} floats, needs {}", stage.size(), tiled_stage_floats(n, in, out));
+    std::size_t offset = 0;
+    auto take = [&](std::int64_t count) {
+      const auto s = stage.subspan(offset, static_cast<std::size_t>(count));
+      offset += static_cast<std::size_t>(count);
+      return s;
+    };
+    w_tile_ = take(rows_ * in), b_tile_ = take(rows_), x_ = take(m_ * in), g_ = take(m_ * out);
+    dw_tile_ = w_tile_, db_tile_ = b_tile_, dx_ = x_;  // never live at the same time (tiled_stage_floats)
+
     auto& eng = exec.engine();
-    const std::int64_t rows = rows_;
+    const std::int64_t rows = rows_, m = m_;
     using dims = memory::dims;
-    const memory::desc x_md({n, in}, dt::f32, dims{in, 1});
+    const memory::desc x_md({m, in}, dt::f32, dims{in, 1});
     const memory::desc w_rows_md({rows, in}, dt::f32, dims{in, 1});
     const memory::desc w_cols_md({in, rows}, dt::f32, dims{1, in});   // the staged rows, transposed
     const memory::desc b_md({1, rows}, dt::f32, dims{rows, 1});
-    const memory::desc block_md({n, rows}, dt::f32, dims{out, 1});    // columns r0.. of a [N, out] tensor
-    const memory::desc block_t_md({rows, n}, dt::f32, dims{1, out});  // the same block, transposed
+    const memory::desc block_md({m, rows}, dt::f32, dims{out, 1});    // columns r0.. of a [M, out] chunk
+    const memory::desc block_t_md({rows, m}, dt::f32, dims{1, out});  // the same block, transposed
 
     dnnl::primitive_attr fwd_attr, accumulate_attr;
     if (relu) {
@@ -134,72 +164,87 @@ class TiledLinearPlan16 final : public LayerPlan {
     accumulate_attr.set_post_ops(sum);
     // y block = x . W_rows^T + b_rows
     fwd_ = dnnl::matmul({{x_md, w_cols_md, b_md, block_md}, fwd_attr, eng});
-    // dW_rows = dy_block^T . x
-    bwd_weights_ = dnnl::matmul({{block_t_md, x_md, w_rows_md}, eng});
-    // dx = dy_block . W_rows, written by the first tile and accumulated (sum post-op) by the rest
+    // dW_rows (+)= g_block^T . x
+    bwd_weights_first_ = dnnl::matmul({{block_t_md, x_md, w_rows_md}, eng});
+    bwd_weights_rest_ = dnnl::matmul({{block_t_md, x_md, w_rows_md}, accumulate_attr, eng});
+    // dx (+)= g_block . W_rows
     bwd_data_first_ = dnnl::matmul({{block_md, w_rows_md, x_md}, eng});
     bwd_data_rest_ = dnnl::matmul({{block_md, w_rows_md, x_md}, accumulate_attr, eng});
 
-    x_ = memory(x_md, eng, nullptr);
     block_ = memory(block_md, eng, nullptr);
     block_t_ = memory(block_t_md, eng, nullptr);
-    dx_ = memory(x_md, eng, nullptr);
+    const memory x_mem(x_md, eng, x_.data()), dx_mem(x_md, eng, dx_.data());
     const memory w_cols(w_cols_md, eng, w_tile_.data()), w_rows(w_rows_md, eng, w_tile_.data());
     const memory b_mem(b_md, eng, b_tile_.data()), dw_mem(w_rows_md, eng, dw_tile_.data());
-    fwd_args_ = {{DNNL_ARG_SRC, x_}, {DNNL_ARG_WEIGHTS, w_cols}, {DNNL_ARG_BIAS, b_mem}, {DNNL_ARG_DST, block_}};
-    bwd_w_args_ = {{DNNL_ARG_SRC, block_t_}, {DNNL_ARG_WEIGHTS, x_}, {DNNL_ARG_DST, dw_mem}};
-    bwd_data_args_ = {{DNNL_ARG_SRC, block_}, {DNNL_ARG_WEIGHTS, w_rows}, {DNNL_ARG_DST, dx_}};
+    fwd_args_ = {{DNNL_ARG_SRC, x_mem}, {DNNL_ARG_WEIGHTS, w_cols}, {DNNL_ARG_BIAS, b_mem}, {DNNL_ARG_DST, block_}};
+    bwd_w_args_ = {{DNNL_ARG_SRC, block_t_}, {DNNL_ARG_WEIGHTS, x_mem}, {DNNL_ARG_DST, dw_mem}};
+    bwd_data_args_ = {{DNNL_ARG_SRC, block_}, {DNNL_ARG_WEIGHTS, w_rows}, {DNNL_ARG_DST, dx_mem}};
   }
 
-  void forward(const float* x, float* y, bool) override {
-    x_.set_data_handle(const_cast<float*>(x));
-    for (std::int64_t r0 = 0; r0 < out_; r0 += rows_) {
-      stage_rows(r0);
-      tensor::decode_16bit({b_ + r0, b_tile_.size()}, b_tile_, bf16_);
-      block_.set_data_handle(y + r0);
-      exec_.run(fwd_, fwd_args_);
-    }
-    tensor::round_to_16bit({y, static_cast<std::size_t>(n_ * out_)}, bf16_);
-  }
-
-  void backward(const float* x, const float* y, const float* dy, float* dx) override {
-    const float* g = dy;
-    if (relu_) {  // y = max(pre, 0) was kept: the gradient passes where y > 0
-      for (std::int64_t i = 0; i < n_ * out_; ++i) dy_pre_[i] = y[i] > 0.0f ? dy[i] : 0.0f;
-      g = dy_pre_.data();
-    }
-    x_.set_data_handle(const_cast<float*>(x));
-    if (dx != nullptr) dx_.set_data_handle(dx);
-    for (std::int64_t r0 = 0; r0 < out_; r0 += rows_) {
-      block_.set_data_handle(const_cast<float*>(g + r0));
-      block_t_.set_data_handle(const_cast<float*>(g + r0));
-      exec_.run(bwd_weights_, bwd_w_args_);
-      tensor::encode_16bit(dw_tile_, {dw_ + r0 * in_, dw_tile_.size()}, bf16_);
-      for (std::int64_t j = 0; j < rows_; ++j) {
-        float s = 0.0f;
-        for (std::int64_t i = 0; i < n_; ++i) s += g[i * out_ + r0 + j];
-        db_tile_[j] = s;
-      }
-      tensor::encode_16bit(db_tile_, {db_ + r0, db_tile_.size()}, bf16_);
-      if (dx != nullptr) {
+  void forward(const std::uint16_t* x, std::uint16_t* y, bool) override {
+    for (std::int64_t c0 = 0; c0 < n_; c0 += m_) {
+      decode_x_chunk(x, c0);
+      for (std::int64_t r0 = 0; r0 < out_; r0 += rows_) {
         stage_rows(r0);
+        tensor::decode_16bit({b_ + r0, b_tile_.size()}, b_tile_, bf16_);
+        block_.set_data_handle(g_.data() + r0);  // the chunk's output, staged in g_
+        exec_.run(fwd_, fwd_args_);
+      }
+      tensor::encode_16bit(g_, {y + c0 * out_, g_.size()}, bf16_);
+    }
+  }
+
+  void backward(const std::uint16_t* x, const std::uint16_t* y, const std::uint16_t* dy, std::uint16_t* dx) override {
+    for (std::int64_t r0 = 0; r0 < out_; r0 += rows_) {
+      std::fill(db_tile_.begin(), db_tile_.end(), 0.0f);
+      for (std::int64_t c0 = 0; c0 < n_; c0 += m_) {
+        decode_x_chunk(x, c0);
+        stage_gradient(y, dy, c0, r0, rows_);
+        for (std::int64_t i = 0; i < m_; ++i)
+          for (std::int64_t j = 0; j < rows_; ++j) db_tile_[j] += g_[i * out_ + r0 + j];
+        block_t_.set_data_handle(g_.data() + r0);
+        exec_.run(c0 == 0 ? bwd_weights_first_ : bwd_weights_rest_, bwd_w_args_);
+      }
+      tensor::encode_16bit(dw_tile_, {dw_ + r0 * in_, dw_tile_.size()}, bf16_);
+      tensor::encode_16bit(db_tile_, {db_ + r0, db_tile_.size()}, bf16_);
+    }
+    if (dx == nullptr) return;
+    for (std::int64_t c0 = 0; c0 < n_; c0 += m_) {
+      stage_gradient(y, dy, c0, 0, out_);
+      for (std::int64_t r0 = 0; r0 < out_; r0 += rows_) {
+        stage_rows(r0);
+        block_.set_data_handle(g_.data() + r0);
         exec_.run(r0 == 0 ? bwd_data_first_ : bwd_data_rest_, bwd_data_args_);
       }
+      tensor::encode_16bit(dx_, {dx + c0 * in_, dx_.size()}, bf16_);
     }
-    if (dx != nullptr) tensor::round_to_16bit({dx, static_cast<std::size_t>(n_ * in_)}, bf16_);
   }
 
  private:
   void stage_rows(std::int64_t r0) { tensor::decode_16bit({w_ + r0 * in_, w_tile_.size()}, w_tile_, bf16_); }
+  void decode_x_chunk(const std::uint16_t* x, std::int64_t c0) {
+    tensor::decode_16bit({x + c0 * in_, x_.size()}, x_, bf16_);
+  }
+  // g_[i, cols] = dy where y > 0 (ReLU: y = max(pre, 0) was kept) for the chunk's rows, columns
+  // [col0, col0 + cols).
+  void stage_gradient(const std::uint16_t* y, const std::uint16_t* dy, std::int64_t c0, std::int64_t col0,
+                      std::int64_t cols) {
+    const auto decode = [this](std::uint16_t h) { return bf16_ ? tensor::bf16_decode(h) : tensor::fp16_decode(h); };
+    for (std::int64_t i = 0; i < m_; ++i) {
+      const std::int64_t row = (c0 + i) * out_ + col0;
+      float* g = g_.data() + i * out_ + col0;
+      for (std::int64_t j = 0; j < cols; ++j) g[j] = relu_ && !(decode(y[row + j]) > 0.0f) ? 0.0f : decode(dy[row + j]);
+    }
+  }
 
   Executor& exec_;
-  std::int64_t n_, in_, out_, rows_;
+  std::int64_t n_, in_, out_, rows_, m_;
   bool relu_, bf16_;
   std::uint16_t *w_, *b_, *dw_, *db_;
-  std::span<float> w_tile_, b_tile_, dw_tile_, db_tile_;  // in the shared stage
-  lowsync::memory::TrackedBuffer<float> dy_pre_;          // [N, out] gradient before the fused ReLU
-  dnnl::memory x_, block_, block_t_, dx_;
-  dnnl::primitive fwd_, bwd_weights_, bwd_data_first_, bwd_data_rest_;
+  std::span<float> w_tile_, b_tile_, dw_tile_, db_tile_;  // a tile of rows, in the shared stage (dW on W)
+  std::span<float> x_, dx_, g_;                            // a chunk of samples, in the shared stage (dx on x)
+  dnnl::memory block_, block_t_;
+  dnnl::primitive fwd_, bwd_weights_first_, bwd_weights_rest_, bwd_data_first_, bwd_data_rest_;
   std::unordered_map<int, dnnl::memory> fwd_args_, bwd_w_args_, bwd_data_args_;
 };
 
@@ -345,24 +390,16 @@ class Linear final : public Layer {
       } catch (const dnnl::error&) {  // refused by oneDNN / this CPU: stage W in fp32 below
       }
     }
-    const std::size_t tiled = tiled_stage_floats(), needed = stage16_floats(batch, false);
-    if (stage.size() < needed) fail("{}: stage of {} floats, needs {}", name(), stage.size(), needed);
-    const auto n = static_cast<std::size_t>(batch);
-    return stage_activations16(std::make_unique<TiledLinearPlan16>(batch, in_, out_, relu_, exec, t, stage.first(tiled)),
-                               n * in_, n * out_, t.bf16, stage.subspan(tiled));
+    return std::make_unique<TiledLinearPlan16>(batch, in_, out_, relu_, exec, t, stage);
   }
-  // bf16 primitives: no staging. Otherwise one tile of W rows and bias, for the parameters and
-  // for the gradients, then the batch's x, dx, y and dy.
+  // bf16 primitives: no staging. Otherwise tiled_stage_floats.
   std::size_t stage16_floats(int batch, bool bf16_primitives) const override {
     if (bf16_primitives && bf16_linear_supported(batch, in_, out_, relu_)) return 0;
-    const auto n = static_cast<std::size_t>(batch);
-    return tiled_stage_floats() + activation_stage16_floats(n * in_, n * out_);
+    return tiled_stage_floats(batch, in_, out_);
   }
   double flops_per_sample() const override { return 2.0 * static_cast<double>(in_ * out_); }
 
  private:
-  std::size_t tiled_stage_floats() const { return static_cast<std::size_t>(2 * tile_rows(out_) * (in_ + 1)); }
-
   std::int64_t in_, out_;
   bool relu_;
 };

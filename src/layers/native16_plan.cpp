@@ -4,9 +4,8 @@
 // `stage` is shared by all layers, so the parameters are decoded again at the start of every
 // forward and backward. Rounding points are those of the emulated path (half_plan.cpp): output,
 // input gradient and parameter gradients land on the 16-bit grid (nearest-even).
-#include "native16.hpp"
-
 #include "lowsync/core/error.hpp"
+#include "lowsync/layers/layer.hpp"
 #include "lowsync/tensor/half.hpp"
 
 #include <algorithm>
@@ -129,45 +128,7 @@ class StagedPlan16 final : public LayerPlan16 {
   std::unique_ptr<LayerPlan> full_, tail_;  // plans for chunk_ and batch % chunk_ samples
 };
 
-class ActivationStage16 final : public LayerPlan16 {
- public:
-  ActivationStage16(std::unique_ptr<LayerPlan> inner, std::size_t input_size, std::size_t output_size, bool bf16,
-                    std::span<float> stage)
-      : inner_(std::move(inner)), bf16_(bf16) {
-    if (stage.size() < activation_stage16_floats(input_size, output_size))
-      fail("activation stage of {} floats, needs {}", stage.size(), activation_stage16_floats(input_size, output_size));
-    x_ = stage.subspan(0, input_size);
-    dx_ = stage.subspan(input_size, input_size);
-    y_ = stage.subspan(2 * input_size, output_size);
-    dy_ = stage.subspan(2 * input_size + output_size, output_size);
-  }
-
-  void forward(const std::uint16_t* x, std::uint16_t* y, bool training) override {
-    tensor::decode_16bit({x, x_.size()}, x_, bf16_);
-    inner_->forward(x_.data(), y_.data(), training);
-    tensor::encode_16bit(y_, {y, y_.size()}, bf16_);
-  }
-
-  void backward(const std::uint16_t* x, const std::uint16_t* y, const std::uint16_t* dy, std::uint16_t* dx) override {
-    tensor::decode_16bit({x, x_.size()}, x_, bf16_);
-    tensor::decode_16bit({y, y_.size()}, y_, bf16_);
-    tensor::decode_16bit({dy, dy_.size()}, dy_, bf16_);
-    inner_->backward(x_.data(), y_.data(), dy_.data(), dx != nullptr ? dx_.data() : nullptr);
-    if (dx != nullptr) tensor::encode_16bit(dx_, {dx, dx_.size()}, bf16_);
-  }
-
- private:
-  std::unique_ptr<LayerPlan> inner_;
-  bool bf16_;
-  std::span<float> x_, dx_, y_, dy_;
-};
-
 }  // namespace
-
-std::unique_ptr<LayerPlan16> stage_activations16(std::unique_ptr<LayerPlan> inner, std::size_t input_size,
-                                                 std::size_t output_size, bool bf16, std::span<float> stage) {
-  return std::make_unique<ActivationStage16>(std::move(inner), input_size, output_size, bf16, stage);
-}
 
 std::unique_ptr<LayerPlan16> Layer::make_plan16(int batch, Executor& exec, const Native16Tensors& t,
                                                 std::span<float> stage) {

@@ -9,16 +9,24 @@ using dnnl::memory;
 using tag = memory::format_tag;
 using dt = memory::data_type;
 
-class MaxPoolPlan final : public LayerPlan {
+dnnl::pooling_forward::primitive_desc make_maxpool_fwd_desc(const dnnl::engine& eng, int n, const Shape& in,
+                                                            std::int64_t win, dt type) {
+  const std::int64_t c = in[0], h = in[1], w = in[2];
+  const memory::desc src_md({n, c, h, w}, type, tag::nchw), dst_md({n, c, h / win, w / win}, type, tag::nchw);
+  const memory::dims kernel{win, win}, pad{0, 0};
+  return dnnl::pooling_forward::primitive_desc(
+      {dnnl::prop_kind::forward_training, dnnl::algorithm::pooling_max, src_md, dst_md, kernel, kernel, pad, pad}, eng);
+}
+
+// Max pooling primitives of one batch size in f32 (the float plan) or bf16 (native bf16 storage,
+// on the u16 activations in place: pooling only moves values, so bf16 is exact).
+class MaxPoolPrimitives {
  public:
-  MaxPoolPlan(int n, const Shape& in, std::int64_t win, Executor& exec) : exec_(exec) {
+  MaxPoolPrimitives(int n, const Shape& in, std::int64_t win, Executor& exec, dt type) : exec_(exec) {
     auto& eng = exec.engine();
-    const std::int64_t c = in[0], h = in[1], w = in[2];
-    const memory::desc src_md({n, c, h, w}, dt::f32, tag::nchw), dst_md({n, c, h / win, w / win}, dt::f32, tag::nchw);
+    const auto fwd_pd = make_maxpool_fwd_desc(eng, n, in, win, type);
+    const memory::desc src_md = fwd_pd.src_desc(), dst_md = fwd_pd.dst_desc();
     const memory::dims kernel{win, win}, pad{0, 0};
-    const dnnl::pooling_forward::primitive_desc fwd_pd(
-        {dnnl::prop_kind::forward_training, dnnl::algorithm::pooling_max, src_md, dst_md, kernel, kernel, pad, pad},
-        eng);
     fwd_ = dnnl::pooling_forward(fwd_pd);
     bwd_ = dnnl::pooling_backward(dnnl::pooling_backward::primitive_desc(
         {dnnl::algorithm::pooling_max, src_md, dst_md, kernel, kernel, pad, pad}, eng, fwd_pd));
@@ -32,14 +40,14 @@ class MaxPoolPlan final : public LayerPlan {
     fwd_args_ = {{DNNL_ARG_SRC, src_}, {DNNL_ARG_DST, dst_}, {DNNL_ARG_WORKSPACE, ws_}};
     bwd_args_ = {{DNNL_ARG_DIFF_DST, dy_}, {DNNL_ARG_DIFF_SRC, dx_}, {DNNL_ARG_WORKSPACE, ws_}};
   }
-  void forward(const float* x, float* y, bool) override {
-    src_.set_data_handle(const_cast<float*>(x));
+  void forward(const void* x, void* y) {
+    src_.set_data_handle(const_cast<void*>(x));
     dst_.set_data_handle(y);
     exec_.run(fwd_, fwd_args_);
   }
-  void backward(const float*, const float*, const float* dy, float* dx) override {
+  void backward(const void* dy, void* dx) {
     if (dx == nullptr) return;
-    dy_.set_data_handle(const_cast<float*>(dy));
+    dy_.set_data_handle(const_cast<void*>(dy));
     dx_.set_data_handle(dx);
     exec_.run(bwd_, bwd_args_);
   }
@@ -52,6 +60,28 @@ class MaxPoolPlan final : public LayerPlan {
   std::unordered_map<int, dnnl::memory> fwd_args_, bwd_args_;
 };
 
+class MaxPoolPlan final : public LayerPlan {
+ public:
+  MaxPoolPlan(int n, const Shape& in, std::int64_t win, Executor& exec) : prims_(n, in, win, exec, dt::f32) {}
+  void forward(const float* x, float* y, bool) override { prims_.forward(x, y); }
+  void backward(const float*, const float*, const float* dy, float* dx) override { prims_.backward(dy, dx); }
+
+ private:
+  MaxPoolPrimitives prims_;
+};
+
+class Bf16MaxPoolPlan16 final : public LayerPlan16 {
+ public:
+  Bf16MaxPoolPlan16(int n, const Shape& in, std::int64_t win, Executor& exec) : prims_(n, in, win, exec, dt::bf16) {}
+  void forward(const std::uint16_t* x, std::uint16_t* y, bool) override { prims_.forward(x, y); }
+  void backward(const std::uint16_t*, const std::uint16_t*, const std::uint16_t* dy, std::uint16_t* dx) override {
+    prims_.backward(dy, dx);
+  }
+
+ private:
+  MaxPoolPrimitives prims_;
+};
+
 class MaxPool2d final : public Layer {
  public:
   MaxPool2d(Shape in, std::int64_t win) : in_(std::move(in)), win_(win) {}
@@ -62,8 +92,33 @@ class MaxPool2d final : public Layer {
   std::unique_ptr<LayerPlan> make_plan(int batch, Executor& exec, std::vector<float*>, std::vector<float*>) override {
     return std::make_unique<MaxPoolPlan>(batch, in_, win_, exec);
   }
+  // bf16: oneDNN bf16 pooling on the u16 activations, no staging; fp16: the default staged plan.
+  std::unique_ptr<LayerPlan16> make_plan16(int batch, Executor& exec, const Native16Tensors& t,
+                                           std::span<float> stage) override {
+    if (t.bf16 && t.bf16_primitives) {
+      try {
+        return std::make_unique<Bf16MaxPoolPlan16>(batch, in_, win_, exec);
+      } catch (const dnnl::error&) {  // refused by oneDNN / this CPU
+      }
+    }
+    return Layer::make_plan16(batch, exec, t, stage);
+  }
+  std::size_t stage16_floats(int batch, bool bf16_primitives) const override {
+    if (bf16_primitives && bf16_supported(batch)) return 0;
+    return Layer::stage16_floats(batch, false);
+  }
 
  private:
+  bool bf16_supported(int batch) const {
+    try {
+      static const dnnl::engine eng(dnnl::engine::kind::cpu, 0);
+      make_maxpool_fwd_desc(eng, batch, in_, win_, dt::bf16);
+      return true;
+    } catch (const dnnl::error&) {
+      return false;
+    }
+  }
+
   Shape in_;
   std::int64_t win_;
 };

@@ -21,8 +21,8 @@ using Shape = std::vector<std::int64_t>;  // per-sample shape: [C, H, W] or [F]
 std::int64_t shape_size(const Shape& s);
 
 // Input + output values of one chunk of the default native 16-bit plan (Layer::make_plan16):
-// its activation staging is 2 * chunk * (input + output) floats, about 1 MB.
-inline constexpr std::size_t kStage16ChunkFloats = std::size_t{1} << 17;
+// its activation staging is 2 * chunk * (input + output) floats, at most 512 KB.
+inline constexpr std::size_t kStage16ChunkFloats = std::size_t{1} << 16;
 
 struct ParamSpec {
   std::string name;     // "weight" or "bias"

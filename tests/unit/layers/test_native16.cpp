@@ -103,7 +103,7 @@ struct Case {
   ConvShape shape;
   bool relu;
   int batch;
-  bool whole_staging = false;  // Linear through the default staged plan instead of its tiled one
+  bool whole_staging = false;  // the default staged plan instead of the layer's own (tiled Linear, bf16 primitives)
   bool fp32_tiled = false;     // bf16 Linear through the tiled fp32 plan instead of bf16 primitives
 };
 
@@ -115,11 +115,15 @@ const std::vector<Case>& cases() {
       {"linear50x130relu_staged", [] { return make_linear(50, 130, true); }, {50, 1, 1, 130, 1}, true, 8, true},
       {"linear784x512relu_tiled", [] { return make_linear(784, 512, true); }, {784, 1, 1, 512, 1}, true, 8, false, true},
       {"linear37x10_tiled", [] { return make_linear(37, 10, false); }, {37, 1, 1, 10, 1}, false, 8, false, true},
+      // Batch 96 in 2 chunks of 48: dW and db summed over the chunks, dx written per chunk.
+      {"linear50x130relu_tiled_chunked", [] { return make_linear(50, 130, true); }, {50, 1, 1, 130, 1}, true, 96, false, true},
       {"conv3x8x8k3relu", [] { return make_conv2d({3, 8, 8}, 4, 3, true); }, {3, 8, 8, 4, 3}, true, 2},
       {"conv2x7x6k2", [] { return make_conv2d({2, 7, 6}, 3, 2, false); }, {2, 7, 6, 3, 2}, false, 3},
-      // 19216 input + output values per sample: chunks of 6 samples (kStage16ChunkFloats), so
-      // batch 8 runs a full chunk and a tail of 2, with the weight gradients summed over both.
-      {"conv1x28x28k5relu_chunked", [] { return make_conv2d({1, 28, 28}, 32, 5, true); }, {1, 28, 28, 32, 5}, true, 8},
+      // 19216 input + output values per sample: chunks of 3 samples (kStage16ChunkFloats), so
+      // batch 8 runs two full chunks and a tail of 2, with the weight gradients summed over all.
+      {"conv1x28x28k5relu_chunked", [] { return make_conv2d({1, 28, 28}, 32, 5, true); }, {1, 28, 28, 32, 5}, true, 8, true},
+      // bf16 convolutions run on oneDNN bf16 primitives (fp16: the staged plan).
+      {"conv1x28x28k5relu", [] { return make_conv2d({1, 28, 28}, 32, 5, true); }, {1, 28, 28, 32, 5}, true, 8},
   };
   return all;
 }
@@ -180,29 +184,31 @@ INSTANTIATE_TEST_SUITE_P(Layers, Native16Test,
                          });
 
 TEST(Native16, StageSizes) {
-  // Tiled Linear: 2 * T * (in + 1) for the tile T, the largest divisor of out up to 64, then the
-  // whole batch's x, dx, y, dy (2 * batch * (in + out)).
-  EXPECT_EQ(make_linear(37, 10, false)->stage16_floats(8, false), 2u * 10 * 38 + 2u * 8 * 47);
-  EXPECT_EQ(make_linear(50, 130, true)->stage16_floats(8, false), 2u * 26 * 51 + 2u * 8 * 180);
-  EXPECT_EQ(make_linear(784, 512, true)->stage16_floats(8, false), 2u * 64 * 785 + 2u * 8 * 1296);
-  EXPECT_EQ(make_linear(10, 67, false)->stage16_floats(8, false), 2u * 1 * 11 + 2u * 8 * 77);  // prime: one row per tile
+  // Tiled Linear: T * (in + 1) for the tile T, the largest divisor of out up to 64, then one
+  // batch chunk's x and output gradient: min(batch, 64) * (in + out).
+  EXPECT_EQ(make_linear(37, 10, false)->stage16_floats(8, false), 10u * 38 + 8u * (37 + 10));
+  EXPECT_EQ(make_linear(50, 130, true)->stage16_floats(8, false), 26u * 51 + 8u * (50 + 130));
+  EXPECT_EQ(make_linear(784, 512, true)->stage16_floats(64, false), 64u * 785 + 64u * (784 + 512));
+  EXPECT_EQ(make_linear(784, 512, true)->stage16_floats(1000, false), 64u * 785 + 64u * (784 + 512));
+  EXPECT_EQ(make_linear(784, 512, true)->stage16_floats(17, false), 64u * 785 + 17u * (784 + 512));
+  EXPECT_EQ(make_linear(10, 67, false)->stage16_floats(8, false), 1u * 11 + 8u * (10 + 67));  // prime: one row per tile
   // Default plan: parameters and gradients, then one chunk's x, dx, y, dy (the whole batch of 8).
   EXPECT_EQ(make_conv2d({3, 8, 8}, 4, 3, true)->stage16_floats(8, false), 2u * (4 * 3 * 9 + 4) + 2u * 8 * (192 + 144));
-  EXPECT_EQ(make_conv2d({3, 8, 8}, 4, 3, true)->stage16_floats(8, true), 2u * (4 * 3 * 9 + 4) + 2u * 8 * (192 + 144));
-  // 784 + 18432 values per sample: chunks of 6 and fp32 gradient sums; the same for any batch > 6.
-  const std::size_t conv1 = 3u * (32 * 25 + 32) + 2u * 6 * (784 + 18432);
+  // 784 + 18432 values per sample: chunks of 3 and fp32 gradient sums; the same for any batch > 3.
+  const std::size_t conv1 = 3u * (32 * 25 + 32) + 2u * 3 * (784 + 18432);
   EXPECT_EQ(make_conv2d({1, 28, 28}, 32, 5, true)->stage16_floats(8, false), conv1);
   EXPECT_EQ(make_conv2d({1, 28, 28}, 32, 5, true)->stage16_floats(1000, false), conv1);
-  EXPECT_EQ(make_conv2d({1, 28, 28}, 32, 5, true)->stage16_floats(3, false), 2u * (32 * 25 + 32) + 2u * 3 * (784 + 18432));
-  EXPECT_EQ(make_maxpool2d({32, 24, 24}, 2)->stage16_floats(64, false), 2u * 5 * (18432 + 4608));
+  EXPECT_EQ(make_conv2d({1, 28, 28}, 32, 5, true)->stage16_floats(2, false), 2u * (32 * 25 + 32) + 2u * 2 * (784 + 18432));
+  EXPECT_EQ(make_maxpool2d({32, 24, 24}, 2)->stage16_floats(64, false), 2u * 2 * (18432 + 4608));
+  EXPECT_EQ(make_maxpool2d({32, 24, 24}, 2)->Layer::stage16_floats(64, true), 2u * 2 * (18432 + 4608));
 }
 
-// Max pooling in chunks (5 samples of [32, 24, 24]; batch 12 = 5 + 5 + a tail of 2): the backward
-// must redo each chunk's forward, since the argmax workspace is the plan's state and the second
-// chunk overwrote the first's. Against the fp32 plan on the whole batch (pooling only moves
+// Max pooling in chunks of the default plan (2 samples of [32, 24, 24]; batch 5 = 2 + 2 + a tail
+// of 1): the backward must redo each chunk's forward, since the argmax workspace is the plan's
+// state and the second chunk overwrote the first's. Against the fp32 plan on the whole batch (pooling only moves
 // values, so both are exact).
 TEST(Native16, ChunkedMaxPoolMatchesFloatPlan) {
-  const int n = 12;
+  const int n = 5;
   for (const bool bf16 : {true, false}) {
     auto pool = make_maxpool2d({32, 24, 24}, 2);
     const auto x = random_on_grid(static_cast<std::size_t>(n) * 18432, 11, 1.0f, bf16);
@@ -213,24 +219,32 @@ TEST(Native16, ChunkedMaxPoolMatchesFloatPlan) {
     reference->forward(x.data(), y.data(), true);
     reference->backward(x.data(), y.data(), dy.data(), dx.data());
 
-    std::vector<float> stage(pool->stage16_floats(n, bf16), std::numeric_limits<float>::quiet_NaN());
-    auto plan = pool->make_plan16(n, exec, {{}, {}, bf16}, stage);
-    const Bits x16 = encode_all(x, bf16), dy16 = encode_all(dy, bf16);
-    Bits y16(y.size(), 0xffff), dx16(x.size(), 0xffff);
-    plan->forward(x16.data(), y16.data(), true);
-    plan->backward(x16.data(), y16.data(), dy16.data(), dx16.data());
-    EXPECT_EQ(decode_all(y16, bf16), y) << "bf16 " << bf16;
-    EXPECT_EQ(decode_all(dx16, bf16), dx) << "bf16 " << bf16;
+    for (const bool staged : {true, false}) {  // staged: the default chunked plan; else the layer's (bf16 primitives)
+      std::vector<float> stage(staged ? pool->Layer::stage16_floats(n, bf16) : pool->stage16_floats(n, bf16),
+                               std::numeric_limits<float>::quiet_NaN());
+      auto plan = staged ? pool->Layer::make_plan16(n, exec, {{}, {}, bf16}, stage)
+                         : pool->make_plan16(n, exec, {{}, {}, bf16}, stage);
+      const Bits x16 = encode_all(x, bf16), dy16 = encode_all(dy, bf16);
+      Bits y16(y.size(), 0xffff), dx16(x.size(), 0xffff);
+      plan->forward(x16.data(), y16.data(), true);
+      plan->backward(x16.data(), y16.data(), dy16.data(), dx16.data());
+      EXPECT_EQ(decode_all(y16, bf16), y) << "bf16 " << bf16 << " staged " << staged;
+      EXPECT_EQ(decode_all(dx16, bf16), dx) << "bf16 " << bf16 << " staged " << staged;
+    }
   }
 }
 
-// oneDNN 2.6 runs bf16 matmuls on avx512_core and up (natively with avx512_bf16): there the bf16
-// Linear plan works on the u16 tensors in place and needs no staging.
-TEST(Native16, Bf16LinearNeedsNoStaging) {
+// oneDNN 2.6 runs bf16 matmuls, convolutions and pooling on avx512_core and up (natively with
+// avx512_bf16): there the bf16 plans work on the u16 tensors in place and need no staging.
+TEST(Native16, Bf16PrimitivesNeedNoStaging) {
   if (dnnl::get_effective_cpu_isa() < dnnl::cpu_isa::avx512_core) GTEST_SKIP() << "no bf16 matmul before avx512_core";
   EXPECT_EQ(make_linear(37, 10, false)->stage16_floats(8, true), 0u);
   EXPECT_EQ(make_linear(784, 512, true)->stage16_floats(8, true), 0u);
   EXPECT_EQ(make_linear(10, 67, false)->stage16_floats(1, true), 0u);
+  // bf16 convolution and max pooling too: the whole bf16 CNN computes without a stage.
+  EXPECT_EQ(make_conv2d({3, 8, 8}, 4, 3, true)->stage16_floats(8, true), 0u);
+  EXPECT_EQ(make_conv2d({1, 28, 28}, 32, 5, true)->stage16_floats(64, true), 0u);
+  EXPECT_EQ(make_maxpool2d({32, 24, 24}, 2)->stage16_floats(64, true), 0u);
 }
 
 // A conv (whole staging) feeding a linear (tiled staging, or none on bf16 primitives), as in a CNN. Every call re-stages, so

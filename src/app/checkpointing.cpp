@@ -223,15 +223,18 @@ void save_checkpoint(const fs::path& path, TrainState& s) {
   w.write_global<std::int64_t>("model/layout", layout, {layout.size() / 2, 2});
   if (s.model.native16()) {
     // Checkpoints hold floats whatever the storage (16-bit values are exact in fp32), so a run
-    // resumes with either storage; one buffer at a time is widened.
+    // resumes with either storage; one buffer at a time is widened. The strategy's u16 buffers
+    // (FDA w0, w0_prev) are stored the same way, under the names the float storage uses.
     const bool bf16 = s.model.compute() == model::Compute::bf16;
     std::vector<float> wide(s.model.num_params());
     const auto widen = [&](std::span<const std::uint16_t> h) {
+      if (h.size() > wide.size()) wide.resize(h.size());
       tensor::decode_16bit(h, std::span<float>(wide.data(), h.size()), bf16);
       return std::span<const float>(wide.data(), h.size());
     };
     w.write_per_rank<float>("model/params", widen(s.model.params16()));
     for (const auto& b : s.optimizer.state16()) w.write_per_rank<float>("optim/" + b.name, widen(b.data));
+    for (const auto& b : s.strategy.state_buffers16()) w.write_per_rank<float>("strategy/" + b.name, widen(b.data));
   } else {
     w.write_per_rank<float>("model/params", s.model.params());
     for (const auto& b : s.optimizer.state()) w.write_per_rank<float>("optim/" + b.name, b.data);
@@ -327,16 +330,18 @@ std::vector<std::string> load_checkpoint(const fs::path& path, TrainState& s) {
 
   if (s.model.native16()) {
     // Stored as floats (a float-storage run's, or a mean over old ranks when resharding): each is
-    // rounded to nearest-even into the 16-bit buffer.
+    // rounded to nearest-even into the 16-bit buffer (exact for a native run's own checkpoint).
     const bool bf16 = s.model.compute() == model::Compute::bf16;
     std::vector<float> wide(s.model.num_params());
     const auto narrow = [&](const std::string& name, std::span<std::uint16_t> h) {
+      if (h.size() > wide.size()) wide.resize(h.size());
       const std::span<float> floats(wide.data(), h.size());
       r.read_floats(name, floats);
       tensor::encode_16bit(floats, h, bf16);
     };
     narrow("model/params", s.model.params16());
     for (auto& b : s.optimizer.state16()) narrow("optim/" + b.name, b.data);
+    for (auto& b : s.strategy.state_buffers16()) narrow("strategy/" + b.name, b.data);
   } else {
     r.read_floats("model/params", s.model.params());
     for (auto& b : s.optimizer.state()) r.read_floats("optim/" + b.name, b.data);

@@ -146,10 +146,25 @@ Json state_bytes_json(model::Model& model, optim::Optimizer& optimizer) {
           {"staging", static_cast<std::int64_t>(model.stage16_bytes())}};
 }
 
+// Bytes of the model-sized buffers a strategy keeps besides parameters, gradients and optimizer
+// state, as stored: "per_rank" its checkpoint buffers on every rank (FDA w0, w0_prev at 2 bytes a
+// value under native storage, 4 otherwise, and xi, fp32, for the linear estimator; DeMo's delta)
+// plus DeMo's fp32 master of 16-bit compute; "rank0" the fp32 server model of a low-precision
+// wire under float storage (rank 0 only); "tables" FDA's sketch hash tables.
+Json strategy_state_bytes_json(sync::Strategy& strategy, std::int64_t fp32_master_values) {
+  std::int64_t per_rank = 4 * fp32_master_values, root = 0;
+  for (const auto& b : strategy.state_buffers()) per_rank += 4 * static_cast<std::int64_t>(b.data.size());
+  for (const auto& b : strategy.state_buffers16()) per_rank += 2 * static_cast<std::int64_t>(b.data.size());
+  for (const auto& b : strategy.root_state_buffers()) root += 4 * static_cast<std::int64_t>(b.size);
+  return {{"per_rank", per_rank}, {"rank0", root}, {"tables", strategy.extra_state_bytes()}};
+}
+
 // precision.storage: native 16-bit storage where the run supports it (README "Precision"):
-// bf16/fp16 compute, a strategy that only averages gradients (none, allreduce: the model-averaging
-// and DeMo strategies keep fp32 buffers of the model), a wire of fp32 or of the compute format,
-// and an SGD/AdamW update. auto falls back to float storage (logged); native refuses.
+// bf16/fp16 compute, a strategy that averages gradients or 16-bit models (none, allreduce,
+// periodic, fda: replicas and FDA's w0/w0_prev in u16, averaged in fp32 chunks), a wire of fp32
+// or of the compute format, and an SGD/AdamW update. Float storage stays for DeMo (its delta and
+// parameters are fp32 by spec) and for fp8 wires (the fp32 server model updates fp32 replicas).
+// auto falls back to float storage (logged); native refuses, naming the key.
 model::Storage resolve_storage(const config::Config& cfg) {
   const std::string& choice = cfg.string("precision.storage");
   const std::string& compute = cfg.string("precision.compute");
@@ -160,8 +175,8 @@ model::Storage resolve_storage(const config::Config& cfg) {
   std::string unsupported;
   const std::string& strategy = cfg.string("sync.strategy");
   const std::string& wire = cfg.string("precision.wire");
-  if (strategy != "none" && strategy != "allreduce")
-    unsupported = fmt::format("sync.strategy = {} (native storage: none | allreduce)", strategy);
+  if (strategy != "none" && strategy != "allreduce" && strategy != "periodic" && strategy != "fda")
+    unsupported = fmt::format("sync.strategy = {} (native storage: none | allreduce | periodic | fda)", strategy);
   else if (wire != "fp32" && wire != compute)
     unsupported = fmt::format("precision.wire = {} (native storage: fp32 | {})", wire, compute);
   else if (cfg.string("optim.name") != "sgd" && cfg.string("optim.name") != "adamw")
@@ -263,6 +278,8 @@ TrainResult train(const config::Config& cfg, comm::Communicator& comm, const std
   auto strategy = sync::make_strategy(cfg);
   Evaluator evaluator(fm.test, rank, world, model.native16() ? 0 : model.num_params());
   // Native 16-bit allreduce replicas apply the same update to bitwise the same averaged gradient.
+  // Periodic and FDA replicas differ between syncs: evaluation averages them (fp32 sums rounded
+  // to the 16-bit grid, as a sync would, on a copy; the replicas themselves are restored).
   const bool replicas_identical = model.native16() && strategy->name() == "allreduce";
   log::info("{} ({} parameters), {} ranks x batch {}, strategy {}, optimizer {}, {} steps, output {}",
             model.arch(), model.num_params(), world, batch, strategy->name(), optimizer->name(), steps,
@@ -511,6 +528,7 @@ TrainResult train(const config::Config& cfg, comm::Communicator& comm, const std
       // The training batch's activation + activation-gradient buffers (2 bytes per value with
       // native 16-bit storage, 4 otherwise), rank 0's model: every rank has the same.
       {"activation_bytes", static_cast<std::int64_t>(model.activation_bytes())},
+      {"strategy_state_bytes", strategy_state_bytes_json(*strategy, static_cast<std::int64_t>(master.size()))},
       {"train_state_bytes", maxima[1]},
       {"forward_flops_per_sample", model.forward_flops_per_sample()},
       {"label_histograms", histograms},

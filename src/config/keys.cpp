@@ -74,7 +74,7 @@ std::vector<KeySpec> build_schema() {
       // precision
       choice("precision.compute", "fp32", {"fp32", "bf16", "fp16", "fp8"}, "compute precision of forward/backward"),
       choice("precision.wire", "fp32", {"fp32", "bf16", "fp16", "fp8_e4m3", "fp8_e5m2"}, "format of what strategies send"),
-      choice("precision.storage", "auto", {"auto", "native", "float"}, "bf16/fp16 compute: store parameters, gradients and optimizer state as 16-bit values (native) or as 16-bit-rounded floats; auto = native where the combination supports it (README Precision)"),
+      choice("precision.storage", "auto", {"auto", "native", "float"}, "bf16/fp16 compute: store parameters, gradients and optimizer state (and FDA's w0, w0_prev) as 16-bit values (native) or as 16-bit-rounded floats; auto = native for none/allreduce/periodic/fda with an fp32 or compute-format wire and SGD/AdamW, float for DeMo (fp32 by spec) and fp8 wires; FDA's linear xi stays fp32 (README Precision)"),
       // pruning
       choice("prune.method", "none", {"none", "ntk", "magnitude", "random"}, "foresight pruning before training"),
       real("prune.sparsity", 0.9, 0.0, 0.9999, "fraction of weights removed"),

@@ -1,6 +1,7 @@
 // The baseline strategies (ALGORITHMS.md "How these combine"): none (independent replicas),
 // allreduce (DDP: average the flat gradient buffer every step, one collective) and periodic
 // (local SGD / FedAvg: average the parameters, optionally the optimizer state, every period steps).
+// Native 16-bit storage: both average the u16 buffers through average_native16 (sync/wire.hpp).
 #include "lowsync/sync/basic.hpp"
 
 #include "lowsync/core/error.hpp"
@@ -56,11 +57,31 @@ PeriodicStrategy::PeriodicStrategy(std::int64_t period, bool average_optimizer_s
 
 void PeriodicStrategy::on_start(StepContext& ctx) {
   Strategy::on_start(ctx);
+  if (ctx.model.native16()) {
+    // No fp32 server model (that is the fp8 wire's, on float storage): a native average sums
+    // decoded chunks in fp32 and rounds back into the u16 parameters (average_native16).
+    const bool bf16 = ctx.model.compute() == model::Compute::bf16;
+    if (server_.format() != WireFormat::fp32 && server_.format() != (bf16 ? WireFormat::bf16 : WireFormat::fp16))
+      fail("periodic: native {} storage averages with precision.wire = fp32 or {}, not {} (precision.storage = float "
+           "for it)", bf16 ? "bf16" : "fp16", bf16 ? "bf16" : "fp16", wire_format_name(server_.format()));
+    return;
+  }
   server_.begin(ctx.comm, ctx.model.params(), tensor_counts(ctx.model));
 }
 
 void PeriodicStrategy::after_update(StepContext& ctx) {
   if (ctx.step % period_ != 0) return;
+  if (ctx.model.native16()) {
+    const bool bf16 = ctx.model.compute() == model::Compute::bf16;
+    // Every rank sums the same values in the same order: the replicas end bitwise identical. A
+    // 16-bit wire skips non-finite ranks; the count is kept where the server path keeps its own.
+    const int excluded = average_native16(ctx.comm, ctx.model.params16(), bf16, server_.format(), "model");
+    server_.set_excluded(server_.excluded() + excluded);
+    if (average_optimizer_state_)
+      for (auto& s : ctx.optimizer.state16()) average_native16(ctx.comm, s.data, bf16, WireFormat::fp32, "optim_state");
+    ++syncs_;
+    return;
+  }
   server_.average(ctx.comm, ctx.model.params(), ctx.step, "model");
   if (average_optimizer_state_)
     for (auto& s : ctx.optimizer.state()) average_in_place(ctx.comm, s.data, "optim_state");

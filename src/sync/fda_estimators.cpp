@@ -5,6 +5,7 @@
 
 #include "lowsync/core/error.hpp"
 #include "lowsync/core/rng.hpp"
+#include "lowsync/tensor/half.hpp"
 
 #include <algorithm>
 #include <bit>
@@ -19,16 +20,19 @@ constexpr std::uint64_t kBucketTag = 0x4644412d42554b54ULL;  // "FDA-BUKT"
 constexpr std::uint64_t kSignTag = 0x4644412d5349474eULL;    // "FDA-SIGN"
 constexpr std::uint64_t kXiTag = 0x4644412d58492d30ULL;      // "FDA-XI-0"
 
-// Adds s_r(i) * value(i) into every row; value(i) is fp64. The row loop is outermost so each
-// row (width doubles, 2 KB by default) stays in L1 while the codes stream through.
+// Adds s_r(first + i) * value(i) into every row for i in [0, n); value(i) is fp64. The row loop
+// is outermost so each row (width doubles, 2 KB by default) stays in L1 while the codes stream
+// through. Each bucket receives its terms in ascending coordinate order whatever the range split,
+// so summing [0, d) in pieces gives the bits of one pass (local_state_16bit relies on it).
 template <class ValueAt>
-void sketch_accumulate(ValueAt value, const SketchHashes& hashes, std::span<double> sketch) {
+void sketch_accumulate(ValueAt value, const SketchHashes& hashes, std::size_t first, std::size_t n,
+                       std::span<double> sketch) {
   const std::size_t d = hashes.num_params();
   const std::span<const std::uint16_t> codes = hashes.codes();
   for (int r = 0; r < hashes.depth(); ++r) {
     double* row = sketch.data() + static_cast<std::size_t>(r) * hashes.width();
-    const std::uint16_t* code = codes.data() + static_cast<std::size_t>(r) * d;
-    for (std::size_t i = 0; i < d; ++i) {
+    const std::uint16_t* code = codes.data() + static_cast<std::size_t>(r) * d + first;
+    for (std::size_t i = 0; i < n; ++i) {
       // The sign is random per coordinate, so a branch on it would mispredict half the time:
       // flip the fp64 sign bit instead (bit 15 of the code moved to bit 63).
       const std::uint16_t c = code[i];
@@ -108,7 +112,7 @@ SketchHashes::SketchHashes(std::size_t num_params, int depth, int width, std::ui
 
 void sketch_add(std::span<const float> delta, const SketchHashes& hashes, std::span<double> sketch) {
   check_sketch_args(hashes, delta.size(), sketch.size());
-  sketch_accumulate([&](std::size_t i) { return static_cast<double>(delta[i]); }, hashes, sketch);
+  sketch_accumulate([&](std::size_t i) { return static_cast<double>(delta[i]); }, hashes, 0, delta.size(), sketch);
 }
 
 double sketch_row_norm(std::span<const double> sketch, int width, int row) {
@@ -171,52 +175,96 @@ std::size_t state_size(const EstimatorSpec& spec) {
   return 0;
 }
 
-void local_state(const EstimatorSpec& spec, std::span<const float> params,
-                 std::span<const float> w0, std::span<const float> xi,
-                 const SketchHashes* hashes, std::span<double> state) {
+namespace {
+
+// Running sums of one rank's state over coordinate ranges taken in ascending order; the sketch
+// rows accumulate in place in state[1..].
+struct StateSums {
+  double sq = 0.0, dot = 0.0, xi_sq = 0.0;
+};
+
+void check_state_args(const EstimatorSpec& spec, std::size_t d, std::size_t w0_size, std::size_t xi_size,
+                      const SketchHashes* hashes, std::span<double> state) {
   validate(spec);
-  const std::size_t d = params.size();
-  if (w0.size() != d) fail("FDA: reference model has {} entries, parameters {}", w0.size(), d);
+  if (w0_size != d) fail("FDA: reference model has {} entries, parameters {}", w0_size, d);
   if (state.size() != state_size(spec))
     fail("FDA: state has {} entries, the {} estimator needs {}", state.size(),
          estimator_name(spec.kind), state_size(spec));
-  std::fill(state.begin(), state.end(), 0.0);
-
-  // fp64 difference of two floats: exact unless their exponents are ~29 apart.
-  const auto delta = [&](std::size_t i) {
-    return static_cast<double>(params[i]) - static_cast<double>(w0[i]);
-  };
-
-  if (spec.kind == Estimator::linear) {
-    if (xi.size() != d) fail("FDA: xi has {} entries, parameters {}", xi.size(), d);
-    double sq = 0.0, dot = 0.0, xi_sq = 0.0;
-    for (std::size_t i = 0; i < d; ++i) {
-      const double v = delta(i);
-      const double x = xi[i];
-      sq += v * v;
-      dot += x * v;
-      xi_sq += x * x;
-    }
-    state[0] = sq;
-    // A zero xi projects nothing: the estimator falls back to naive, still conservative.
-    state[1] = xi_sq > 0.0 ? dot / std::sqrt(xi_sq) : 0.0;
-    return;
-  }
-
-  double sq = 0.0;
-  for (std::size_t i = 0; i < d; ++i) {
-    const double v = delta(i);
-    sq += v * v;
-  }
-  state[0] = sq;
+  if (spec.kind == Estimator::linear && xi_size != d) fail("FDA: xi has {} entries, parameters {}", xi_size, d);
   if (spec.kind == Estimator::sketch) {
     if (hashes == nullptr) fail("FDA: the sketch estimator needs hash tables");
     if (hashes->depth() != spec.sketch_depth || hashes->width() != spec.sketch_width)
       fail("FDA: hash tables are {} x {}, the estimator wants {} x {}", hashes->depth(),
            hashes->width(), spec.sketch_depth, spec.sketch_width);
     check_sketch_args(*hashes, d, state.size() - 1);
-    sketch_accumulate(delta, *hashes, state.subspan(1));
   }
+}
+
+// Coordinates [first, first + params.size()): params, w0 (and xi, linear) are that range.
+void accumulate_state(const EstimatorSpec& spec, std::span<const float> params, std::span<const float> w0,
+                      std::span<const float> xi, const SketchHashes* hashes, std::size_t first,
+                      StateSums& sums, std::span<double> state) {
+  // fp64 difference of two floats: exact unless their exponents are ~29 apart.
+  const auto delta = [&](std::size_t i) {
+    return static_cast<double>(params[i]) - static_cast<double>(w0[i]);
+  };
+  const std::size_t n = params.size();
+  if (spec.kind == Estimator::linear) {
+    for (std::size_t i = 0; i < n; ++i) {
+      const double v = delta(i);
+      const double x = xi[i];
+      sums.sq += v * v;
+      sums.dot += x * v;
+      sums.xi_sq += x * x;
+    }
+    return;
+  }
+  for (std::size_t i = 0; i < n; ++i) {
+    const double v = delta(i);
+    sums.sq += v * v;
+  }
+  if (spec.kind == Estimator::sketch) sketch_accumulate(delta, *hashes, first, n, state.subspan(1));
+}
+
+void finish_state(const EstimatorSpec& spec, const StateSums& sums, std::span<double> state) {
+  state[0] = sums.sq;
+  // A zero xi projects nothing: the estimator falls back to naive, still conservative.
+  if (spec.kind == Estimator::linear) state[1] = sums.xi_sq > 0.0 ? sums.dot / std::sqrt(sums.xi_sq) : 0.0;
+}
+
+}  // namespace
+
+void local_state(const EstimatorSpec& spec, std::span<const float> params,
+                 std::span<const float> w0, std::span<const float> xi,
+                 const SketchHashes* hashes, std::span<double> state) {
+  check_state_args(spec, params.size(), w0.size(), xi.size(), hashes, state);
+  std::fill(state.begin(), state.end(), 0.0);
+  StateSums sums;
+  accumulate_state(spec, params, w0, spec.kind == Estimator::linear ? xi : std::span<const float>(), hashes, 0,
+                   sums, state);
+  finish_state(spec, sums, state);
+}
+
+void local_state_16bit(const EstimatorSpec& spec, std::span<const std::uint16_t> params,
+                       std::span<const std::uint16_t> w0, bool bf16, std::span<const float> xi,
+                       const SketchHashes* hashes, std::span<double> state) {
+  const std::size_t d = params.size();
+  check_state_args(spec, d, w0.size(), xi.size(), hashes, state);
+  std::fill(state.begin(), state.end(), 0.0);
+  StateSums sums;
+  // Decoding is exact, and every sum takes its terms in the order of the one-pass float kernel
+  // (ranges in ascending order), so the state is bitwise local_state on the decoded vectors.
+  const std::size_t chunk = std::min(kStateChunk, d);
+  std::vector<float> p(chunk), w(chunk);  // the only fp32 copies: 2 * kStateChunk values
+  for (std::size_t first = 0; first < d; first += chunk) {
+    const std::size_t n = std::min(chunk, d - first);
+    tensor::decode_16bit(params.subspan(first, n), std::span<float>(p.data(), n), bf16);
+    tensor::decode_16bit(w0.subspan(first, n), std::span<float>(w.data(), n), bf16);
+    accumulate_state(spec, std::span<const float>(p.data(), n), std::span<const float>(w.data(), n),
+                     spec.kind == Estimator::linear ? xi.subspan(first, n) : std::span<const float>(), hashes,
+                     first, sums, state);
+  }
+  finish_state(spec, sums, state);
 }
 
 double variance_estimate(const EstimatorSpec& spec, std::span<const double> state_sum,
@@ -265,14 +313,16 @@ std::vector<float> shared_gaussian_unit(std::size_t num_params, std::uint64_t se
   return xi;
 }
 
-bool last_move_direction(std::span<const float> w0, std::span<const float> w0_prev,
-                         std::uint64_t seed, std::span<float> xi) {
-  if (w0_prev.size() != w0.size() || xi.size() != w0.size())
-    fail("FDA: xi from w0 ({}), w0_prev ({}) into xi ({}): sizes differ", w0.size(),
-         w0_prev.size(), xi.size());
+namespace {
+
+// xi from w0 and w0_prev read through accessors (float spans, or 16-bit patterns decoded exactly):
+// the same fp64 operations on the same values, so both storages give the same bits.
+template <class W0, class W0Prev>
+bool last_move_direction_impl(W0 w0, W0Prev w0_prev, std::size_t n, std::uint64_t seed, std::span<float> xi) {
+  if (xi.size() != n) fail("FDA: xi from w0 ({}) into xi ({}): sizes differ", n, xi.size());
   double sq = 0.0;
-  for (std::size_t i = 0; i < w0.size(); ++i) {
-    const double v = static_cast<double>(w0[i]) - static_cast<double>(w0_prev[i]);
+  for (std::size_t i = 0; i < n; ++i) {
+    const double v = static_cast<double>(w0(i)) - static_cast<double>(w0_prev(i));
     sq += v * v;
   }
   if (!(sq > 0.0) || !std::isfinite(sq)) {
@@ -280,9 +330,30 @@ bool last_move_direction(std::span<const float> w0, std::span<const float> w0_pr
     return false;
   }
   const double inv = 1.0 / std::sqrt(sq);
-  for (std::size_t i = 0; i < w0.size(); ++i)
-    xi[i] = static_cast<float>((static_cast<double>(w0[i]) - static_cast<double>(w0_prev[i])) * inv);
+  for (std::size_t i = 0; i < n; ++i)
+    xi[i] = static_cast<float>((static_cast<double>(w0(i)) - static_cast<double>(w0_prev(i))) * inv);
   return true;
+}
+
+}  // namespace
+
+bool last_move_direction(std::span<const float> w0, std::span<const float> w0_prev,
+                         std::uint64_t seed, std::span<float> xi) {
+  if (w0_prev.size() != w0.size() || xi.size() != w0.size())
+    fail("FDA: xi from w0 ({}), w0_prev ({}) into xi ({}): sizes differ", w0.size(),
+         w0_prev.size(), xi.size());
+  return last_move_direction_impl([&](std::size_t i) { return w0[i]; }, [&](std::size_t i) { return w0_prev[i]; },
+                                  w0.size(), seed, xi);
+}
+
+bool last_move_direction_16bit(std::span<const std::uint16_t> w0, std::span<const std::uint16_t> w0_prev,
+                               bool bf16, std::uint64_t seed, std::span<float> xi) {
+  if (w0_prev.size() != w0.size() || xi.size() != w0.size())
+    fail("FDA: xi from w0 ({}), w0_prev ({}) into xi ({}): sizes differ", w0.size(),
+         w0_prev.size(), xi.size());
+  const auto decode = [bf16](std::uint16_t h) { return bf16 ? tensor::bf16_decode(h) : tensor::fp16_decode(h); };
+  return last_move_direction_impl([&](std::size_t i) { return decode(w0[i]); },
+                                  [&](std::size_t i) { return decode(w0_prev[i]); }, w0.size(), seed, xi);
 }
 
 }  // namespace lowsync::sync::fda

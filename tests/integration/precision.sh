@@ -2,7 +2,8 @@
 # End-to-end precision paths (README "Precision"): fp8 wire under periodic averaging counts the
 # encoded bytes in the ledger (formula of the fp32 server round), fp8 compute trains to a finite
 # loss, the refused combinations exit non-zero naming the keys; native 16-bit storage halves the
-# training state, trains like float storage and resumes bitwise.
+# training state, trains like float storage and resumes bitwise, also under periodic averaging
+# and FDA; fp8 wires and DeMo stay on float storage.
 set -uo pipefail
 lowsync="$1"
 tmp=$(mktemp -d)
@@ -83,12 +84,58 @@ import json; a, b = (json.load(open(p)) for p in ('$tmp/$dt-native/summary.json'
 assert (a['final_loss'], a['final_test_accuracy']) == (b['final_loss'], b['final_test_accuracy']), (a['final_loss'], b['final_loss'])"
 done
 
+# Native storage for periodic averaging and FDA (u16 replicas; FDA's w0/w0_prev in u16, xi fp32):
+# storage reported, strategy state bytes as stored, bitwise resume from the step-10 checkpoint.
+d=535818
+for run in "periodic bf16 fp32" "periodic fp16 fp16" "fda bf16 bf16" "fda fp16 fp32"; do
+  read -r strat dt wire <<<"$run"
+  name="$strat-$dt-$wire"
+  sets=(--set sync.strategy=$strat --set sync.period=4 --set sync.fda.threshold=4 --set sync.average_optimizer_state=true
+        --set optim.name=adamw --set optim.lr=0.002 --set precision.compute=$dt --set precision.wire=$wire
+        --set checkpoint.every=10 --set log.every=5)
+  "${mpi[@]}" "$lowsync" train "${small[@]}" "${sets[@]}" --out "$tmp/$name" >"$tmp/$name.out" 2>&1
+  check "$name native runs" test $? -eq 0
+  check "$name native storage reported, state bytes as stored" /usr/bin/python3 - "$tmp/$name/summary.json" "$strat" <<'PY'
+import json, math, sys
+s = json.load(open(sys.argv[1])); strat = sys.argv[2]; d = 535818
+assert s["precision_storage"] == "native", s["precision_storage"]
+assert s["param_grad_optim_bytes"]["stored"] == 2 * 4 * d, s["param_grad_optim_bytes"]
+# FDA (linear): u16 w0 + w0_prev, fp32 xi; periodic keeps nothing model-sized.
+expect = 2 * 2 * d + 4 * d if strat == "fda" else 0
+assert s["strategy_state_bytes"] == {"per_rank": expect, "rank0": 0, "tables": 0}, s["strategy_state_bytes"]
+assert s["syncs"] >= 1, s["syncs"]
+assert math.isfinite(s["final_loss"]) and s["final_loss"] < 2.0, s["final_loss"]
+PY
+  "${mpi[@]}" "$lowsync" train "${small[@]}" "${sets[@]}" --resume "$tmp/$name/checkpoints/ckpt-00000010.h5" \
+    --out "$tmp/$name-resumed" >"$tmp/$name-resumed.out" 2>&1
+  check "$name native resume runs" test $? -eq 0
+  check "$name native resume ends bitwise where the uninterrupted run did" /usr/bin/python3 -c "
+import json; a, b = (json.load(open(p)) for p in ('$tmp/$name/summary.json', '$tmp/$name-resumed/summary.json'))
+assert (a['final_loss'], a['final_test_accuracy'], a['syncs']) == (b['final_loss'], b['final_test_accuracy'], b['syncs']), (a['final_loss'], b['final_loss'])"
+done
+# Float storage FDA holds fp32 w0, w0_prev and xi: 12 bytes a value.
+"${mpi[@]}" "$lowsync" train "${small[@]}" --set sync.strategy=fda --set precision.compute=bf16 --set precision.storage=float \
+  --out "$tmp/fda-float" >"$tmp/fda-float.out" 2>&1
+check "fda float storage state bytes" /usr/bin/python3 -c "
+import json; s = json.load(open('$tmp/fda-float/summary.json'))
+assert s['precision_storage'] == 'float' and s['strategy_state_bytes']['per_rank'] == 12 * $d, s['strategy_state_bytes']"
+
+# What stays on float storage: an fp8 wire (the fp32 server model) and DeMo (fp32 by spec).
 "$lowsync" train "${small[@]}" --set precision.compute=bf16 --set precision.storage=native --set sync.strategy=periodic \
-  --out "$tmp/np" >"$tmp/np.out" 2>&1
-check "native storage + periodic refused" test $? -ne 0
-check "native storage + periodic names the keys" grep -q 'precision.storage = "native" is not available with sync.strategy = periodic' "$tmp/np.out"
-"$lowsync" train "${small[@]}" --set precision.compute=bf16 --set sync.strategy=periodic --out "$tmp/ap" >"$tmp/ap.out" 2>&1
-check "auto storage falls back to float for periodic, and says so" grep -q "precision.storage: float buffers rounded to bf16" "$tmp/ap.out"
+  --set precision.wire=fp8_e4m3 --out "$tmp/np8" >"$tmp/np8.out" 2>&1
+check "native storage + fp8 wire refused" test $? -ne 0
+check "native storage + fp8 wire names the key" grep -q 'precision.storage = "native" is not available with precision.wire = fp8_e4m3' "$tmp/np8.out"
+"$lowsync" train "${small[@]}" --set precision.compute=bf16 --set sync.strategy=fda --set precision.wire=fp8_e4m3 \
+  --out "$tmp/af8" >"$tmp/af8.out" 2>&1
+check "auto storage falls back to float for an fp8 wire, and says so" \
+  grep -q "precision.storage: float buffers rounded to bf16 (native storage not available with precision.wire = fp8_e4m3" "$tmp/af8.out"
+"$lowsync" train "${small[@]}" --set precision.compute=bf16 --set precision.storage=native --set sync.strategy=demo \
+  --out "$tmp/nd" >"$tmp/nd.out" 2>&1
+check "native storage + demo refused" test $? -ne 0
+check "native storage + demo names the key" grep -q 'precision.storage = "native" is not available with sync.strategy = demo' "$tmp/nd.out"
+"$lowsync" train "${small[@]}" --set precision.compute=bf16 --set sync.strategy=demo --out "$tmp/ad" >"$tmp/ad.out" 2>&1
+check "auto storage falls back to float for demo, and says so" \
+  grep -q "precision.storage: float buffers rounded to bf16 (native storage not available with sync.strategy = demo" "$tmp/ad.out"
 
 echo "precision.sh: $passed passed, $failed failed"
 test "$failed" -eq 0

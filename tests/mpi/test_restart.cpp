@@ -1,7 +1,7 @@
 // ranks: 2 4
 // Trainer checkpoints (app/checkpointing.hpp) end to end on a small MLP: for allreduce, periodic,
 // FDA and DeMo, fp8 wire (allreduce; periodic, FDA: the server model on rank 0), bf16/fp8
-// compute (allreduce) and ZO (optim.name = zo, pruned FedSGD and FedAvg: mask, kept values, update state, counters),
+// compute (allreduce), native 16-bit periodic and FDA (u16 replicas, w0, w0_prev) and ZO (optim.name = zo, pruned FedSGD and FedAvg: mask, kept values, update state, counters),
 // k steps + checkpoint + resume + k steps must equal 2k uninterrupted steps bitwise (every saved
 // buffer: parameters, optimizer, strategy, loader) with the same metrics.csv values; a
 // resume on half the ranks (4 -> 2) and on twice the ranks (2 -> 4) follows the reshard policy
@@ -62,7 +62,8 @@ class ScratchDir {
 
 // `name` is a strategy, optionally with a precision suffix: "periodic_fp8wire", "fda_fp8wire"
 // (precision.wire = fp8_e4m3: the fp32 server model on rank 0 is checkpoint state), "allreduce_bf16", "allreduce_fp8"
-// (precision.compute).
+// (precision.compute; bf16/fp16 run on native 16-bit storage under precision.storage = auto, also for periodic
+// and FDA, whose u16 w0/w0_prev are checkpoint state).
 config::Config small_config(const std::string& name, std::int64_t steps) {
   config::Config c;
   std::string strategy = name;
@@ -189,6 +190,13 @@ TEST_P(Restart, ResumedRunEqualsUninterrupted) {
     c.set_text(fmt::format("checkpoint.every={}", 2 * k));
     const auto r = train(c, comm, dir.path() / "full");
     EXPECT_EQ(r.exit_code, 0);
+    if (strategy.ends_with("_bf16") || strategy.ends_with("_fp16")) {
+      EXPECT_EQ(r.summary["precision_storage"], "native");
+      // FDA's w0 moved away from the start, so the checkpoint holds a real u16 w0/w0_prev.
+      if (strategy.starts_with("fda")) {
+        EXPECT_GE(r.summary["syncs"].get<std::int64_t>(), 1);
+      }
+    }
   }
   {
     comm::Communicator comm(MPI_COMM_WORLD, {true, 60.0});
@@ -219,6 +227,7 @@ TEST_P(Restart, ResumedRunEqualsUninterrupted) {
 
 INSTANTIATE_TEST_SUITE_P(Strategies, Restart, ::testing::Values("allreduce", "periodic", "fda", "demo", "periodic_fp8wire",
                                                            "fda_fp8wire", "allreduce_fp8wire", "allreduce_bf16", "allreduce_fp8",
+                                                           "periodic_bf16", "fda_fp16", "fda_bf16",
                                                            "zo_fedsgd_ntk", "zo_fedavg_magnitude"),
                          [](const auto& info) { return info.param; });
 
@@ -251,7 +260,7 @@ TEST(Reshard, HalfAndDoubleTheRanks) {
   MPI_Comm half = MPI_COMM_NULL;
   MPI_Comm_split(MPI_COMM_WORLD, rank < 2 ? 0 : MPI_UNDEFINED, rank, &half);
 
-  for (const std::string strategy : {"periodic", "fda", "demo", "allreduce", "periodic_fp8wire", "fda_fp8wire"}) {
+  for (const std::string strategy : {"periodic", "fda", "demo", "allreduce", "periodic_fp8wire", "fda_fp8wire", "fda_bf16"}) {
     SCOPED_TRACE(strategy);
     const fs::path four = dir.path() / (strategy + "-4"), two = dir.path() / (strategy + "-2"),
                    back = dir.path() / (strategy + "-back");

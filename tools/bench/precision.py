@@ -9,9 +9,14 @@ every tracked buffer's peak (train_state_bytes: activations, eval plan, ...).
 Table 2: periodic averaging and FDA with fp32 vs 8/16-bit wire: the fp32 run's final accuracy is
 the target; bytes per rank at the first evaluation reaching it (the low-precision runs get
 STEPS * SLACK steps so they can catch up), and the ratio to fp32.
+Table 3 (--only storage): periodic averaging and FDA with fp32 compute, then bf16 and fp16 compute
+on native 16-bit storage and on float storage (wire fp32, and with --storage-wires fp32,compute also
+the compute format's 16-bit wire; STEPS steps each): test accuracy, MB sent
+per rank, syncs, parameters + gradients + optimizer state as stored, and the strategy's own
+model-sized state as stored (summary.json strategy_state_bytes: FDA w0, w0_prev, xi).
 
 usage: tools/bench/precision.py [--ranks 4] [--steps 1000] [--arch mlp] [--optim sgd|adamw] [--lr 0.05]
-                               [--out DIR] [--only compute|wire]
+                               [--out DIR] [--only compute|wire|storage] [--fda-threshold-per-param C]
 Accuracy and bytes do not depend on machine load; samples/s does (noisy on a shared machine).
 """
 import argparse
@@ -58,7 +63,12 @@ def main():
     ap.add_argument("--arch", default="mlp")
     ap.add_argument("--slack", type=float, default=2.0, help="step multiplier of the low-precision wire runs")
     ap.add_argument("--out", default=os.path.join(ROOT, "runs", "precision-" + time.strftime("%Y%m%d-%H%M%S")))
-    ap.add_argument("--only", choices=["compute", "wire"], default=None)
+    ap.add_argument("--only", choices=["compute", "wire", "storage"], default=None)
+    ap.add_argument("--period", type=int, default=10, help="sync.period of the periodic runs")
+    ap.add_argument("--storage-wires", default="fp32",
+                    help="storage table: fp32 and/or 'compute' (precision.wire = the compute format)")
+    ap.add_argument("--fda-threshold-per-param", type=float, default=None,
+                    help="sync.fda.threshold_per_param of the storage table's FDA runs (default: the key's)")
     ap.add_argument("--computes", default="fp32,bf16,fp16,fp8")
     ap.add_argument("--wires", default="fp32,bf16,fp8_e4m3", help="fp32 first: it sets the target")
     ap.add_argument("--optim", default="sgd")
@@ -135,6 +145,41 @@ def main():
                 ratio = f"{base_bytes / b:.2f}x" if b else "not reached"
                 md.append(f"| {name} | {wire} | {s['final_test_accuracy']:.4f} | {target:.4f} | {step or '-'} | "
                           f"{(b or 0) / 1e6:.2f} | {ratio} | {s['syncs']} |")
+        md.append("")
+
+    if a.only == "storage":
+        fda_sets = ["sync.strategy=fda", "sync.fda.estimator=linear"]
+        if a.fda_threshold_per_param is not None:
+            fda_sets.append(f"sync.fda.threshold_per_param={a.fda_threshold_per_param}")
+        strategies = {"periodic": ["sync.strategy=periodic", f"sync.period={a.period}"], "fda": fda_sets}
+        md.append(f"### Storage ({a.arch}, {a.ranks} ranks, {a.optim} lr {a.lr}, {a.steps} steps)\n")
+        md.append("| strategy | compute | storage | wire | test acc | vs fp32 (points) | MB sent/rank | syncs | "
+                  "params+grads+optim MB | strategy state MB | samples/s |")
+        md.append("|---|---|---|---|---|---|---|---|---|---|---|")
+        wires = a.storage_wires.split(",")
+        for name, sets in strategies.items():
+            base = None
+            rows = [("fp32", "float", "fp32")]
+            for compute in ("bf16", "fp16"):
+                for wire in wires:
+                    for storage in ("native", "float"):
+                        rows.append((compute, storage, compute if wire == "compute" else wire))
+            for compute, storage, wire in rows:
+                out = os.path.join(a.out, f"storage-{name}-{compute}-{storage}-{wire}")
+                s = run(a.lowsync, a.ranks, out,
+                        common + sets + [f"precision.compute={compute}", f"precision.storage={storage}",
+                                         f"precision.wire={wire}", f"train.steps={a.steps}",
+                                         f"eval.every={a.steps}"], out + ".log")
+                if s is None:
+                    md.append(f"| {name} | {compute} | {storage} | {wire} | failed | | | | | | |")
+                    continue
+                if compute == "fp32":
+                    base = s
+                d = 100 * (s["final_test_accuracy"] - base["final_test_accuracy"]) if base else float("nan")
+                st = s.get("strategy_state_bytes", {}).get("per_rank", float("nan"))
+                md.append(f"| {name} | {compute} | {s['precision_storage']} | {wire} | {s['final_test_accuracy']:.4f} | "
+                          f"{d:+.2f} | {s['bytes_sent_per_rank'] / 1e6:.2f} | {s['syncs']} | "
+                          f"{s['param_grad_optim_bytes']['stored'] / 1e6:.2f} | {st / 1e6:.2f} | {s['samples_per_s']:.0f} |")
         md.append("")
 
     text = "\n".join(md)

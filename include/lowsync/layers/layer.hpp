@@ -1,6 +1,7 @@
 // Layer interface. A Layer describes shapes and parameters; a LayerPlan holds the oneDNN
 // primitives and buffers for one batch size, created once and reused every step (no allocation
-// on the hot path). Tensors are row-major fp32: activations [N, C, H, W] or [N, F].
+// on the hot path). Tensors are row-major fp32 (LayerPlan16, native 16-bit storage: u16 bf16 or
+// fp16 bit patterns): activations [N, C, H, W] or [N, F].
 #pragma once
 
 #include "lowsync/core/memory.hpp"

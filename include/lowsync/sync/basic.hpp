@@ -38,7 +38,9 @@ class AllreduceStrategy final : public Strategy {
 class PeriodicStrategy final : public Strategy {
  public:
   // precision.wire != fp32: the model travels through the fp32 server model (ServerAverager);
-  // optimizer state, when averaged, stays fp32.
+  // optimizer state, when averaged, stays fp32. Native 16-bit storage: no server model; the u16
+  // parameters are averaged by average_native16 with the wire (fp32 or the compute format), the
+  // optimizer's state16() with an fp32 wire.
   PeriodicStrategy(std::int64_t period, bool average_optimizer_state, WireFormat wire = WireFormat::fp32,
                    std::uint64_t seed = 1);
   std::string_view name() const override { return "periodic"; }

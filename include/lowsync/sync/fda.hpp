@@ -1,6 +1,10 @@
 // FDA (ALGORITHMS.md §4): sync only when the estimated replica variance passes the threshold;
 // the estimate costs one small allreduce per step (plus one int for the decision), a sync one
 // allreduce of the model. The estimators themselves live in sync/fda_estimators.hpp.
+// Native 16-bit storage (precision.storage): w0 and w0_prev are u16 copies of the u16 parameters
+// (exact), the local state is computed from them in small decoded chunks (bitwise the float
+// computation on the same values), a sync is average_native16 with an fp32 wire or the compute
+// format's. xi (linear) stays fp32: the first round's shared Gaussian is not on any 16-bit grid.
 #pragma once
 
 #include "lowsync/core/memory.hpp"
@@ -23,7 +27,9 @@ struct FdaOptions {
   double threshold_per_param = 3.9e-5; // sync.fda.threshold_per_param: Theta = c * num_params
   std::uint64_t seed = 1;              // train.seed: sketch hashes and the Gaussian xi
   bool average_optimizer_state = false;  // sync.average_optimizer_state
-  WireFormat wire = WireFormat::fp32;    // precision.wire: a sync goes through the fp32 server model
+  // precision.wire: under float storage a non-fp32 sync goes through the fp32 server model;
+  // native 16-bit storage sends fp32 or the compute format (average_native16), nothing else.
+  WireFormat wire = WireFormat::fp32;
 };
 
 // Reads the sync.fda.* keys, train.seed and sync.average_optimizer_state; throws naming a key.
@@ -45,8 +51,10 @@ class FdaStrategy final : public Strategy {
   std::vector<double> metric_values() const override;
   std::int64_t syncs() const override { return syncs_; }
   // w0, w0_prev, xi (linear only) and syncs; a reshard starts a new round from the averaged
-  // parameters (begin()), as after a sync.
+  // parameters (begin()), as after a sync. Native storage: w0, w0_prev in state_buffers16.
   std::vector<optim::StateBuffer> state_buffers() override;
+  std::vector<optim::StateBuffer16> state_buffers16() override;
+  std::int64_t extra_state_bytes() const override;
   // precision.wire != fp32: the server model (W, B) on rank 0 and its excluded-upload count.
   std::vector<RootStateBuffer> root_state_buffers() override;
   std::vector<StateCounter> state_counters() const override;
@@ -61,6 +69,14 @@ class FdaStrategy final : public Strategy {
   // Every rank calls it at the same point; returns true when this step synced.
   bool step(comm::Communicator& comm, std::int64_t step, std::span<float> params,
             optim::Optimizer* optimizer = nullptr);
+  // The same for native 16-bit storage: params are bf16 (bf16 = true) or fp16 bit patterns, and
+  // w0, w0_prev are kept as such (w0_16(), w0_prev16(); w0() and w0_prev() are then empty).
+  // A sync averages with average_native16 (precision.wire fp32 or the compute format) and the
+  // optimizer's state16() buffers with an fp32 wire.
+  void begin16(std::span<const std::uint16_t> params, bool bf16);
+  bool step16(comm::Communicator& comm, std::int64_t step, std::span<std::uint16_t> params,
+              optim::Optimizer* optimizer = nullptr);
+  bool native16() const { return native16_; }
 
   const FdaOptions& options() const { return options_; }
   double threshold() const { return threshold_; }         // resolved Theta (after begin)
@@ -72,6 +88,8 @@ class FdaStrategy final : public Strategy {
   std::span<float> w0() { return w0_.span(); }
   std::span<float> w0_prev() { return w0_prev_.span(); }
   std::span<float> xi() { return xi_.span(); }
+  std::span<std::uint16_t> w0_16() { return w0_16_.span(); }
+  std::span<std::uint16_t> w0_prev16() { return w0_prev16_.span(); }
   void set_syncs(std::int64_t n) { syncs_ = n; }
 
  private:
@@ -79,9 +97,17 @@ class FdaStrategy final : public Strategy {
   double threshold_ = 0.0;
   memory::TrackedBuffer<float> w0_;       // [d] model at the last sync
   memory::TrackedBuffer<float> w0_prev_;  // [d] model at the sync before
-  memory::TrackedBuffer<float> xi_;       // [d] shared direction (linear only)
+  memory::TrackedBuffer<float> xi_;       // [d] shared direction (linear only, also native)
+  memory::TrackedBuffer<std::uint16_t> w0_16_;       // [d] native storage: w0
+  memory::TrackedBuffer<std::uint16_t> w0_prev16_;   // [d] native storage: w0_prev
+  bool native16_ = false;
+  bool bf16_ = false;  // native storage: bf16 (else fp16) bit patterns
   memory::TrackedBuffer<double> state_;   // [state_size] local state, summed in place
   std::optional<fda::SketchHashes> hashes_;
+  // Everything of begin()/begin16() but w0, w0_prev, xi: Theta, hash tables, state, flags.
+  void begin_common(std::size_t d);
+  // V^ from this rank's state (summed over ranks) and the agreed decision.
+  bool decide(comm::Communicator& comm);
   std::int64_t syncs_ = 0;
   double last_estimate_ = 0.0;
   bool last_synced_ = false;

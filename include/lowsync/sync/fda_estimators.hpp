@@ -118,6 +118,15 @@ void local_state(const EstimatorSpec& spec, std::span<const float> params,
                  std::span<const float> w0, std::span<const float> xi,
                  const SketchHashes* hashes, std::span<double> state);
 
+// The same state from native 16-bit storage: params and w0 are bf16 (bf16 = true) or fp16 bit
+// patterns. Decoded kStateChunk values at a time into a small fp32 scratch (no model-sized fp32
+// copy) and summed in the order of local_state, so the state is bitwise local_state applied to
+// the decoded vectors: native and float storage take the same decisions on the same values.
+inline constexpr std::size_t kStateChunk = 4096;
+void local_state_16bit(const EstimatorSpec& spec, std::span<const std::uint16_t> params,
+                       std::span<const std::uint16_t> w0, bool bf16, std::span<const float> xi,
+                       const SketchHashes* hashes, std::span<double> state);
+
 // V^ from the element-wise SUM over the world_size ranks of their states:
 //   naive  (1/K) sum ||D||^2
 //   linear (1/K) sum ||D||^2 - ((1/K) sum <xi, D>)^2
@@ -137,5 +146,9 @@ std::vector<float> shared_gaussian_unit(std::size_t num_params, std::uint64_t se
 // Returns true when the move was used.
 bool last_move_direction(std::span<const float> w0, std::span<const float> w0_prev,
                          std::uint64_t seed, std::span<float> xi);
+// The same from 16-bit w0 and w0_prev (native storage; bf16 or fp16 bits): bitwise the float
+// function on the decoded vectors. xi itself stays fp32 (README "Precision").
+bool last_move_direction_16bit(std::span<const std::uint16_t> w0, std::span<const std::uint16_t> w0_prev,
+                               bool bf16, std::uint64_t seed, std::span<float> xi);
 
 }  // namespace lowsync::sync::fda

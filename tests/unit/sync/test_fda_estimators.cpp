@@ -4,6 +4,7 @@
 #include "lowsync/sync/fda_estimators.hpp"
 
 #include "lowsync/core/error.hpp"
+#include "lowsync/tensor/half.hpp"
 
 #include <gtest/gtest.h>
 
@@ -11,6 +12,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <vector>
@@ -564,6 +566,60 @@ TEST(FdaXi, LastMoveDirectionOrGaussianFallback) {
   ASSERT_FALSE(last_move_direction(bad, prev, 5, xi));
   EXPECT_EQ(xi, shared_gaussian_unit(d, 5));
   EXPECT_THROW(last_move_direction(w0, std::vector<float>(d - 1), 5, xi), lowsync::Error);
+}
+
+// Native 16-bit storage (fda.hpp): the state from u16 params and w0 is bitwise the float kernel on
+// the decoded values, for every estimator and both formats, over several decode chunks (d is not
+// a multiple of kStateChunk), with zeros of both signs, subnormals and values far apart in scale;
+// and xi from u16 w0, w0_prev is bitwise the float xi. Bitwise, so any change of summation order
+// (a chunk boundary, a different loop) fails here.
+TEST(FdaNative16, StateAndXiFrom16BitEqualTheFloatKernelsOnTheDecodedValues) {
+  const std::size_t d = 3 * kStateChunk + 517;
+  std::mt19937_64 rng(41);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::uniform_real_distribution<double> log_scale(-9.0, 2.0);
+  for (const bool bf16 : {true, false}) {
+    SCOPED_TRACE(bf16 ? "bf16" : "fp16");
+    std::vector<float> w0f(d), pf(d), prevf(d);
+    for (std::size_t i = 0; i < d; ++i) {
+      const float scale = static_cast<float>(std::pow(10.0, log_scale(rng)));
+      w0f[i] = scale * normal(rng);
+      pf[i] = w0f[i] + 0.01f * scale * normal(rng);
+      prevf[i] = w0f[i] - 0.02f * scale * normal(rng);
+    }
+    w0f[0] = 0.0f, pf[0] = -0.0f, w0f[1] = -0.0f, pf[1] = 1e-7f;  // signed zeros, a subnormal fp16
+    std::vector<std::uint16_t> p16(d), w016(d), prev16(d);
+    lowsync::tensor::encode_16bit(pf, p16, bf16);
+    lowsync::tensor::encode_16bit(w0f, w016, bf16);
+    lowsync::tensor::encode_16bit(prevf, prev16, bf16);
+    std::vector<float> p(d), w0(d), prev(d);
+    lowsync::tensor::decode_16bit(p16, p, bf16);
+    lowsync::tensor::decode_16bit(w016, w0, bf16);
+    lowsync::tensor::decode_16bit(prev16, prev, bf16);
+
+    std::vector<float> xi(d), xi16(d);
+    ASSERT_TRUE(last_move_direction(w0, prev, 7, xi));
+    ASSERT_TRUE(last_move_direction_16bit(w016, prev16, bf16, 7, xi16));
+    ASSERT_EQ(0, std::memcmp(xi.data(), xi16.data(), d * sizeof(float)));
+    ASSERT_FALSE(last_move_direction_16bit(w016, w016, bf16, 7, xi16));  // no move: the Gaussian
+    EXPECT_EQ(xi16, shared_gaussian_unit(d, 7));
+
+    const SketchHashes hashes(d, 3, 50, 11);
+    for (const Estimator kind : {Estimator::naive, Estimator::linear, Estimator::sketch}) {
+      SCOPED_TRACE(std::string(estimator_name(kind)));
+      const EstimatorSpec spec{kind, 3, 50};
+      std::vector<double> ref(state_size(spec)), got(state_size(spec), 123.0);  // stale values must go
+      local_state(spec, p, w0, xi, &hashes, ref);
+      local_state_16bit(spec, p16, w016, bf16, xi, &hashes, got);
+      ASSERT_GT(ref[0], 0.0);
+      EXPECT_EQ(0, std::memcmp(ref.data(), got.data(), ref.size() * sizeof(double)));
+      EXPECT_EQ(variance_estimate(spec, ref, 1), variance_estimate(spec, got, 1));
+    }
+    // Sizes are checked as in the float kernel.
+    std::vector<double> state(1);
+    EXPECT_THROW(local_state_16bit({Estimator::naive}, p16, std::span(w016).first(d - 1), bf16, {}, nullptr, state),
+                 lowsync::Error);
+  }
 }
 
 }  // namespace

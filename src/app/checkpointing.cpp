@@ -58,7 +58,7 @@ LedgerMap parse_ledger(const fs::path& path, std::span<const std::uint8_t> bytes
   try {
     for (const Json& e : Json::parse(text)) {
       const int c = e.at(0).get<int>();
-      if (c < 0 || c > static_cast<int>(comm::Collective::recv)) fail("collective {}", c);
+      if (c < 0 || c > static_cast<int>(comm::Collective::alltoall)) fail("collective {}", c);
       out[{static_cast<comm::Collective>(c), e.at(1).get<std::string>()}] =
           comm::LedgerEntry{e.at(2).get<std::uint64_t>(), e.at(3).get<std::uint64_t>(), e.at(4).get<std::uint64_t>(),
                             e.at(5).get<double>()};

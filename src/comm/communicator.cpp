@@ -293,6 +293,21 @@ void Communicator::allgather_bytes(const void* send, std::size_t send_count, voi
   record(Collective::allgather, traffic, send_count * dtype_bytes(t), start, false);
 }
 
+void Communicator::alltoall_bytes(const void* send, std::size_t send_count, void* recv, std::size_t recv_count,
+                                  DType t, std::string_view traffic) {
+  const auto world = static_cast<std::size_t>(size_);
+  if (send_count != recv_count || send_count % world != 0)
+    fail("alltoall: send {} / receive {} elements, expected equal multiples of {} ranks", send_count, recv_count, size_);
+  Kokkos::fence();
+  const double start = MPI_Wtime();
+  const int block = checked_count(send_count / world, "alltoall");
+  {
+    const Guard guard(watchdog_, Collective::alltoall, traffic, step_);
+    check_mpi(MPI_Alltoall(send, block, mpi_type(t), recv, block, mpi_type(t), comm_), "MPI_Alltoall");
+  }
+  record(Collective::alltoall, traffic, send_count * dtype_bytes(t), start, false);
+}
+
 void Communicator::allgatherv_bytes(const void* send, std::size_t send_count, void* recv, std::size_t recv_count,
                                     std::span<const std::int64_t> counts, DType t, std::string_view traffic) {
   if (counts.size() != static_cast<std::size_t>(size_))

@@ -14,6 +14,7 @@ std::string_view collective_name(Collective c) {
     case Collective::barrier: return "barrier";
     case Collective::send: return "send";
     case Collective::recv: return "recv";
+    case Collective::alltoall: return "alltoall";
   }
   return "?";
 }
@@ -35,7 +36,8 @@ std::uint64_t wire_bytes(Collective c, std::uint64_t s, int n, bool is_root) {
     case Collective::allgather:
     case Collective::allgatherv: return (N - 1) * s;
     case Collective::gather: return is_root ? 0 : s;
-    case Collective::reduce_scatter: return (N - 1) * s / N;
+    case Collective::reduce_scatter:
+    case Collective::alltoall: return (N - 1) * s / N;
     case Collective::send: return s;
     case Collective::barrier:
     case Collective::recv: return 0;

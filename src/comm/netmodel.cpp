@@ -15,7 +15,8 @@ double NetworkModel::seconds(Collective c, double s, int world_size) const {
     case Collective::allgather:
     case Collective::allgatherv:
     case Collective::gather: return (n - 1) * a + (n - 1) * s / b;
-    case Collective::reduce_scatter: return (n - 1) * a + (n - 1) / n * s / b;
+    case Collective::reduce_scatter:
+    case Collective::alltoall: return (n - 1) * a + (n - 1) / n * s / b;
     case Collective::barrier: return 2 * log2n * a;
     case Collective::send:
     case Collective::recv: return a + s / b;

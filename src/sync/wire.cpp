@@ -211,20 +211,35 @@ int average_native16(comm::Communicator& comm, std::span<std::uint16_t> data, bo
   const int contributors = static_cast<int>(std::count(finite_by_rank.begin(), finite_by_rank.end(), 1));
   if (contributors == 0) fail("{} average: every rank's contribution is non-finite ({} wire)", traffic, wire_format_name(format));
   const float inv = 1.0f / static_cast<float>(contributors);
-  memory::TrackedBuffer<std::uint16_t> recv("wire.native16_recv", chunk * static_cast<std::size_t>(world));
+  // Reduce-scatter + allgather in 16 bits, chunk by chunk: rank r owns shard r of the chunk
+  // (ceil(n / N) values; the last shard is padded with zeros). One alltoall brings rank r every
+  // rank's copy of shard r, which it decodes and sums in fp32 in rank order over the finite
+  // contributors and encodes; one allgather of the encoded shards hands every rank the chunk.
+  // Each value is summed in the same order with the same float operations as if every rank had
+  // gathered everything, so all ranks hold bitwise the same mean, for 2 (N-1)/N * 2 bytes per
+  // value on the wire (an fp32 ring allreduce: 2 (N-1)/N * 4; an allgather: (N-1) * 2).
+  const auto ranks = static_cast<std::size_t>(world);
+  const std::size_t shard_cap = (chunk + ranks - 1) / ranks;
+  memory::TrackedBuffer<std::uint16_t> send("wire.native16_send", shard_cap * ranks);
+  memory::TrackedBuffer<std::uint16_t> recv("wire.native16_recv", shard_cap * ranks);
+  memory::TrackedBuffer<std::uint16_t> mine("wire.native16_shard", shard_cap);
   for (std::size_t first = 0; first < data.size(); first += chunk) {
     const std::size_t n = std::min(chunk, data.size() - first);
+    const std::size_t shard = (n + ranks - 1) / ranks, padded = shard * ranks;
     const auto part = data.subspan(first, n);
-    comm.allgather(std::span<const std::uint16_t>(part), recv.span().first(n * static_cast<std::size_t>(world)), traffic);
-    // Every rank sums the same bits in the same order with the same float operations.
-    std::fill(sum.data(), sum.data() + n, 0.0f);
+    std::copy(part.begin(), part.end(), send.data());
+    std::fill(send.data() + n, send.data() + padded, std::uint16_t{0});
+    comm.alltoall(std::span<const std::uint16_t>(send.data(), padded), recv.span().first(padded), traffic);
+    std::fill(sum.data(), sum.data() + shard, 0.0f);
     for (int r = 0; r < world; ++r) {
       if (finite_by_rank[static_cast<std::size_t>(r)] == 0) continue;
-      const std::uint16_t* bits = recv.data() + static_cast<std::size_t>(r) * n;
-      for (std::size_t i = 0; i < n; ++i) sum[i] += decode(bits[i]);
+      const std::uint16_t* bits = recv.data() + static_cast<std::size_t>(r) * shard;
+      for (std::size_t i = 0; i < shard; ++i) sum[i] += decode(bits[i]);
     }
-    for (std::size_t i = 0; i < n; ++i) sum[i] *= inv;
-    tensor::encode_16bit(sum.span().first(n), part, bf16);
+    for (std::size_t i = 0; i < shard; ++i) sum[i] *= inv;
+    tensor::encode_16bit(sum.span().first(shard), mine.span().first(shard), bf16);
+    comm.allgather(std::span<const std::uint16_t>(mine.data(), shard), send.span().first(padded), traffic);
+    std::copy(send.data(), send.data() + n, part.begin());
   }
   return world - contributors;
 }

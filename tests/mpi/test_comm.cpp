@@ -101,6 +101,26 @@ TEST(Communicator, LedgerCountsWireBytesByFormula) {
   EXPECT_EQ(comm.ledger().total().calls, 4u);
 }
 
+// Block r of every rank's send buffer lands on rank r, in sender order; the ledger charges the
+// (N-1)/N of the buffer that leaves the rank.
+TEST(Communicator, AlltoallExchangesBlocksAndCountsTheirBytes) {
+  Communicator comm(MPI_COMM_WORLD);
+  const int k = world_size(), me = world_rank();
+  const std::size_t block = 3;
+  std::vector<std::uint16_t> send(block * k), recv(block * k, 0xffff);
+  for (int to = 0; to < k; ++to)
+    for (std::size_t i = 0; i < block; ++i) send[to * block + i] = static_cast<std::uint16_t>(100 * me + 10 * to + i);
+  comm.alltoall(std::span<const std::uint16_t>(send), std::span<std::uint16_t>(recv), "grad");
+  for (int from = 0; from < k; ++from)
+    for (std::size_t i = 0; i < block; ++i)
+      EXPECT_EQ(recv[from * block + i], 100 * from + 10 * me + i) << "from rank " << from;
+  const auto g = comm.ledger().by_traffic("grad");
+  EXPECT_EQ(g.payload_bytes, 2 * block * k);
+  EXPECT_EQ(g.wire_bytes, (static_cast<std::uint64_t>(k) - 1) * 2 * block);
+  std::vector<std::uint16_t> longer(block * k + 1);  // the receive buffer must match the send buffer
+  EXPECT_THROW(comm.alltoall(std::span<const std::uint16_t>(send), std::span<std::uint16_t>(longer), "grad"), Error);
+}
+
 TEST(Communicator, DeterministicSumIsRankOrderedAndIdenticalEverywhere) {
   Communicator det(MPI_COMM_WORLD, {true, 0.0});
   const int k = world_size();

@@ -127,9 +127,18 @@ TEST(NativePeriodic, SyncEqualsTheRankOrderMeanAndRanksEndIdentical) {
         for (const auto& s : opt->state16()) ASSERT_TRUE(same_on_all_ranks(s.data)) << s.name;
       }
       EXPECT_EQ(strategy.syncs(), steps / period);
-      // A 16-bit wire sends 2 bytes a value (plus the finite flag), fp32 4: what the ledger saw.
+      // fp32 wire: 4 bytes a value into the allreduce. 16-bit wire: the finite flag, then per chunk
+      // the alltoall of the padded chunk and the allgather of this rank's shard, 2 bytes a value.
       const auto sent = comm.ledger().by_traffic("model");
-      const std::uint64_t per_sync = wire == WireFormat::fp32 ? 4 * d : 2 * d + 4;
+      std::uint64_t per_sync = 4 * d;
+      if (wire != WireFormat::fp32) {
+        const auto K = static_cast<std::size_t>(world);
+        per_sync = 4;
+        for (std::size_t first = 0; first < d; first += kNative16Chunk) {
+          const std::size_t shard = (std::min(kNative16Chunk, d - first) + K - 1) / K;
+          per_sync += 2 * (shard * K + shard);
+        }
+      }
       EXPECT_EQ(sent.payload_bytes - model_before.payload_bytes, (steps / period) * per_sync);
     }
   }

@@ -121,6 +121,12 @@ class Communicator {
     allgatherv_bytes(send.data(), send.size(), recv.data(), recv.size(), counts, dtype_of_v<T>,
                      traffic);
   }
+  // send.size() == recv.size() == size() * block: block r of send goes to rank r, and rank r's
+  // block for this rank lands at recv[r * block].
+  template <class T>
+  void alltoall(std::span<const T> send, std::span<T> recv, std::string_view traffic) {
+    alltoall_bytes(send.data(), send.size(), recv.data(), recv.size(), dtype_of_v<T>, traffic);
+  }
   // On root recv.size() == size() * send.size(); elsewhere recv may be empty.
   template <class T>
   void gather(std::span<const T> send, std::span<T> recv, int root, std::string_view traffic) {
@@ -150,6 +156,8 @@ class Communicator {
                         std::span<const std::int64_t> counts, DType t, std::string_view traffic);
   void gather_bytes(const void* send, std::size_t send_count, void* recv, std::size_t recv_count,
                     DType t, int root, std::string_view traffic);
+  void alltoall_bytes(const void* send, std::size_t send_count, void* recv, std::size_t recv_count, DType t,
+                      std::string_view traffic);
   void deterministic_sum(void* data, std::size_t count, DType t);
   void record(Collective c, std::string_view traffic, std::size_t payload_bytes, double start, bool is_root);
 

@@ -4,6 +4,7 @@
 //   allreduce (ring)      2 (N-1)/N * S        broadcast (pipelined tree)  (N-1)/N * S
 //   allgather(v) (ring)   (N-1) * s_own        gather                      s_own (root: 0)
 //   reduce_scatter (ring) (N-1)/N * S          send                        S
+//   alltoall (pairwise)   (N-1)/N * S
 #pragma once
 
 #include <cstdint>
@@ -15,7 +16,7 @@
 namespace lowsync::comm {
 
 enum class Collective : std::uint8_t { allreduce, broadcast, allgather, allgatherv, gather,
-                                       reduce_scatter, barrier, send, recv };
+                                       reduce_scatter, barrier, send, recv, alltoall };  // append only: checkpoints store the index
 std::string_view collective_name(Collective c);
 
 struct LedgerEntry {

@@ -1,7 +1,7 @@
 // Alpha-beta network model: a message of S bytes over one link costs alpha + S / beta. The
 // collective formulas (per call, N ranks) follow the ring/tree algorithms the ledger assumes:
 //   allreduce (ring)   2(N-1) alpha + 2(N-1)/N S / beta    allgather (ring) (N-1) alpha + (N-1) s / beta
-//   broadcast (pipelined tree) ceil(log2 N) alpha + S / beta   reduce_scatter (N-1) alpha + (N-1)/N S / beta
+//   broadcast (pipelined tree) ceil(log2 N) alpha + S / beta   reduce_scatter, alltoall (N-1) alpha + (N-1)/N S / beta
 //   gather  (N-1) alpha + (N-1) s / beta                      barrier 2 ceil(log2 N) alpha
 // S = payload per rank per call (allgather: s = what one rank contributes).
 #pragma once

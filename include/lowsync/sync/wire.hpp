@@ -60,9 +60,11 @@ int average_via_wire(comm::Communicator& comm, std::span<float> data, std::span<
 // fp32 and stored back rounded to nearest-even, in chunks of kNative16Chunk values so the scratch
 // stays small (the point of native storage). fp32 wire: allreduce of the decoded chunks (no
 // exclusion, as average_in_place). A 16-bit wire of the buffer's own format: one int allgather of
-// "my values are finite", then allgathers of the raw bits, decoded and summed in rank order over
-// the finite contributors (the excluded count is returned; none left is an error). Other wire
-// formats are refused (precision.storage = auto picks float storage for them).
+// "my values are finite", then per chunk a 16-bit reduce-scatter (alltoall of the raw bits; each
+// rank decodes and sums its shard in fp32 in rank order over the finite contributors and encodes
+// it) and an allgather of the encoded shards: 2 (N-1)/N * 2 bytes per value, half an fp32 ring
+// allreduce (the excluded count is returned; none left is an error). Other wire formats are
+// refused (precision.storage = auto picks float storage for them).
 inline constexpr std::size_t kNative16Chunk = std::size_t{1} << 16;
 int average_native16(comm::Communicator& comm, std::span<std::uint16_t> data, bool bf16, WireFormat format,
                      std::string_view traffic);

@@ -3,6 +3,7 @@
 #include "lowsync/core/error.hpp"
 #include "lowsync/core/log.hpp"
 #include "lowsync/core/memory.hpp"
+#include "lowsync/core/rng.hpp"
 #include "lowsync/tensor/half.hpp"
 #include "lowsync/optim/optimizer.hpp"
 
@@ -20,24 +21,53 @@ using Policy = Kokkos::RangePolicy<Kokkos::DefaultHostExecutionSpace>;
 // nearest-even on the 16-bit grid, the arithmetic of one update in fp32 registers. The 16-bit
 // values live either in float buffers (emulated: `Rounded`) or as u16 bit patterns (native:
 // `Bits`); both run the same kernel, so the two storages give bitwise the same values.
+// precision.update_rounding = stochastic rounds the updated parameter (only it: the state keeps
+// nearest-even) stochastically, so an update below half an ulp of the weight survives in
+// expectation; the uniform of element i is drawn from (train.seed, step, i), the same on every
+// rank, so replicas that agree (allreduce) stay bitwise identical.
 enum class Storage : std::uint8_t { fp32, bf16, fp16 };
+
+struct StochasticParams {
+  bool on = false;
+  std::uint64_t key = 0;  // stream of this step
+  float u(std::size_t i) const { return uniform01(key, i); }
+};
+
+// precision.update_rounding of one optimizer: the stream of a step is keyed by the steps taken
+// before it (a checkpointed count, so a resumed run draws the same uniforms).
+struct UpdateRounding {
+  bool stochastic = false;
+  std::uint64_t seed = 0;
+  StochasticParams at(std::int64_t steps_before) const {
+    return {stochastic, stream_key({seed, 0x5352ULL, static_cast<std::uint64_t>(steps_before)})};
+  }
+};
 
 struct Rounded {  // float buffers, rounded to the 16-bit grid at every store (or not, for fp32)
   using T = float;
   Storage s;
+  StochasticParams sr;
   float load(float x) const { return x; }
   float put(float x) const {
     if (s == Storage::bf16) return tensor::bf16_round(x);
     if (s == Storage::fp16) return tensor::fp16_round(x);
     return x;
   }
+  float put_param(float x, std::size_t i) const {
+    if (!sr.on || s == Storage::fp32) return put(x);
+    const bool bf16 = s == Storage::bf16;
+    const std::uint16_t h = tensor::encode_16bit_stochastic(x, sr.u(i), bf16);
+    return bf16 ? tensor::bf16_decode(h) : tensor::fp16_decode(h);
+  }
 };
 
 struct Bits {  // native 16-bit storage: bf16 or fp16 bit patterns
   using T = std::uint16_t;
   bool bf16;
+  StochasticParams sr;
   float load(T h) const { return bf16 ? tensor::bf16_decode(h) : tensor::fp16_decode(h); }
   T put(float x) const { return bf16 ? tensor::bf16_encode(x) : tensor::fp16_encode(x); }
+  T put_param(float x, std::size_t i) const { return sr.on ? tensor::encode_16bit_stochastic(x, sr.u(i), bf16) : put(x); }
 };
 
 // SGD with momentum mu and L2 weight decay wd (torch.optim.SGD); v == nullptr: no momentum.
@@ -47,7 +77,7 @@ void sgd_update(S st, typename S::T* w, const typename S::T* g, typename S::T* v
   if (v == nullptr) {
     Kokkos::parallel_for("sgd", Policy(0, n), [=](const std::size_t i) {
       const float wi = st.load(w[i]);
-      w[i] = st.put(wi - lr * (st.load(g[i]) + wd * wi));
+      w[i] = st.put_param(wi - lr * (st.load(g[i]) + wd * wi), i);
     });
     return;
   }
@@ -55,7 +85,7 @@ void sgd_update(S st, typename S::T* w, const typename S::T* g, typename S::T* v
     const float wi = st.load(w[i]);
     const auto vi = st.put(mu * st.load(v[i]) + (st.load(g[i]) + wd * wi));
     v[i] = vi;
-    w[i] = st.put(wi - lr * st.load(vi));
+    w[i] = st.put_param(wi - lr * st.load(vi), i);
   });
 }
 
@@ -74,7 +104,8 @@ void adamw_update(S st, typename S::T* w, const typename S::T* g, typename S::T*
     const auto vi = st.put(k.b2 * st.load(v[i]) + (1.0f - k.b2) * gi * gi);
     m[i] = mi;
     v[i] = vi;
-    w[i] = st.put(st.load(w[i]) * k.decay - k.lr * (st.load(mi) * k.c1) / (std::sqrt(st.load(vi)) * k.c2 + k.eps));
+    w[i] = st.put_param(st.load(w[i]) * k.decay - k.lr * (st.load(mi) * k.c1) / (std::sqrt(st.load(vi)) * k.c2 + k.eps),
+                        i);
   });
 }
 
@@ -93,22 +124,23 @@ struct StateStore {
 
 class Sgd final : public Optimizer {
  public:
-  Sgd(double lr, double momentum, double weight_decay, std::size_t n, Storage storage, bool native16)
+  Sgd(double lr, double momentum, double weight_decay, std::size_t n, Storage storage, bool native16,
+      UpdateRounding rounding = {})
       : momentum_(static_cast<float>(momentum)), weight_decay_(static_cast<float>(weight_decay)), storage_(storage),
-        native16_(native16) {
+        native16_(native16), rounding_(rounding) {
     lr_ = lr;
     if (momentum > 0.0) velocity_ = StateStore("sgd.momentum", n, native16);
   }
   std::string_view name() const override { return "sgd"; }
   void step(std::span<float> params, std::span<const float> grads) override {
     LOWSYNC_ASSERT(!native16_, "float step on a native 16-bit optimizer");
-    sgd_update(Rounded{storage_}, params.data(), grads.data(), momentum() ? velocity_.f.data() : nullptr, params.size(),
+    sgd_update(Rounded{storage_, rounding_.at(step_count_)}, params.data(), grads.data(), momentum() ? velocity_.f.data() : nullptr, params.size(),
                static_cast<float>(lr_), weight_decay_, momentum_);
     ++step_count_;
   }
   void step16(std::span<std::uint16_t> params, std::span<const std::uint16_t> grads) override {
     LOWSYNC_ASSERT(native16_, "16-bit step on a float-storage optimizer");
-    sgd_update(Bits{storage_ == Storage::bf16}, params.data(), grads.data(), momentum() ? velocity_.h.data() : nullptr,
+    sgd_update(Bits{storage_ == Storage::bf16, rounding_.at(step_count_)}, params.data(), grads.data(), momentum() ? velocity_.h.data() : nullptr,
                params.size(), static_cast<float>(lr_), weight_decay_, momentum_);
     ++step_count_;
   }
@@ -126,26 +158,28 @@ class Sgd final : public Optimizer {
   float momentum_, weight_decay_;
   Storage storage_;
   bool native16_;
+  UpdateRounding rounding_;
   StateStore velocity_;
 };
 
 class AdamW final : public Optimizer {
  public:
   AdamW(double lr, double beta1, double beta2, double eps, double weight_decay, std::size_t n, Storage storage,
-        bool native16)
+        bool native16, UpdateRounding rounding = {})
       : beta1_(beta1), beta2_(beta2), eps_(eps), weight_decay_(weight_decay), storage_(storage), native16_(native16),
-        m_("adamw.m", n, native16), v_("adamw.v", n, native16) {
+        rounding_(rounding), m_("adamw.m", n, native16), v_("adamw.v", n, native16) {
     lr_ = lr;
   }
   std::string_view name() const override { return "adamw"; }
   void step(std::span<float> params, std::span<const float> grads) override {
     LOWSYNC_ASSERT(!native16_, "float step on a native 16-bit optimizer");
-    adamw_update(Rounded{storage_}, params.data(), grads.data(), m_.f.data(), v_.f.data(), params.size(), next_coeffs());
+    const Rounded st{storage_, rounding_.at(step_count_)};  // before next_coeffs counts this step
+    adamw_update(st, params.data(), grads.data(), m_.f.data(), v_.f.data(), params.size(), next_coeffs());
   }
   void step16(std::span<std::uint16_t> params, std::span<const std::uint16_t> grads) override {
     LOWSYNC_ASSERT(native16_, "16-bit step on a float-storage optimizer");
-    adamw_update(Bits{storage_ == Storage::bf16}, params.data(), grads.data(), m_.h.data(), v_.h.data(), params.size(),
-                 next_coeffs());
+    const Bits st{storage_ == Storage::bf16, rounding_.at(step_count_)};  // before next_coeffs counts this step
+    adamw_update(st, params.data(), grads.data(), m_.h.data(), v_.h.data(), params.size(), next_coeffs());
   }
   std::vector<StateBuffer> state() override {
     if (native16_) return {};
@@ -171,6 +205,7 @@ class AdamW final : public Optimizer {
   double beta1_, beta2_, eps_, weight_decay_;
   Storage storage_;
   bool native16_;
+  UpdateRounding rounding_;
   StateStore m_, v_;
 };
 
@@ -195,9 +230,17 @@ std::unique_ptr<Optimizer> make_optimizer(const config::Config& cfg, std::size_t
   const Storage storage = compute == "bf16" ? Storage::bf16 : compute == "fp16" ? Storage::fp16 : Storage::fp32;
   if (native16 && storage == Storage::fp32) fail("native 16-bit optimizer state needs precision.compute = bf16 or fp16");
   if (native16 && name != "sgd" && name != "adamw") fail("optim.name = '{}' has no native 16-bit storage", name);
+  const UpdateRounding rounding{cfg.string("precision.update_rounding") == "stochastic",
+                                static_cast<std::uint64_t>(cfg.integer("train.seed"))};
+  if (rounding.stochastic && storage == Storage::fp32)
+    fail("precision.update_rounding = \"stochastic\" rounds 16-bit parameters: it needs precision.compute = bf16 or "
+         "fp16, not {}", compute);
+  if (rounding.stochastic && name != "sgd" && name != "adamw")
+    fail("precision.update_rounding = \"stochastic\" applies to optim.name = sgd | adamw, not {} (DeMo keeps its "
+         "parameters fp32)", name);
   if (name == "sgd")
     return std::make_unique<Sgd>(lr, cfg.real("optim.momentum"), cfg.real("optim.weight_decay"), num_params, storage,
-                                 native16);
+                                 native16, rounding);
   if (name == "adamw") {
     double eps = cfg.real("optim.eps");
     // 1e-8 is below the fp16 subnormal floor and v = g^2 underflows for |g| < 2.4e-4, so
@@ -207,7 +250,7 @@ std::unique_ptr<Optimizer> make_optimizer(const config::Config& cfg, std::size_t
       eps = 1e-4;
     }
     return std::make_unique<AdamW>(lr, cfg.real("optim.beta1"), cfg.real("optim.beta2"), eps,
-                                   cfg.real("optim.weight_decay"), num_params, storage, native16);
+                                   cfg.real("optim.weight_decay"), num_params, storage, native16, rounding);
   }
   if (name == "demo") return std::make_unique<NoUpdate>(lr);
   fail("optim.name = '{}' is not available in this build", name);

@@ -137,5 +137,23 @@ check "native storage + demo names the key" grep -q 'precision.storage = "native
 check "auto storage falls back to float for demo, and says so" \
   grep -q "precision.storage: float buffers rounded to bf16 (native storage not available with sync.strategy = demo" "$tmp/ad.out"
 
+# Stochastic rounding of the 16-bit parameter update: replicas stay identical under allreduce (the
+# uniforms are keyed by seed, step and element, not rank), so a native bf16 run resumes bitwise;
+# it is refused where there are no 16-bit parameters to round.
+sr=(--set optim.name=sgd --set optim.lr=0.05 --set precision.compute=bf16 --set precision.update_rounding=stochastic
+    --set checkpoint.every=10 --set log.every=5)
+"${mpi[@]}" "$lowsync" train "${small[@]}" "${sr[@]}" --out "$tmp/sr" >"$tmp/sr.out" 2>&1
+check "bf16 stochastic update rounding runs on native storage" /usr/bin/python3 -c "
+import json, math; s = json.load(open('$tmp/sr/summary.json'))
+assert s['precision_storage'] == 'native' and math.isfinite(s['final_loss']) and s['final_loss'] < 2.2, s['final_loss']"
+"${mpi[@]}" "$lowsync" train "${small[@]}" "${sr[@]}" --resume "$tmp/sr/checkpoints/ckpt-00000010.h5" \
+  --out "$tmp/sr-resumed" >"$tmp/sr-resumed.out" 2>&1
+check "stochastic update rounding resumes bitwise" /usr/bin/python3 -c "
+import json; a, b = (json.load(open(p)) for p in ('$tmp/sr/summary.json', '$tmp/sr-resumed/summary.json'))
+assert (a['final_loss'], a['final_test_accuracy']) == (b['final_loss'], b['final_test_accuracy']), (a['final_loss'], b['final_loss'])"
+"$lowsync" train "${small[@]}" --set precision.update_rounding=stochastic --out "$tmp/sr32" >"$tmp/sr32.out" 2>&1
+check "stochastic update rounding refused with fp32 compute, naming the keys" \
+  grep -q 'precision.update_rounding = "stochastic" rounds 16-bit parameters: it needs precision.compute = bf16 or fp16' "$tmp/sr32.out"
+
 echo "precision.sh: $passed passed, $failed failed"
 test "$failed" -eq 0

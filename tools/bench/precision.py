@@ -69,7 +69,8 @@ def main():
                     help="storage table: fp32 and/or 'compute' (precision.wire = the compute format)")
     ap.add_argument("--fda-threshold-per-param", type=float, default=None,
                     help="sync.fda.threshold_per_param of the storage table's FDA runs (default: the key's)")
-    ap.add_argument("--computes", default="fp32,bf16,fp16,fp8")
+    ap.add_argument("--computes", default="fp32,bf16,fp16,fp8",
+                    help="comma list; fp32 first (the baseline); FORMAT:stochastic adds precision.update_rounding")
     ap.add_argument("--wires", default="fp32,bf16,fp8_e4m3", help="fp32 first: it sets the target")
     ap.add_argument("--optim", default="sgd")
     ap.add_argument("--lr", type=float, default=0.05)
@@ -85,10 +86,13 @@ def main():
     if a.only in (None, "compute"):
         rows = []
         for compute in a.computes.split(","):
-            out = os.path.join(a.out, f"compute-{compute}")
+            # "bf16:stochastic": the compute format with precision.update_rounding = stochastic.
+            fmt, _, rounding = compute.partition(":")
+            out = os.path.join(a.out, f"compute-{compute.replace(':', '-')}")
             s = run(a.lowsync, a.ranks, out,
-                    common + ["sync.strategy=allreduce", f"precision.compute={compute}", f"train.steps={a.steps}",
-                              f"eval.every={a.steps}"], out + ".log")
+                    common + ["sync.strategy=allreduce", f"precision.compute={fmt}", f"train.steps={a.steps}",
+                              f"eval.every={a.steps}"] + ([f"precision.update_rounding={rounding}"] if rounding else []),
+                    out + ".log")
             rows.append((compute, s))
         base = rows[0][1]
         md.append(f"### Compute precision ({a.arch}, {a.ranks} ranks, allreduce, {a.optim} lr {a.lr}, {a.steps} steps)\n")

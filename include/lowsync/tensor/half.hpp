@@ -113,4 +113,10 @@ void decode_16bit(std::span<const std::uint16_t> h, std::span<float> out, bool b
 // No inf or NaN among bf16 (bf16 = true) or fp16 bit patterns: an all-ones exponent field.
 bool all_finite_16bit(std::span<const std::uint16_t> h, bool bf16);
 
+// Stochastic rounding to the 16-bit grid, unbiased: x lies between two neighbouring grid values
+// lo and hi, and the result is hi with probability (x - lo) / (hi - lo), decided by u in [0, 1).
+// Values on the grid, NaN, infinities and values beyond the largest finite (whose upper
+// neighbour would be infinite) encode as nearest-even does.
+std::uint16_t encode_16bit_stochastic(float x, float u, bool bf16);
+
 }  // namespace lowsync::tensor

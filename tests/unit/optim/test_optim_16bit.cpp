@@ -10,6 +10,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -123,7 +124,46 @@ TEST(Optim16Bit, NativeStorageMatchesFloatStorageBitwise) {
     expect_native_equals_float({"optim.name=sgd", "optim.lr=0.05"}, bf16);
     expect_native_equals_float({"optim.name=sgd", "optim.lr=0.05", "optim.momentum=0.9", "optim.weight_decay=0.01"}, bf16);
     expect_native_equals_float({"optim.name=adamw", "optim.lr=0.01", "optim.weight_decay=0.1"}, bf16);
+    expect_native_equals_float({"optim.name=sgd", "optim.lr=0.05", "optim.momentum=0.9",
+                                "precision.update_rounding=stochastic"}, bf16);
+    expect_native_equals_float({"optim.name=adamw", "optim.lr=0.01", "precision.update_rounding=stochastic"}, bf16);
   }
+}
+
+// An SGD step of a tenth of an ulp of the weight: nearest-even loses every one of them, stochastic
+// rounding keeps them in expectation (the mean over 4096 weights moves by 50 tenths of an ulp
+// after 50 steps, within 0.3 ulp), and a second optimizer with the same seed draws the same bits.
+TEST(Optim16Bit, StochasticUpdateRoundingKeepsSubUlpSteps) {
+  for (bool bf16 : {true, false}) {
+    const std::size_t n = 4096;
+    const float w0 = 1.5f, ulp = bf16 ? 0x1p-7f : 0x1p-10f;  // spacing in [1, 2)
+    const float lr = 0.01f, g = 0.1f * ulp / lr;
+    const std::string compute = bf16 ? "precision.compute=bf16" : "precision.compute=fp16";
+    auto run = [&](const std::string& rounding) {
+      auto opt = make_optimizer(make_cfg({"optim.name=sgd", "optim.lr=0.01", compute, "precision.update_rounding=" + rounding}), n, false);
+      std::vector<float> w(n, w0), grads(n, g);
+      for (int step = 0; step < 50; ++step) opt->step(w, grads);
+      return w;
+    };
+    const auto nearest = run("nearest");
+    EXPECT_TRUE(std::all_of(nearest.begin(), nearest.end(), [&](float v) { return v == w0; }));
+    const auto stochastic = run("stochastic");
+    double mean = 0.0;
+    for (float v : stochastic) mean += v;
+    mean /= n;
+    EXPECT_NEAR(mean, w0 - 50 * 0.1 * ulp, 0.3 * ulp) << (bf16 ? "bf16" : "fp16");
+    EXPECT_EQ(run("stochastic"), stochastic);
+    for (float v : stochastic) ASSERT_EQ(v, r16(v, bf16));  // still on the 16-bit grid
+  }
+}
+
+TEST(Optim16Bit, StochasticUpdateRoundingNeeds16BitSgdOrAdamW) {
+  EXPECT_THROW(make_optimizer(make_cfg({"optim.name=sgd", "precision.update_rounding=stochastic"}), 4, false), Error);
+  EXPECT_THROW(make_optimizer(make_cfg({"optim.name=sgd", "precision.compute=fp8", "precision.update_rounding=stochastic"}), 4,
+                              false),
+               Error);
+  EXPECT_NO_THROW(make_optimizer(make_cfg({"optim.name=adamw", "precision.compute=fp16", "precision.update_rounding=stochastic"}),
+                                 4, true));
 }
 
 TEST(Optim16Bit, NativeStorageRefusesFp32ComputeAndFloatSteps) {

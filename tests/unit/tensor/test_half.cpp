@@ -253,5 +253,60 @@ TEST(Half, SpanKernelsMatchScalarLoops) {
   EXPECT_THROW(bf16_decode(b, short_float), lowsync::Error);
 }
 
+// Stochastic rounding (precision.update_rounding = stochastic) against the definition, over every
+// pair of neighbouring finite values of both formats, both signs, subnormals and zero included:
+// x between lo and hi rounds to hi exactly when u < (x - lo) / (hi - lo).
+TEST(Half, StochasticRoundingPicksTheNeighbourTheUniformSelects) {
+  for (const bool bf16 : {true, false}) {
+    const auto dec = [bf16](std::uint16_t h) { return bf16 ? bf16_decode(h) : fp16_decode(h); };
+    const std::uint16_t max_finite = bf16 ? 0x7f7f : 0x7bff;
+    std::size_t checked = 0;
+    for (std::uint16_t m = 0; m < max_finite; ++m) {
+      for (const bool negative : {false, true}) {
+        // Neighbours as bit patterns, ordered by value.
+        const auto a = static_cast<std::uint16_t>(negative ? 0x8000 | (m + 1) : m);
+        const auto b = static_cast<std::uint16_t>(negative ? 0x8000 | m : m + 1);
+        const double lo = dec(a), hi = dec(b);
+        for (const double f : {0.25, 0.5, 0.75}) {
+          const auto x = static_cast<float>(lo + f * (hi - lo));
+          if (!(x > lo && x < hi)) continue;
+          const double p = (static_cast<double>(x) - lo) / (hi - lo);
+          ASSERT_EQ(encode_16bit_stochastic(x, static_cast<float>(p / 2), bf16), b) << std::hex << m << " " << x;
+          ASSERT_EQ(encode_16bit_stochastic(x, static_cast<float>((p + 1) / 2), bf16), a) << std::hex << m << " " << x;
+          ++checked;
+        }
+      }
+    }
+    EXPECT_GT(checked, bf16 ? 190000u : 170000u);
+    // Grid values, infinities and NaN: as nearest-even, whatever u; beyond the largest finite
+    // value (upper neighbour infinite) too.
+    for (const float u : {0.0f, 0.5f, 0.999f}) {
+      EXPECT_EQ(encode_16bit_stochastic(1.5f, u, bf16), bf16 ? bf16_encode(1.5f) : fp16_encode(1.5f));
+      EXPECT_EQ(encode_16bit_stochastic(INFINITY, u, bf16), bf16 ? bf16_encode(INFINITY) : fp16_encode(INFINITY));
+      EXPECT_TRUE(std::isnan(dec(encode_16bit_stochastic(NAN, u, bf16))));
+      const float beyond = std::nextafter(dec(max_finite), INFINITY) * (bf16 ? 1.0f : 1.0002f);  // rounds to the max
+      EXPECT_EQ(encode_16bit_stochastic(beyond, u, bf16), bf16 ? bf16_encode(beyond) : fp16_encode(beyond));
+    }
+  }
+}
+
+// Unbiased: the mean of many draws at x = lo + 0.3 (hi - lo) is x within 5 standard errors.
+TEST(Half, StochasticRoundingIsUnbiased) {
+  for (const bool bf16 : {true, false}) {
+    const auto dec = [bf16](std::uint16_t h) { return bf16 ? bf16_decode(h) : fp16_decode(h); };
+    for (const float lo : {1.0f, -3.0f, bf16 ? 1e-39f : 3e-6f}) {
+      const std::uint16_t a = bf16 ? bf16_encode(lo) : fp16_encode(lo);
+      const double l = dec(a), h = dec(static_cast<std::uint16_t>(a + 1));  // next magnitude
+      const auto x = static_cast<float>(l + 0.3 * (h - l));
+      const double p = (x - l) / (h - l);
+      const int n = 200000;
+      double sum = 0.0;
+      for (int i = 0; i < n; ++i) sum += dec(encode_16bit_stochastic(x, uniform01(77, i), bf16));
+      const double se = std::abs(h - l) * std::sqrt(p * (1 - p) / n);
+      EXPECT_NEAR(sum / n, x, 5 * se) << (bf16 ? "bf16 " : "fp16 ") << lo;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace lowsync::tensor

@@ -30,7 +30,12 @@ enum class Storage : std::uint8_t { fp32, bf16, fp16 };
 struct StochasticParams {
   bool on = false;
   std::uint64_t key = 0;  // stream of this step
-  float u(std::size_t i) const { return uniform01(key, i); }
+  // SplitMix64 at counter i of the step's stream: one mix per parameter (uniform01's two mixes
+  // cost as much as the rest of the update), 24 bits of u.
+  float u(std::size_t i) const {
+    return static_cast<float>(mix64(key + static_cast<std::uint64_t>(i) * 0x9e3779b97f4a7c15ULL) >> 40) *
+           (1.0f / 16777216.0f);
+  }
 };
 
 // precision.update_rounding of one optimizer: the stream of a step is keyed by the steps taken
@@ -43,6 +48,9 @@ struct UpdateRounding {
   }
 };
 
+// Stochastic: whether put_param rounds stochastically (a template parameter, so the nearest-even
+// kernels stay as tight as before).
+template <bool Stochastic>
 struct Rounded {  // float buffers, rounded to the 16-bit grid at every store (or not, for fp32)
   using T = float;
   Storage s;
@@ -54,21 +62,39 @@ struct Rounded {  // float buffers, rounded to the 16-bit grid at every store (o
     return x;
   }
   float put_param(float x, std::size_t i) const {
-    if (!sr.on || s == Storage::fp32) return put(x);
-    const bool bf16 = s == Storage::bf16;
-    const std::uint16_t h = tensor::encode_16bit_stochastic(x, sr.u(i), bf16);
-    return bf16 ? tensor::bf16_decode(h) : tensor::fp16_decode(h);
+    if constexpr (!Stochastic) {
+      return put(x);
+    } else {
+      const bool bf16 = s == Storage::bf16;
+      const std::uint16_t h = tensor::encode_16bit_stochastic(x, sr.u(i), bf16);
+      return bf16 ? tensor::bf16_decode(h) : tensor::fp16_decode(h);
+    }
   }
 };
 
+template <bool Stochastic>
 struct Bits {  // native 16-bit storage: bf16 or fp16 bit patterns
   using T = std::uint16_t;
   bool bf16;
   StochasticParams sr;
   float load(T h) const { return bf16 ? tensor::bf16_decode(h) : tensor::fp16_decode(h); }
   T put(float x) const { return bf16 ? tensor::bf16_encode(x) : tensor::fp16_encode(x); }
-  T put_param(float x, std::size_t i) const { return sr.on ? tensor::encode_16bit_stochastic(x, sr.u(i), bf16) : put(x); }
+  T put_param(float x, std::size_t i) const {
+    if constexpr (!Stochastic)
+      return put(x);
+    else
+      return tensor::encode_16bit_stochastic(x, sr.u(i), bf16);
+  }
 };
+
+// Runs f with the storage policy P<false> or P<true> (stochastic parameter rounding).
+template <template <bool> class P, class... Args, class F>
+void with_rounding(const StochasticParams& sr, F&& f, Args... args) {
+  if (sr.on)
+    f(P<true>{args..., sr});
+  else
+    f(P<false>{args..., sr});
+}
 
 // SGD with momentum mu and L2 weight decay wd (torch.optim.SGD); v == nullptr: no momentum.
 template <class S>
@@ -134,14 +160,18 @@ class Sgd final : public Optimizer {
   std::string_view name() const override { return "sgd"; }
   void step(std::span<float> params, std::span<const float> grads) override {
     LOWSYNC_ASSERT(!native16_, "float step on a native 16-bit optimizer");
-    sgd_update(Rounded{storage_, rounding_.at(step_count_)}, params.data(), grads.data(), momentum() ? velocity_.f.data() : nullptr, params.size(),
-               static_cast<float>(lr_), weight_decay_, momentum_);
+    float* v = momentum() ? velocity_.f.data() : nullptr;
+    with_rounding<Rounded>(rounding_.at(step_count_), [&](auto st) {
+      sgd_update(st, params.data(), grads.data(), v, params.size(), static_cast<float>(lr_), weight_decay_, momentum_);
+    }, storage_);
     ++step_count_;
   }
   void step16(std::span<std::uint16_t> params, std::span<const std::uint16_t> grads) override {
     LOWSYNC_ASSERT(native16_, "16-bit step on a float-storage optimizer");
-    sgd_update(Bits{storage_ == Storage::bf16, rounding_.at(step_count_)}, params.data(), grads.data(), momentum() ? velocity_.h.data() : nullptr,
-               params.size(), static_cast<float>(lr_), weight_decay_, momentum_);
+    std::uint16_t* v = momentum() ? velocity_.h.data() : nullptr;
+    with_rounding<Bits>(rounding_.at(step_count_), [&](auto st) {
+      sgd_update(st, params.data(), grads.data(), v, params.size(), static_cast<float>(lr_), weight_decay_, momentum_);
+    }, storage_ == Storage::bf16);
     ++step_count_;
   }
   std::vector<StateBuffer> state() override {
@@ -173,13 +203,19 @@ class AdamW final : public Optimizer {
   std::string_view name() const override { return "adamw"; }
   void step(std::span<float> params, std::span<const float> grads) override {
     LOWSYNC_ASSERT(!native16_, "float step on a native 16-bit optimizer");
-    const Rounded st{storage_, rounding_.at(step_count_)};  // before next_coeffs counts this step
-    adamw_update(st, params.data(), grads.data(), m_.f.data(), v_.f.data(), params.size(), next_coeffs());
+    const StochasticParams sr = rounding_.at(step_count_);  // before next_coeffs counts this step
+    const AdamCoeffs k = next_coeffs();
+    with_rounding<Rounded>(sr, [&](auto st) {
+      adamw_update(st, params.data(), grads.data(), m_.f.data(), v_.f.data(), params.size(), k);
+    }, storage_);
   }
   void step16(std::span<std::uint16_t> params, std::span<const std::uint16_t> grads) override {
     LOWSYNC_ASSERT(native16_, "16-bit step on a float-storage optimizer");
-    const Bits st{storage_ == Storage::bf16, rounding_.at(step_count_)};  // before next_coeffs counts this step
-    adamw_update(st, params.data(), grads.data(), m_.h.data(), v_.h.data(), params.size(), next_coeffs());
+    const StochasticParams sr = rounding_.at(step_count_);  // before next_coeffs counts this step
+    const AdamCoeffs k = next_coeffs();
+    with_rounding<Bits>(sr, [&](auto st) {
+      adamw_update(st, params.data(), grads.data(), m_.h.data(), v_.h.data(), params.size(), k);
+    }, storage_ == Storage::bf16);
   }
   std::vector<StateBuffer> state() override {
     if (native16_) return {};

@@ -75,23 +75,6 @@ bool all_finite_16bit(std::span<const std::uint16_t> h, bool bf16) {
   return std::none_of(h.begin(), h.end(), [&](std::uint16_t x) { return (x & exponent) == exponent; });
 }
 
-std::uint16_t encode_16bit_stochastic(float x, float u, bool bf16) {
-  const std::uint16_t h = bf16 ? bf16_encode(x) : fp16_encode(x);
-  const auto decode = [bf16](std::uint16_t bits) { return bf16 ? bf16_decode(bits) : fp16_decode(bits); };
-  const float v = decode(h);
-  if (!std::isfinite(x) || !std::isfinite(v) || v == x) return h;
-  // Sign-magnitude patterns: the other neighbour is one magnitude step away from v toward x
-  // (nearest-even kept x's sign, also for a zero v).
-  const auto sign = static_cast<std::uint16_t>(h & 0x8000u), magnitude = static_cast<std::uint16_t>(h & 0x7fffu);
-  const auto other = static_cast<std::uint16_t>(sign | (std::fabs(x) > std::fabs(v) ? magnitude + 1 : magnitude - 1));
-  const float w = decode(other);
-  if (!std::isfinite(w)) return h;
-  const bool v_below = v < x;
-  const float lo = v_below ? v : w, hi = v_below ? w : v;
-  const std::uint16_t lo_bits = v_below ? h : other, hi_bits = v_below ? other : h;
-  return u < (x - lo) / (hi - lo) ? hi_bits : lo_bits;
-}
-
 void decode_16bit(std::span<const std::uint16_t> h, std::span<float> out, bool bf16) {
   if (bf16) bf16_decode(h, out);
   else fp16_decode(h, out);

@@ -114,9 +114,35 @@ void decode_16bit(std::span<const std::uint16_t> h, std::span<float> out, bool b
 bool all_finite_16bit(std::span<const std::uint16_t> h, bool bf16);
 
 // Stochastic rounding to the 16-bit grid, unbiased: x lies between two neighbouring grid values
-// lo and hi, and the result is hi with probability (x - lo) / (hi - lo), decided by u in [0, 1).
-// Values on the grid, NaN, infinities and values beyond the largest finite (whose upper
-// neighbour would be infinite) encode as nearest-even does.
-std::uint16_t encode_16bit_stochastic(float x, float u, bool bf16);
+// lo and hi, and the result is hi when u < (x - lo) / (hi - lo), u uniform in [0, 1). Values on
+// the grid, NaN, infinities and values beyond the largest finite (whose upper neighbour would be
+// infinite) encode as nearest-even does. Inline: the optimizer calls it once per parameter.
+inline std::uint16_t encode_16bit_stochastic(float x, float u, bool bf16) {
+  if (bf16) {
+    // bf16 keeps the top 16 bits of the fp32 pattern; within a binade the dropped 16 bits L are
+    // linear in value, so the neighbour away from zero has probability L / 2^16 (1 - that for
+    // the neighbour above a negative x).
+    const auto bits = std::bit_cast<std::uint32_t>(x);
+    const auto toward_zero = static_cast<std::uint16_t>(bits >> 16);
+    const auto away = static_cast<std::uint16_t>(toward_zero + 1);
+    if ((toward_zero & 0x7f80u) == 0x7f80u || (away & 0x7f80u) == 0x7f80u) return bf16_encode(x);  // inf/NaN, overflow
+    const float p_away = static_cast<float>(bits & 0xffffu) * (1.0f / 65536.0f);
+    const bool take_away = (bits >> 31) != 0 ? !(u < 1.0f - p_away) : u < p_away;
+    return take_away ? away : toward_zero;
+  }
+  const Fp16Bits h = fp16_encode(x);
+  const float v = fp16_decode(h);
+  if (!(x - x == 0.0f) || !(v - v == 0.0f) || v == x) return h;  // NaN or inf, or on the grid
+  // Sign-magnitude patterns: the other neighbour is one magnitude step from v toward x
+  // (nearest-even kept x's sign, also for a zero v).
+  const auto sign = static_cast<std::uint16_t>(h & 0x8000u), magnitude = static_cast<std::uint16_t>(h & 0x7fffu);
+  const bool x_outside = (x < 0.0f ? -x : x) > (v < 0.0f ? -v : v);
+  const auto other = static_cast<std::uint16_t>(sign | (x_outside ? magnitude + 1 : magnitude - 1));
+  const float w = fp16_decode(other);
+  if (!(w - w == 0.0f)) return h;  // the neighbour above the largest finite is infinite
+  const bool v_below = v < x;
+  const float lo = v_below ? v : w, hi = v_below ? w : v;
+  return u < (x - lo) / (hi - lo) ? (v_below ? other : h) : (v_below ? h : other);
+}
 
 }  // namespace lowsync::tensor

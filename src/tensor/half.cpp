@@ -5,7 +5,6 @@
 #include <Kokkos_Core.hpp>
 
 #include <algorithm>
-#include <cmath>
 
 #include <cstddef>
 #include <cstdint>

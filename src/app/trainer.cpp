@@ -195,6 +195,11 @@ model::Storage resolve_storage(const config::Config& cfg) {
 // Keys declared in the schema for features that are not built yet: refuse rather than ignore.
 void reject_unimplemented(const config::Config& cfg) {
   auto refuse = [](const std::string& what) { fail("{} is not implemented in this version of lowsync", what); };
+  // Checked here as well as by the optimizer, which the zeroth-order path never builds.
+  if (cfg.string("precision.update_rounding") == "stochastic" && cfg.string("precision.compute") != "bf16" &&
+      cfg.string("precision.compute") != "fp16")
+    fail("precision.update_rounding = \"stochastic\" rounds 16-bit parameters: it needs precision.compute = bf16 or "
+         "fp16, not {}", cfg.string("precision.compute"));
   if (cfg.string("prune.method") != "none" && cfg.string("optim.name") != "zo")
     refuse("prune.method = \"" + cfg.string("prune.method") + "\" with backprop (optim.name = \"zo\" only)");
   if (cfg.string("optim.name") != "zo") return;

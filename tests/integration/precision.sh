@@ -154,6 +154,9 @@ assert (a['final_loss'], a['final_test_accuracy']) == (b['final_loss'], b['final
 "$lowsync" train "${small[@]}" --set precision.update_rounding=stochastic --out "$tmp/sr32" >"$tmp/sr32.out" 2>&1
 check "stochastic update rounding refused with fp32 compute, naming the keys" \
   grep -q 'precision.update_rounding = "stochastic" rounds 16-bit parameters: it needs precision.compute = bf16 or fp16' "$tmp/sr32.out"
+"$lowsync" train "${small[@]}" --set optim.name=zo --set precision.update_rounding=stochastic --out "$tmp/srzo" >"$tmp/srzo.out" 2>&1
+check "stochastic update rounding refused for zo (fp32 only), not ignored" \
+  grep -q 'precision.update_rounding = "stochastic" rounds 16-bit parameters: it needs precision.compute = bf16 or fp16, not fp32' "$tmp/srzo.out"
 
 echo "precision.sh: $passed passed, $failed failed"
 test "$failed" -eq 0

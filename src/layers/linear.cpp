@@ -229,11 +229,13 @@ class TiledLinearPlan16 final : public LayerPlan16 {
   // [col0, col0 + cols).
   void stage_gradient(const std::uint16_t* y, const std::uint16_t* dy, std::int64_t c0, std::int64_t col0,
                       std::int64_t cols) {
-    const auto decode = [this](std::uint16_t h) { return bf16_ ? tensor::bf16_decode(h) : tensor::fp16_decode(h); };
     for (std::int64_t i = 0; i < m_; ++i) {
       const std::int64_t row = (c0 + i) * out_ + col0;
       float* g = g_.data() + i * out_ + col0;
-      for (std::int64_t j = 0; j < cols; ++j) g[j] = relu_ && !(decode(y[row + j]) > 0.0f) ? 0.0f : decode(dy[row + j]);
+      for (std::int64_t j = 0; j < cols; ++j) {
+        const bool passes = !relu_ || tensor::decode_16bit(y[row + j], bf16_) > 0.0f;
+        g[j] = passes ? tensor::decode_16bit(dy[row + j], bf16_) : 0.0f;
+      }
     }
   }
 

@@ -121,7 +121,7 @@ void Model::initialize(std::uint64_t seed) {
       if (native16()) {
         std::uint16_t* w = params16_.data() + p.offset;
         const bool bf16 = compute_ == Compute::bf16;
-        for (std::size_t i = 0; i < p.count; ++i) w[i] = bf16 ? tensor::bf16_encode(value(i)) : tensor::fp16_encode(value(i));
+        for (std::size_t i = 0; i < p.count; ++i) w[i] = tensor::encode_16bit(value(i), bf16);
       } else {
         float* w = params_.data() + p.offset;
         for (std::size_t i = 0; i < p.count; ++i) w[i] = value(i);

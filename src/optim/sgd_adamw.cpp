@@ -67,7 +67,7 @@ struct Rounded {  // float buffers, rounded to the 16-bit grid at every store (o
     } else {
       const bool bf16 = s == Storage::bf16;
       const std::uint16_t h = tensor::encode_16bit_stochastic(x, sr.u(i), bf16);
-      return bf16 ? tensor::bf16_decode(h) : tensor::fp16_decode(h);
+      return tensor::decode_16bit(h, bf16);
     }
   }
 };
@@ -77,8 +77,8 @@ struct Bits {  // native 16-bit storage: bf16 or fp16 bit patterns
   using T = std::uint16_t;
   bool bf16;
   StochasticParams sr;
-  float load(T h) const { return bf16 ? tensor::bf16_decode(h) : tensor::fp16_decode(h); }
-  T put(float x) const { return bf16 ? tensor::bf16_encode(x) : tensor::fp16_encode(x); }
+  float load(T h) const { return tensor::decode_16bit(h, bf16); }
+  T put(float x) const { return tensor::encode_16bit(x, bf16); }
   T put_param(float x, std::size_t i) const {
     if constexpr (!Stochastic)
       return put(x);

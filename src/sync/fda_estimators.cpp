@@ -351,9 +351,9 @@ bool last_move_direction_16bit(std::span<const std::uint16_t> w0, std::span<cons
   if (w0_prev.size() != w0.size() || xi.size() != w0.size())
     fail("FDA: xi from w0 ({}), w0_prev ({}) into xi ({}): sizes differ", w0.size(),
          w0_prev.size(), xi.size());
-  const auto decode = [bf16](std::uint16_t h) { return bf16 ? tensor::bf16_decode(h) : tensor::fp16_decode(h); };
-  return last_move_direction_impl([&](std::size_t i) { return decode(w0[i]); },
-                                  [&](std::size_t i) { return decode(w0_prev[i]); }, w0.size(), seed, xi);
+  return last_move_direction_impl([&](std::size_t i) { return tensor::decode_16bit(w0[i], bf16); },
+                                  [&](std::size_t i) { return tensor::decode_16bit(w0_prev[i], bf16); }, w0.size(), seed,
+                                  xi);
 }
 
 }  // namespace lowsync::sync::fda

@@ -84,7 +84,7 @@ bool wire_encode(std::span<const float> x, std::span<const std::size_t> counts, 
     case WireFormat::fp16: {
       // 16-bit formats carry inf/NaN themselves; the receiver's finiteness check catches them.
       for (std::size_t i = 0; i < x.size(); ++i) {
-        const std::uint16_t h = format == WireFormat::bf16 ? tensor::bf16_encode(x[i]) : tensor::fp16_encode(x[i]);
+        const std::uint16_t h = tensor::encode_16bit(x[i], format == WireFormat::bf16);
         std::memcpy(out.data() + 2 * i, &h, 2);
       }
       return finite;
@@ -129,7 +129,7 @@ bool wire_decode(std::span<const std::uint8_t> in, std::span<const std::size_t> 
       for (std::size_t i = 0; i < out.size(); ++i) {
         std::uint16_t h;
         std::memcpy(&h, in.data() + 2 * i, 2);
-        const float v = format == WireFormat::bf16 ? tensor::bf16_decode(h) : tensor::fp16_decode(h);
+        const float v = tensor::decode_16bit(h, format == WireFormat::bf16);
         if (!std::isfinite(v)) return false;
         out[i] = v;
       }
@@ -185,7 +185,6 @@ int average_via_wire(comm::Communicator& comm, std::span<float> data, std::span<
 
 int average_native16(comm::Communicator& comm, std::span<std::uint16_t> data, bool bf16, WireFormat format,
                      std::string_view traffic) {
-  const auto decode = [bf16](std::uint16_t h) { return bf16 ? tensor::bf16_decode(h) : tensor::fp16_decode(h); };
   const int world = comm.size();
   const float inv_world = 1.0f / static_cast<float>(world);
   const std::size_t chunk = std::min(kNative16Chunk, data.size());
@@ -234,7 +233,7 @@ int average_native16(comm::Communicator& comm, std::span<std::uint16_t> data, bo
     for (int r = 0; r < world; ++r) {
       if (finite_by_rank[static_cast<std::size_t>(r)] == 0) continue;
       const std::uint16_t* bits = recv.data() + static_cast<std::size_t>(r) * shard;
-      for (std::size_t i = 0; i < shard; ++i) sum[i] += decode(bits[i]);
+      for (std::size_t i = 0; i < shard; ++i) sum[i] += tensor::decode_16bit(bits[i], bf16);
     }
     for (std::size_t i = 0; i < shard; ++i) sum[i] *= inv;
     tensor::encode_16bit(sum.span().first(shard), mine.span().first(shard), bf16);

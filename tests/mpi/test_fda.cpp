@@ -6,6 +6,8 @@
 // ranks: 1 2 3 4
 #include "lowsync/sync/fda.hpp"
 
+#include "support/training.hpp"
+
 #include "lowsync/comm/communicator.hpp"
 #include "lowsync/config/config.hpp"
 #include "lowsync/core/error.hpp"
@@ -26,6 +28,8 @@
 namespace lowsync::sync {
 namespace {
 
+using testing::same_value_on_all_ranks;
+
 constexpr std::size_t kNumParams = 257;
 
 // Every rank's x, concatenated in rank order, by plain MPI (independent of the communicator).
@@ -38,16 +42,6 @@ std::vector<float> gather_all(std::span<const float> x) {
   return all;
 }
 
-// True when every rank passed the same value (compared as bits).
-template <class T> bool same_on_all_ranks(T value) {
-  std::uint64_t bits = 0;
-  static_assert(sizeof(T) <= sizeof(bits));
-  std::memcpy(&bits, &value, sizeof(T));
-  std::uint64_t lo = bits, hi = bits;
-  MPI_Allreduce(MPI_IN_PLACE, &lo, 1, MPI_UINT64_T, MPI_MIN, MPI_COMM_WORLD);
-  MPI_Allreduce(MPI_IN_PLACE, &hi, 1, MPI_UINT64_T, MPI_MAX, MPI_COMM_WORLD);
-  return lo == hi;
-}
 
 // Replicas start identical (drawn from a key shared by all ranks).
 std::vector<float> initial_params(std::uint64_t seed) {
@@ -112,9 +106,9 @@ TEST(FdaStrategy, AllRanksTakeTheSameDecisionEveryStep) {
       const std::vector<float> xi(fda.xi().begin(), fda.xi().end());
       const bool synced = fda.step(comm, step, params);
 
-      ASSERT_TRUE(same_on_all_ranks(synced)) << "step " << step;
-      ASSERT_TRUE(same_on_all_ranks(fda.syncs())) << "step " << step;
-      ASSERT_TRUE(same_on_all_ranks(fda.last_estimate())) << "step " << step;
+      ASSERT_TRUE(same_value_on_all_ranks(synced)) << "step " << step;
+      ASSERT_TRUE(same_value_on_all_ranks(fda.syncs())) << "step " << step;
+      ASSERT_TRUE(same_value_on_all_ranks(fda.last_estimate())) << "step " << step;
       const double ref = reference_estimate(o, before, w0, xi, world);
       // fp64 sums in another order: agree to 1e-9 of the drift scale (1/K) sum ||D_k||^2.
       const double scale = reference_estimate(options_for(fda::Estimator::naive, 0.0), before, w0,
@@ -298,7 +292,7 @@ TEST(FdaStrategy, HooksOnARealModel) {
   EXPECT_EQ(fda.syncs(), 1);
   const float expected = fda.w0_prev()[0] + static_cast<float>(world + 1) / 2.0f;
   EXPECT_NEAR(model.params()[0], expected, 1e-5f * (1.0f + std::abs(expected)));
-  EXPECT_TRUE(same_on_all_ranks(model.params()[0]));
+  EXPECT_TRUE(same_value_on_all_ranks(model.params()[0]));
 }
 
 }  // namespace

@@ -27,6 +27,7 @@
 namespace lowsync::sync {
 namespace {
 
+using testing::same_value_on_all_ranks;
 using testing::synthetic_batch;
 using testing::world_rank;
 using testing::world_size;
@@ -48,15 +49,6 @@ bool same_on_all_ranks(std::span<const std::uint16_t> x) {
   return differ == 0;
 }
 
-template <class T> bool same_on_all_ranks_value(T value) {
-  std::uint64_t bits = 0;
-  static_assert(sizeof(T) <= sizeof(bits));
-  std::memcpy(&bits, &value, sizeof(T));
-  std::uint64_t lo = bits, hi = bits;
-  MPI_Allreduce(MPI_IN_PLACE, &lo, 1, MPI_UINT64_T, MPI_MIN, MPI_COMM_WORLD);
-  MPI_Allreduce(MPI_IN_PLACE, &hi, 1, MPI_UINT64_T, MPI_MAX, MPI_COMM_WORLD);
-  return lo == hi;
-}
 
 // The mean a native sync must produce, from the gathered replicas: decode, sum in fp32 in rank
 // order, times the float 1/K, round to nearest-even. The fp32 wire's deterministic allreduce
@@ -204,7 +196,7 @@ TEST(NativeFda, SameDecisionsAndEstimatesAsFloatStorageOnTheSameValues) {
         ASSERT_EQ(synced, synced_ref) << "step " << step;
         // Bitwise: the same local states, summed by the same deterministic allreduce.
         ASSERT_EQ(native.last_estimate(), reference.last_estimate()) << "step " << step;
-        ASSERT_TRUE(same_on_all_ranks_value(native.last_estimate()));
+        ASSERT_TRUE(same_value_on_all_ranks(native.last_estimate()));
         ASSERT_EQ(native.syncs(), reference.syncs());
         if (!synced) continue;
         ++synced_steps;

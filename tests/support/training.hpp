@@ -8,6 +8,7 @@
 #include <mpi.h>
 
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 namespace lowsync::testing {
@@ -45,6 +46,17 @@ inline int world_size() {
   int s = 1;
   MPI_Comm_size(MPI_COMM_WORLD, &s);
   return s;
+}
+
+// True when every rank passed the same value (compared as bits).
+template <class T> bool same_value_on_all_ranks(T value) {
+  std::uint64_t bits = 0;
+  static_assert(sizeof(T) <= sizeof(bits));
+  std::memcpy(&bits, &value, sizeof(T));
+  std::uint64_t lo = bits, hi = bits;
+  MPI_Allreduce(MPI_IN_PLACE, &lo, 1, MPI_UINT64_T, MPI_MIN, MPI_COMM_WORLD);
+  MPI_Allreduce(MPI_IN_PLACE, &hi, 1, MPI_UINT64_T, MPI_MAX, MPI_COMM_WORLD);
+  return lo == hi;
 }
 
 }  // namespace lowsync::testing

@@ -100,6 +100,10 @@ constexpr float fp16_decode(Fp16Bits h) {
 constexpr float bf16_round(float x) { return bf16_decode(bf16_encode(x)); }
 constexpr float fp16_round(float x) { return fp16_decode(fp16_encode(x)); }
 
+// One value in the format chosen at run time (bf16, else fp16).
+inline std::uint16_t encode_16bit(float x, bool bf16) { return bf16 ? bf16_encode(x) : fp16_encode(x); }
+inline float decode_16bit(std::uint16_t h, bool bf16) { return bf16 ? bf16_decode(h) : fp16_decode(h); }
+
 // Span conversions (Kokkos kernels). Sizes must match, else lowsync::Error naming both sizes.
 void bf16_encode(std::span<const float> x, std::span<Bf16Bits> out);    // [n] -> [n]
 void bf16_decode(std::span<const Bf16Bits> h, std::span<float> out);    // [n] -> [n]

@@ -1,6 +1,6 @@
 // The schema: every configuration key lowsync knows, with type, default, bounds and one line of
 // documentation. This is the only place a key is declared; `lowsync config` prints it as the
-// README's reference table.
+// reference table (docs/configuration.md, made by tools/config_doc.sh).
 #include "lowsync/config/config.hpp"
 
 #include <limits>
@@ -75,7 +75,7 @@ std::vector<KeySpec> build_schema() {
       choice("precision.compute", "fp32", {"fp32", "bf16", "fp16", "fp8"}, "compute precision of forward/backward"),
       choice("precision.wire", "fp32", {"fp32", "bf16", "fp16", "fp8_e4m3", "fp8_e5m2"}, "format of what strategies send"),
       choice("precision.update_rounding", "nearest", {"nearest", "stochastic"}, "bf16/fp16 compute with SGD/AdamW: round the updated parameters to the 16-bit grid to nearest-even (the standalone default) or stochastically (unbiased; keeps updates below half an ulp in expectation; uniforms keyed by train.seed, step and element, the same on every rank)"),
-      choice("precision.storage", "auto", {"auto", "native", "float"}, "bf16/fp16 compute: store parameters, gradients and optimizer state (and FDA's w0, w0_prev) as 16-bit values (native) or as 16-bit-rounded floats; auto = native for none/allreduce/periodic/fda with an fp32 or compute-format wire and SGD/AdamW, float for DeMo (fp32 by spec) and fp8 wires; FDA's linear xi stays fp32 (README Precision)"),
+      choice("precision.storage", "auto", {"auto", "native", "float"}, "bf16/fp16 compute: store parameters, gradients and optimizer state (and FDA's w0, w0_prev) as 16-bit values (native) or as 16-bit-rounded floats; auto = native for none/allreduce/periodic/fda with an fp32 or compute-format wire and SGD/AdamW, float for DeMo (fp32 by spec) and fp8 wires; FDA's linear xi stays fp32 (docs/precision.md)"),
       // pruning
       choice("prune.method", "none", {"none", "ntk", "magnitude", "random"}, "foresight pruning before training"),
       real("prune.sparsity", 0.9, 0.0, 0.9999, "fraction of weights removed"),

@@ -101,11 +101,27 @@ int main(int argc, char** argv) {
   bool print_defaults = false;
   config_cmd->add_flag("--defaults", print_defaults, "print the default configuration as TOML instead");
 
+  // An unknown command: name it and the valid ones (CLI11 would say "A subcommand is required").
+  std::string names;
+  bool known = false;
+  for (const auto* sub : app.get_subcommands([](CLI::App*) { return true; })) {
+    names += (names.empty() ? "" : ", ") + sub->get_name();
+    known = known || (argc >= 2 && sub->get_name() == argv[1]);
+  }
+  if (argc >= 2 && argv[1][0] != '-' && !known) {
+    if (runtime.rank() == 0) {
+      std::fprintf(stderr, "lowsync: error: unknown command '%s' (commands: %s; see lowsync --help)\n", argv[1],
+                   names.c_str());
+    }
+    return 1;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    const int code = runtime.rank() == 0 ? app.exit(e) : (e.get_exit_code() == 0 ? 0 : 1);
-    return code;
+    // --help and --version exit 0; every usage error exits 1, as documented (CLI11's own codes
+    // are 100+).
+    const int code = runtime.rank() == 0 ? app.exit(e) : e.get_exit_code();
+    return code == 0 ? 0 : 1;
   }
 
   // Only `train` takes stop signals; every other command keeps their default action (terminate).

@@ -11,6 +11,7 @@
 #include <fstream>
 #include <limits>
 #include <sstream>
+#include <vector>
 
 namespace lowsync::config {
 namespace {
@@ -25,14 +26,38 @@ std::string_view type_name(Type t) {
   return "?";
 }
 
+// Levenshtein distance (insertions, deletions, substitutions), for "did you mean".
+std::size_t edit_distance(std::string_view a, std::string_view b) {
+  std::vector<std::size_t> row(b.size() + 1);
+  for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (std::size_t i = 1; i <= a.size(); ++i) {
+    std::size_t diagonal = row[0];
+    row[0] = i;
+    for (std::size_t j = 1; j <= b.size(); ++j) {
+      const std::size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diagonal = up;
+    }
+  }
+  return row[b.size()];
+}
+
 const KeySpec& require_key(std::string_view key) {
   const KeySpec* spec = find_key(key);
   if (spec == nullptr) {
-    // Suggest a key with the same last component, the most common typo being the section.
+    // Suggest the closest key by edit distance (a typo: optim.lrr -> optim.lr), else one with the
+    // same last component (a wrong section); test-only keys are never suggested.
     std::string hint;
+    std::size_t best = std::max<std::size_t>(2, key.size() / 4) + 1;
+    for (const KeySpec& s : schema()) {
+      if (s.help.starts_with("TEST ONLY")) continue;
+      const std::size_t d = edit_distance(key, s.key);
+      if (d < best) best = d, hint = s.key;
+    }
     const auto last = key.substr(key.rfind('.') == std::string_view::npos ? 0 : key.rfind('.') + 1);
-    for (const KeySpec& s : schema())
-      if (s.key.size() >= last.size() && s.key.ends_with(last) && !last.empty()) hint = s.key;
+    if (hint.empty())
+      for (const KeySpec& s : schema())
+        if (!s.help.starts_with("TEST ONLY") && !last.empty() && s.key.ends_with(fmt::format(".{}", last))) hint = s.key;
     fail("unknown config key '{}'{}", key, hint.empty() ? "" : fmt::format(" (did you mean '{}'?)", hint));
   }
   return *spec;
@@ -141,7 +166,13 @@ std::string format_value(const Value& v) {
   return std::visit(
       [](const auto& x) -> std::string {
         using T = std::decay_t<decltype(x)>;
-        if constexpr (std::is_same_v<T, std::string>) return "\"" + x + "\"";
+        if constexpr (std::is_same_v<T, std::string>) {
+          // toml++ escapes quotes, backslashes and control characters: a value holding '"' or a
+          // newline used to make config.toml and every checkpoint's config_toml unparseable.
+          std::ostringstream os;
+          os << toml::value<std::string>(x);
+          return os.str();
+        }
         else if constexpr (std::is_same_v<T, bool>) return x ? "true" : "false";
         else if constexpr (std::is_same_v<T, double>) {
           if (std::isinf(x)) return x > 0 ? "inf" : "-inf";

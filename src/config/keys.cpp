@@ -37,7 +37,7 @@ std::vector<KeySpec> build_schema() {
       integer("data.shards_per_rank", 2, 1, 1000, "label-sorted shards per rank for data.partition=shards"),
       integer("data.train_limit", 0, 0, kBig, "use only the first N training samples (0 = all 60000)"),
       // training loop
-      integer("train.steps", 2000, 0, kBig, "total optimizer steps (a resumed run counts from its checkpoint)"),
+      integer("train.steps", 2000, 1, kBig, "total optimizer steps (a resumed run counts from its checkpoint)"),
       integer("train.batch", 64, 1, 1 << 20, "samples per rank per step"),
       integer("train.seed", 1, 0, kBig, "seed of initialisation, shuffling, partitions and all shared randomness"),
       real("train.max_seconds", 0.0, 0.0, kBig, "stop cleanly (checkpoint + exit 3) after this wall time; 0 = no limit"),

@@ -17,10 +17,24 @@ check "--version" bash -c "'$lowsync' --version | grep -q '^lowsync [0-9]'"
 check "--help lists train" bash -c "'$lowsync' --help | grep -q train"
 check "config lists keys" bash -c "'$lowsync' config | grep -q 'optim.lr'"
 
+# Usage errors exit 1 as documented (CLI11's own codes were 106, 109 and 114) and an unknown
+# command is named with the valid ones (it used to say "A subcommand is required").
+"$lowsync" frobnicate >"$tmp/cmd.out" 2>&1
+check "unknown command exits 1" test $? -eq 1
+check "unknown command is named" grep -q "unknown command 'frobnicate' (commands: train, inspect, eval, compare, config" "$tmp/cmd.out"
+"$lowsync" train --bogus >/dev/null 2>&1
+check "unknown flag exits 1" test $? -eq 1
+"$lowsync" inspect >/dev/null 2>&1
+check "missing argument exits 1" test $? -eq 1
+"$lowsync" >/dev/null 2>&1
+check "no command exits 1" test $? -eq 1
+"$lowsync" train --set train.steps=0 --out "$tmp/zero" >"$tmp/zero.out" 2>&1
+check "train.steps = 0 refused" bash -c "test $? -eq 2 && grep -q \"'train.steps' = 0 is out of range\" '$tmp/zero.out'"
+
 "$lowsync" train --set optim.lrr=0.1 --out "$tmp/bad" >"$tmp/bad.out" 2>&1
 code=$?
 check "bad key exits non-zero" test "$code" -ne 0
-check "bad key is named" grep -q "unknown config key 'optim.lrr'" "$tmp/bad.out"
+check "bad key is named" grep -q "unknown config key 'optim.lrr' (did you mean 'optim.lr'?)" "$tmp/bad.out"
 check "bad key error is one line" test "$(grep -c 'error' "$tmp/bad.out")" -eq 1
 
 "$lowsync" train --set data.dir=/nonexistent --out "$tmp/nodata" >"$tmp/nodata.out" 2>&1

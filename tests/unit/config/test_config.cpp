@@ -58,6 +58,34 @@ TEST(Config, ResolvedTomlRoundTrips) {
   EXPECT_EQ(a.values(), b.values());
 }
 
+// Strings used to be written between quotes by hand: a '"' or a newline made config.toml (and every
+// checkpoint's config_toml) unparseable, or injected keys.
+TEST(Config, StringsWithQuotesNewlinesAndUnicodeRoundTrip) {
+  for (const std::string dir : {std::string("a\"b"), std::string("x\"\n[optim]\nlr = 9"), std::string("back\\slash\t"),
+                                std::string("caf\u00e9 \u03b1"), std::string("it's"), std::string("''' \"\"\"")}) {
+    Config a;
+    a.set("data.dir", Value{dir});
+    Config b;
+    ASSERT_NO_THROW(b.load_toml_string(a.to_toml())) << dir;
+    EXPECT_EQ(b.string("data.dir"), dir);
+    EXPECT_EQ(a.values(), b.values()) << dir;
+  }
+}
+
+TEST(Config, DidYouMeanByEditDistanceNeverTestOnlyKeys) {
+  Config c;
+  EXPECT_NE(error_of([&] { c.set_text("optim.lrr=0.1"); }).find("did you mean 'optim.lr'"), std::string::npos);
+  EXPECT_NE(error_of([&] { c.set_text("train.step=5"); }).find("did you mean 'train.steps'"), std::string::npos);
+  EXPECT_NE(error_of([&] { c.set_text("model.lr=0.1"); }).find("did you mean 'optim.lr'"), std::string::npos);
+  EXPECT_EQ(error_of([&] { c.set_text("hang_step=5"); }).find("debug."), std::string::npos);
+  EXPECT_EQ(error_of([&] { c.set_text("optim.zzzzzz=1"); }).find("did you mean"), std::string::npos);
+}
+
+TEST(Config, ZeroStepsRefused) {
+  Config c;
+  EXPECT_NE(error_of([&] { c.set_text("train.steps=0"); }).find("train.steps"), std::string::npos);
+}
+
 TEST(Config, EveryRejectionNamesTheKey) {
   Config c;
   EXPECT_NE(error_of([&] { c.set_text("optim.lrr=0.1"); }).find("unknown config key 'optim.lrr'"), std::string::npos);

@@ -46,7 +46,9 @@ case $launcher in
       echo "launch.sh: mpirun not found (apt-get install openmpi-bin) and srun with pmix unavailable" >&2
       exit 2
     fi
-    cmd=(mpirun -n "$ranks")
+    # -q: no launcher banner after a rank's clean non-zero exit; the trainer's one-line error
+    # says what went wrong.
+    cmd=(mpirun -q -n "$ranks")
     if [[ $(id -u) -eq 0 ]]; then
       cmd+=(--allow-run-as-root)
     fi

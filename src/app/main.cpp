@@ -161,9 +161,17 @@ int main(int argc, char** argv) {
       }
     }
     const lowsync::config::Config saved = cfg;
-    if (!config_file.empty()) cfg.load_toml_file(config_file);
-    for (const auto& s : sets) cfg.set_text(s);
-    cfg.validate();
+    // Parsing and validating the arguments calls no MPI and fails on every rank alike: rank 0
+    // says it once and all exit 2 through MPI_Finalize, with no MPI_Abort banner (launch.sh runs
+    // mpirun -q, which then adds none). Errors after this point may hit one rank: MPI_Abort below.
+    try {
+      if (!config_file.empty()) cfg.load_toml_file(config_file);
+      for (const auto& s : sets) cfg.set_text(s);
+      cfg.validate();
+    } catch (const lowsync::Error& e) {
+      if (runtime.rank() == 0) std::fprintf(stderr, "lowsync: rank 0: error: %s\n", e.what());
+      return 2;
+    }
     if (resume) lowsync::app::check_compatible(*resume, saved, cfg);
     lowsync::app::Runtime::set_threads(static_cast<int>(cfg.integer("train.threads")));
     if (cfg.string("comm.backend") == "nccl" && !LOWSYNC_HAS_NCCL)

@@ -37,6 +37,14 @@ check "bad key exits non-zero" test "$code" -ne 0
 check "bad key is named" grep -q "unknown config key 'optim.lrr' (did you mean 'optim.lr'?)" "$tmp/bad.out"
 check "bad key error is one line" test "$(grep -c 'error' "$tmp/bad.out")" -eq 1
 
+# Under the launcher a config error every rank sees is one line in all: rank 0 says it, every rank
+# exits 2 cleanly (no MPI_Abort banner; launch.sh runs mpirun -q). It used to add 6-10 lines.
+root="${LOWSYNC_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}"
+LAUNCHER=mpirun bash "$root/jobs/lib/launch.sh" 2 "$lowsync" train --set optim.lrr=0.1 --out "$tmp/bad2" >"$tmp/bad2.out" 2>&1
+code=$?
+check "2-rank bad key exits 2" test "$code" -eq 2
+check "2-rank bad key is one line" bash -c "grep -v '^launch.sh:' '$tmp/bad2.out' | wc -l | grep -qx 1"
+
 "$lowsync" train --set data.dir=/nonexistent --out "$tmp/nodata" >"$tmp/nodata.out" 2>&1
 check "missing data exits non-zero" test $? -ne 0
 check "missing data names the file" grep -q "/nonexistent/train-images-idx3-ubyte.gz' does not exist" "$tmp/nodata.out"

@@ -421,7 +421,7 @@ class LaunchTest(unittest.TestCase):
     def test_mpirun_flags(self):
         cores = os.cpu_count() or 1
         words = self.dry(cores + 1, LAUNCHER="mpirun")
-        self.assertEqual(words[:3], ["mpirun", "-n", str(cores + 1)])
+        self.assertEqual(words[:4], ["mpirun", "-q", "-n", str(cores + 1)])
         self.assertIn("--oversubscribe", words)
         self.assertEqual("--allow-run-as-root" in words, os.geteuid() == 0)
         self.assertEqual(words[-2:], ["prog", "a b"])

@@ -294,11 +294,11 @@ every = 10
 
 STUB = """#!/bin/bash
 # Fake trainer: records its arguments, and on rank 0 writes summary.json into --out.
-out=""; prev=""
-for a in "$@"; do [[ $prev == --out ]] && out=$a; prev=$a; done
+out=""; prev=""; steps=0
+for a in "$@"; do [[ $prev == --out ]] && out=$a; [[ $a == train.steps=* ]] && steps=${a#*=}; prev=$a; done
 echo "$*" >> "$STUB_LOG"
 if [[ ${OMPI_COMM_WORLD_RANK:-0} == 0 ]]; then
-  echo "{\\"ranks\\": ${OMPI_COMM_WORLD_SIZE:-1}}" > "$out/summary.json"
+  echo "{\\"ranks\\": ${OMPI_COMM_WORLD_SIZE:-1}, \\"steps\\": $steps, \\"stopped_early\\": false}" > "$out/summary.json"
 fi
 """
 
@@ -372,7 +372,7 @@ class SweepTest(unittest.TestCase):
         self.assertEqual(len(runs), 2)
         done, interrupted = Path(runs[0]["out"]), Path(runs[1]["out"])
         done.mkdir(parents=True)
-        (done / "summary.json").write_text('{"ranks": 2}')
+        (done / "summary.json").write_text('{"ranks": 2, "stopped_early": false}')
         (interrupted / "checkpoints").mkdir(parents=True)
         (interrupted / "checkpoints" / "step_8.h5").write_text("x")
         stub, log = self.tmp / "lowsync", self.tmp / "stub.log"
@@ -398,6 +398,43 @@ class SweepTest(unittest.TestCase):
         self.assertEqual(len(log.read_text().splitlines()), 2)
         r = run([PY, SWEEP, "run-index", small, "2", "--out-root", out_root, "--lowsync", stub], env=env)
         self.assertEqual(r.returncode, 2)
+
+    @unittest.skipUnless(shutil.which("mpirun"), "mpirun not installed")
+    def test_stopped_and_short_runs_resume_not_skip(self):
+        """A run stopped by a signal writes summary.json with "stopped_early": true (exit 3): the
+        sweep must resume it from its checkpoint, as it must a summary short of train.steps."""
+        small = self.tmp / "small.toml"
+        small.write_text('strategies=["allreduce","periodic","fda"]\nranks=[2]\n[set]\n"train.steps"=20\n')
+        out_root = self.tmp / "out"
+        runs = self.listing(small, "--out-root", out_root)
+        done, stopped, short = (Path(r["out"]) for r in runs)
+        for d in (done, stopped, short):
+            (d / "checkpoints").mkdir(parents=True)
+            (d / "checkpoints" / "step_8.h5").write_text("x")
+        (done / "summary.json").write_text('{"ranks": 2, "steps": 20, "stopped_early": false}')
+        (stopped / "summary.json").write_text('{"ranks": 2, "steps": 8, "stopped_early": true}')
+        (short / "summary.json").write_text('{"ranks": 2, "steps": 8, "stopped_early": false}')
+        self.assertEqual([r["state"] for r in self.listing(small, "--out-root", out_root)],
+                         ["done", "stopped", "stopped"])
+        r = run([PY, SWEEP, "list", small, "--out-root", out_root, "--format", "tsv", "--state", "done"])
+        self.assertEqual([line.split("\t")[3] for line in r.stdout.splitlines()], [str(done)])
+        stub, log = self.tmp / "lowsync", self.tmp / "stub.log"
+        stub.write_text(STUB)
+        stub.chmod(0o755)
+        env = dict(os.environ, STUB_LOG=str(log), LAUNCHER="mpirun")
+        # run-index (a Slurm array task, as after a requeue) resumes the stopped run...
+        r = run([PY, SWEEP, "run-index", small, "1", "--out-root", out_root, "--lowsync", stub], env=env)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertNotIn("skipped", r.stdout)
+        calls = log.read_text().splitlines()
+        self.assertEqual(len(calls), 2, r.stdout)
+        self.assertTrue(all(f"--out {stopped} --resume {stopped}" in c for c in calls), calls)
+        # ...and run-local skips only the finished one.
+        r = run([PY, SWEEP, "run-local", small, "--out-root", out_root, "--lowsync", stub], env=env)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("1 ran, 2 skipped", r.stdout)
+        calls = log.read_text().splitlines()[2:]
+        self.assertTrue(len(calls) == 2 and all(f"--resume {short}" in c for c in calls), calls)
 
     def test_run_index_execs_trainer_status(self):
         stub = self.tmp / "fail"

@@ -276,6 +276,71 @@ class CompareTest(unittest.TestCase):
             self.assertTrue(lines[0].startswith("compare: ") and str(path) in lines[0], lines[0])
 
 
+def rewrite_metrics(run_dir: Path, change) -> None:
+    """Applies change(row) to every row of run_dir/metrics.csv."""
+    with open(run_dir / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        change(r)
+    with open(run_dir / "metrics.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
+        w.writeheader()
+        w.writerows(rows)
+
+
+class CompareBadInputTest(unittest.TestCase):
+    """Inputs that ended in a traceback: a run whose only accuracy is NaN (diverged) is a labelled
+    result with drawn figures; a negative byte count, and an --out that is a file, are one-line
+    errors (exit 1 for a corrupt run, 2 for a bad argument)."""
+
+    def setUp(self):
+        self.tmp = Path(tempfile.mkdtemp(prefix="lowsync-compare-bad-"))
+
+    def tearDown(self):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def one_line_error(self, r, rc, *needles):
+        self.assertEqual(r.returncode, rc, r.stdout + r.stderr)
+        lines = r.stderr.strip().splitlines()
+        self.assertEqual(len(lines), 1, r.stderr)
+        self.assertTrue(lines[0].startswith("compare: "), lines[0])
+        for n in needles:
+            self.assertIn(str(n), lines[0])
+
+    def test_only_accuracy_nan(self):
+        d = make_run(self.tmp, "diverged", "allreduce", 1, 50.0, 0.9,
+                     extra_summary={"final_test_accuracy": float("nan")})
+        rewrite_metrics(d, lambda r: r.update(test_acc="nan" if r["test_acc"] else ""))
+        out = self.tmp / "report"
+        r = run([PY, COMPARE, d, "--out", out])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertNotIn("Traceback", r.stderr)
+        report = (out / "report.md").read_text()
+        self.assertIn("no finite test accuracy", report)
+        with open(out / "table.csv") as f:
+            self.assertEqual(list(csv.DictReader(f))[0]["final_acc"], "")
+        for name in ("overview.png", "accuracy_vs_bytes.png", "accuracy_vs_steps.png"):
+            self.assertEqual((out / name).read_bytes()[:8], PNG_MAGIC, name)
+
+    def test_negative_bytes(self):
+        in_csv = make_run(self.tmp, "neg_csv", "allreduce", 1, 50.0, 0.9)
+        rewrite_metrics(in_csv, lambda r: r.update(bytes_sent=str(-1 - int(float(r["bytes_sent"])))))
+        in_summary = make_run(self.tmp, "neg_summary", "allreduce", 1, 50.0, 0.9,
+                              extra_summary={"bytes_sent_per_rank": -5})
+        r = run([PY, COMPARE, in_csv, "--out", self.tmp / "o1"])
+        self.one_line_error(r, 1, in_csv / "metrics.csv", "bytes_sent", "negative")
+        r = run([PY, COMPARE, in_summary, "--out", self.tmp / "o2"])
+        self.one_line_error(r, 1, in_summary / "summary.json", "bytes_sent_per_rank", "negative")
+
+    def test_out_is_a_file(self):
+        d = make_run(self.tmp, "ok", "allreduce", 1, 50.0, 0.9)
+        f = self.tmp / "afile"
+        f.write_text("keep me")
+        r = run([PY, COMPARE, d, "--out", f])
+        self.one_line_error(r, 2, f, "not a folder")
+        self.assertEqual(f.read_text(), "keep me")
+
+
 SWEEP_TOML = """
 name = "t"
 strategies = ["allreduce", "periodic"]

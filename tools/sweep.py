@@ -18,6 +18,10 @@ seeds, in that order (a run's index is its Slurm array task id); fixed keys come
     [strategy.periodic]
     "sync.period" = [4, 16]        # a list expands; its value becomes part of the run name
 
+A run is done when its summary.json says "stopped_early": false (and, when [set] fixes
+train.steps, reached it); a run stopped by a signal or train.max_seconds, or one that left only
+checkpoints, resumes from its latest checkpoint with --resume; `list` shows each run's state.
+
 Subcommands: list, slurm-array-count, max-ranks, run-local, run-index I. Exit status: 0 ok,
 2 bad sweep file or arguments, 1 some run failed; run-index replaces itself with the launcher,
 so its status is the trainer's (3 = stopped after a checkpoint, requeue-able).
@@ -239,13 +243,43 @@ def expand(doc: dict, path: Path, out_root: Path | None = None) -> list[Run]:
     return runs
 
 
-def is_complete(out: Path) -> bool:
-    """A run is complete when its summary.json exists and parses; the trainer writes it last."""
+RUN_STATES = ("done", "stopped", "partial", "todo")
+
+
+def run_state(out: Path, expected_steps: int | None = None) -> str:
+    """done | stopped | partial | todo. A run is done only when its summary.json parses, says it
+    was not stopped early (the trainer also writes one when a signal or train.max_seconds stops
+    it, with "stopped_early": true) and, when the sweep fixes train.steps, reached that step.
+    stopped: such an early summary; partial: no usable summary but a checkpoint; todo: neither.
+    Both stopped and partial resume from the latest checkpoint."""
     try:
         with open(out / "summary.json") as f:
-            return isinstance(json.load(f), dict)
+            summary = json.load(f)
     except (OSError, ValueError):
-        return False
+        summary = None
+    if isinstance(summary, dict):
+        steps = summary.get("steps")
+        finished = summary.get("stopped_early") is False and (
+            expected_steps is None or (isinstance(steps, int) and steps >= expected_steps))
+        if finished:
+            return "done"
+        return "stopped"
+    return "partial" if has_checkpoint(out) else "todo"
+
+
+def expected_steps(run: "Run") -> int | None:
+    for s in run.sets:
+        key, _, value = s.partition("=")
+        if key == "train.steps":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def is_complete(out: Path, run: "Run | None" = None) -> bool:
+    return run_state(out, expected_steps(run) if run is not None else None) == "done"
 
 
 def has_checkpoint(out: Path) -> bool:
@@ -259,24 +293,27 @@ def default_lowsync() -> str:
 
 def launch_command(run: Run, lowsync: str, out: Path | None = None) -> list[str]:
     out = out if out is not None else run.out
+    # A stopped or partial run resumes from its latest checkpoint (the trainer picks it from
+    # <out>/checkpoints); only a run with nothing to resume from starts from step 0.
     return ["bash", str(LAUNCH_SH), str(run.ranks)] + run.train_args(
-        lowsync, out, resume=has_checkpoint(out) and not is_complete(out))
+        lowsync, out, resume=has_checkpoint(out) and not is_complete(out, run))
 
 
 def cmd_list(runs: list[Run], fmt: str) -> int:
     if fmt == "json":
         print(json.dumps([{"index": r.index, "name": r.name, "ranks": r.ranks, "sets": r.sets,
                            "out": str(r.out), "config": str(r.config) if r.config else None,
-                           "complete": is_complete(r.out)} for r in runs], indent=2))
+                           "complete": is_complete(r.out, r),
+                           "state": run_state(r.out, expected_steps(r))} for r in runs], indent=2))
     elif fmt == "tsv":
         for r in runs:
             print(f"{r.index}\t{r.name}\t{r.ranks}\t{r.out}\t{' '.join(r.sets)}")
     else:
         width = max(len(r.name) for r in runs)
         for r in runs:
-            state = "done" if is_complete(r.out) else "todo"
-            print(f"{r.index:4d}  {r.name:<{width}}  n={r.ranks:<4d} {state}  {r.out}")
-        print(f"{len(runs)} runs, {sum(is_complete(r.out) for r in runs)} complete")
+            state = run_state(r.out, expected_steps(r))
+            print(f"{r.index:4d}  {r.name:<{width}}  n={r.ranks:<4d} {state:<7} {r.out}")
+        print(f"{len(runs)} runs, {sum(is_complete(r.out, r) for r in runs)} complete")
     return 0
 
 
@@ -285,7 +322,7 @@ def cmd_run_local(runs: list[Run], lowsync: str, dry_run: bool, stop_on_error: b
 
     failed, stopped, skipped, ok = [], [], [], []
     for r in runs:
-        if is_complete(r.out):
+        if is_complete(r.out, r):
             print(f"sweep: [{r.index}] {r.name}: complete, skipped", flush=True)
             skipped.append(r.name)
             continue
@@ -316,9 +353,13 @@ def cmd_run_index(runs: list[Run], index: int, lowsync: str, out: Path | None, d
         raise SweepError(f"sweep: run index {index} out of range 0..{len(runs) - 1}")
     r = runs[index]
     out = out if out is not None else r.out
-    if is_complete(out):
+    state = run_state(out, expected_steps(r))
+    if state == "done":
         print(f"sweep: [{index}] {r.name}: complete ({out}/summary.json), skipped", flush=True)
         return 0
+    if state != "todo":
+        where = f"resuming from {out}/checkpoints" if has_checkpoint(out) else "no checkpoint, starting over"
+        print(f"sweep: [{index}] {r.name}: {state} ({where})", flush=True)
     allocated = os.environ.get("SLURM_NTASKS")
     if allocated and r.ranks > int(allocated):
         print(f"sweep: [{index}] {r.name}: {r.ranks} ranks > {allocated} allocated tasks; "
@@ -347,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = add("list", "print the runs")
     p.add_argument("--format", choices=["table", "tsv", "json"], default="table")
+    p.add_argument("--state", choices=RUN_STATES, help="only the runs in this state")
     add("slurm-array-count", "print the number of runs (the job array size)")
     add("max-ranks", "print the largest rank count (the --ntasks a Slurm array needs)")
     for name in ("run-local", "run-index"):
@@ -366,6 +408,10 @@ def main(argv: list[str] | None = None) -> int:
         if not runs:
             raise SweepError(f"sweep: {args.sweep}: expands to no runs")
         if args.command == "list":
+            if args.state:
+                runs = [r for r in runs if run_state(r.out, expected_steps(r)) == args.state]
+                if not runs:
+                    return 0
             return cmd_list(runs, args.format)
         if args.command == "slurm-array-count":
             print(len(runs))

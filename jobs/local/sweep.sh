@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs every incomplete run of a sweep one after another with mpirun (runs whose summary.json
-# exists are skipped, interrupted ones resume from their checkpoint), then writes the
+# Runs every incomplete run of a sweep one after another with mpirun (finished runs are skipped;
+# stopped or interrupted ones resume from their latest checkpoint), then writes the
 # comparison report of all finished runs to <out_root>/report.
 #
 # env:  LOWSYNC (build/bin/lowsync), OUT (overrides the sweep's out_root), COMPARE (1; 0 = no
@@ -25,8 +25,8 @@ LAUNCHER=${LAUNCHER:-mpirun} "$py" "$root/tools/sweep.py" run-local "$sweep" "${
 if [[ ${COMPARE:-1} == 1 && ${DRY_RUN:-0} != 1 ]]; then
   finished=()
   while IFS=$'\t' read -r _ _ _ dir _; do
-    [[ -f $dir/summary.json ]] && finished+=("$dir")
-  done < <("$py" "$root/tools/sweep.py" list "$sweep" --format tsv ${OUT:+--out-root "$OUT"})
+    finished+=("$dir")
+  done < <("$py" "$root/tools/sweep.py" list "$sweep" --format tsv --state done ${OUT:+--out-root "$OUT"})
   if [[ ${#finished[@]} -gt 0 ]]; then
     report=$(dirname "${finished[0]}")/report
     "$py" "$root/tools/compare/compare.py" "${finished[@]}" --out "$report" \

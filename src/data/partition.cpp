@@ -5,6 +5,7 @@
 #include "lowsync/core/error.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 #include <random>
 
@@ -13,6 +14,25 @@ namespace {
 
 // Samples per rank below which a Dirichlet draw is redrawn (the common FL recipe uses 10).
 constexpr std::size_t kMinSamplesPerRank = 10;
+
+// For a tiny alpha every Gamma(alpha) draw underflows to 0 in double. Gamma(alpha) equals
+// Gamma(alpha + 1) * U^(1/alpha) in distribution, so its logarithm log G + log(U) / alpha stays
+// finite; normalising by the largest keeps the skew asked for (for alpha = 1e-6 one rank gets
+// the whole class) instead of an even split. Fills p and returns its sum.
+double log_space_proportions(std::vector<double>& p, double alpha, std::mt19937_64& rng) {
+  std::gamma_distribution<double> gamma1(alpha + 1.0, 1.0);
+  std::uniform_real_distribution<double> uniform(0.0, 1.0);
+  std::vector<double> log_x(p.size());
+  for (double& lx : log_x) {
+    const double g = gamma1(rng);
+    const double u = 1.0 - uniform(rng);  // in (0, 1]: log(u) is finite
+    lx = std::log(g) + std::log(u) / alpha;
+  }
+  const double top = *std::max_element(log_x.begin(), log_x.end());
+  double sum = 0.0;
+  for (std::size_t r = 0; r < p.size(); ++r) sum += (p[r] = std::exp(log_x[r] - top));
+  return sum;  // >= 1: the largest term is exp(0)
+}
 
 std::vector<std::vector<std::int64_t>> split_iid(std::size_t n, int k, std::mt19937_64& rng) {
   std::vector<std::int64_t> all(n);
@@ -42,7 +62,7 @@ std::vector<std::vector<std::int64_t>> split_dirichlet(std::span<const std::int3
       std::vector<double> p(k);
       double sum = 0.0;
       for (double& x : p) sum += (x = gamma(rng));
-      if (sum <= 0.0) p.assign(k, 1.0), sum = k;  // alpha so small that every draw underflowed
+      if (!(sum > 0.0)) sum = log_space_proportions(p, alpha, rng);
       std::size_t begin = 0;
       double cum = 0.0;
       for (int r = 0; r < k; ++r) {

@@ -276,6 +276,71 @@ class CompareTest(unittest.TestCase):
             self.assertTrue(lines[0].startswith("compare: ") and str(path) in lines[0], lines[0])
 
 
+def rewrite_metrics(run_dir: Path, change) -> None:
+    """Applies change(row) to every row of run_dir/metrics.csv."""
+    with open(run_dir / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        change(r)
+    with open(run_dir / "metrics.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
+        w.writeheader()
+        w.writerows(rows)
+
+
+class CompareBadInputTest(unittest.TestCase):
+    """Inputs that ended in a traceback: a run whose only accuracy is NaN (diverged) is a labelled
+    result with drawn figures; a negative byte count, and an --out that is a file, are one-line
+    errors (exit 1 for a corrupt run, 2 for a bad argument)."""
+
+    def setUp(self):
+        self.tmp = Path(tempfile.mkdtemp(prefix="lowsync-compare-bad-"))
+
+    def tearDown(self):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def one_line_error(self, r, rc, *needles):
+        self.assertEqual(r.returncode, rc, r.stdout + r.stderr)
+        lines = r.stderr.strip().splitlines()
+        self.assertEqual(len(lines), 1, r.stderr)
+        self.assertTrue(lines[0].startswith("compare: "), lines[0])
+        for n in needles:
+            self.assertIn(str(n), lines[0])
+
+    def test_only_accuracy_nan(self):
+        d = make_run(self.tmp, "diverged", "allreduce", 1, 50.0, 0.9,
+                     extra_summary={"final_test_accuracy": float("nan")})
+        rewrite_metrics(d, lambda r: r.update(test_acc="nan" if r["test_acc"] else ""))
+        out = self.tmp / "report"
+        r = run([PY, COMPARE, d, "--out", out])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertNotIn("Traceback", r.stderr)
+        report = (out / "report.md").read_text()
+        self.assertIn("no finite test accuracy", report)
+        with open(out / "table.csv") as f:
+            self.assertEqual(list(csv.DictReader(f))[0]["final_acc"], "")
+        for name in ("overview.png", "accuracy_vs_bytes.png", "accuracy_vs_steps.png"):
+            self.assertEqual((out / name).read_bytes()[:8], PNG_MAGIC, name)
+
+    def test_negative_bytes(self):
+        in_csv = make_run(self.tmp, "neg_csv", "allreduce", 1, 50.0, 0.9)
+        rewrite_metrics(in_csv, lambda r: r.update(bytes_sent=str(-1 - int(float(r["bytes_sent"])))))
+        in_summary = make_run(self.tmp, "neg_summary", "allreduce", 1, 50.0, 0.9,
+                              extra_summary={"bytes_sent_per_rank": -5})
+        r = run([PY, COMPARE, in_csv, "--out", self.tmp / "o1"])
+        self.one_line_error(r, 1, in_csv / "metrics.csv", "bytes_sent", "negative")
+        r = run([PY, COMPARE, in_summary, "--out", self.tmp / "o2"])
+        self.one_line_error(r, 1, in_summary / "summary.json", "bytes_sent_per_rank", "negative")
+
+    def test_out_is_a_file(self):
+        d = make_run(self.tmp, "ok", "allreduce", 1, 50.0, 0.9)
+        f = self.tmp / "afile"
+        f.write_text("keep me")
+        r = run([PY, COMPARE, d, "--out", f])
+        self.one_line_error(r, 2, f, "not a folder")
+        self.assertEqual(f.read_text(), "keep me")
+
+
 SWEEP_TOML = """
 name = "t"
 strategies = ["allreduce", "periodic"]
@@ -294,11 +359,11 @@ every = 10
 
 STUB = """#!/bin/bash
 # Fake trainer: records its arguments, and on rank 0 writes summary.json into --out.
-out=""; prev=""
-for a in "$@"; do [[ $prev == --out ]] && out=$a; prev=$a; done
+out=""; prev=""; steps=0
+for a in "$@"; do [[ $prev == --out ]] && out=$a; [[ $a == train.steps=* ]] && steps=${a#*=}; prev=$a; done
 echo "$*" >> "$STUB_LOG"
 if [[ ${OMPI_COMM_WORLD_RANK:-0} == 0 ]]; then
-  echo "{\\"ranks\\": ${OMPI_COMM_WORLD_SIZE:-1}}" > "$out/summary.json"
+  echo "{\\"ranks\\": ${OMPI_COMM_WORLD_SIZE:-1}, \\"steps\\": $steps, \\"stopped_early\\": false}" > "$out/summary.json"
 fi
 """
 
@@ -372,7 +437,7 @@ class SweepTest(unittest.TestCase):
         self.assertEqual(len(runs), 2)
         done, interrupted = Path(runs[0]["out"]), Path(runs[1]["out"])
         done.mkdir(parents=True)
-        (done / "summary.json").write_text('{"ranks": 2}')
+        (done / "summary.json").write_text('{"ranks": 2, "stopped_early": false}')
         (interrupted / "checkpoints").mkdir(parents=True)
         (interrupted / "checkpoints" / "step_8.h5").write_text("x")
         stub, log = self.tmp / "lowsync", self.tmp / "stub.log"
@@ -398,6 +463,43 @@ class SweepTest(unittest.TestCase):
         self.assertEqual(len(log.read_text().splitlines()), 2)
         r = run([PY, SWEEP, "run-index", small, "2", "--out-root", out_root, "--lowsync", stub], env=env)
         self.assertEqual(r.returncode, 2)
+
+    @unittest.skipUnless(shutil.which("mpirun"), "mpirun not installed")
+    def test_stopped_and_short_runs_resume_not_skip(self):
+        """A run stopped by a signal writes summary.json with "stopped_early": true (exit 3): the
+        sweep must resume it from its checkpoint, as it must a summary short of train.steps."""
+        small = self.tmp / "small.toml"
+        small.write_text('strategies=["allreduce","periodic","fda"]\nranks=[2]\n[set]\n"train.steps"=20\n')
+        out_root = self.tmp / "out"
+        runs = self.listing(small, "--out-root", out_root)
+        done, stopped, short = (Path(r["out"]) for r in runs)
+        for d in (done, stopped, short):
+            (d / "checkpoints").mkdir(parents=True)
+            (d / "checkpoints" / "step_8.h5").write_text("x")
+        (done / "summary.json").write_text('{"ranks": 2, "steps": 20, "stopped_early": false}')
+        (stopped / "summary.json").write_text('{"ranks": 2, "steps": 8, "stopped_early": true}')
+        (short / "summary.json").write_text('{"ranks": 2, "steps": 8, "stopped_early": false}')
+        self.assertEqual([r["state"] for r in self.listing(small, "--out-root", out_root)],
+                         ["done", "stopped", "stopped"])
+        r = run([PY, SWEEP, "list", small, "--out-root", out_root, "--format", "tsv", "--state", "done"])
+        self.assertEqual([line.split("\t")[3] for line in r.stdout.splitlines()], [str(done)])
+        stub, log = self.tmp / "lowsync", self.tmp / "stub.log"
+        stub.write_text(STUB)
+        stub.chmod(0o755)
+        env = dict(os.environ, STUB_LOG=str(log), LAUNCHER="mpirun")
+        # run-index (a Slurm array task, as after a requeue) resumes the stopped run...
+        r = run([PY, SWEEP, "run-index", small, "1", "--out-root", out_root, "--lowsync", stub], env=env)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertNotIn("skipped", r.stdout)
+        calls = log.read_text().splitlines()
+        self.assertEqual(len(calls), 2, r.stdout)
+        self.assertTrue(all(f"--out {stopped} --resume {stopped}" in c for c in calls), calls)
+        # ...and run-local skips only the finished one.
+        r = run([PY, SWEEP, "run-local", small, "--out-root", out_root, "--lowsync", stub], env=env)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("1 ran, 2 skipped", r.stdout)
+        calls = log.read_text().splitlines()[2:]
+        self.assertTrue(len(calls) == 2 and all(f"--resume {short}" in c for c in calls), calls)
 
     def test_run_index_execs_trainer_status(self):
         stub = self.tmp / "fail"

@@ -232,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"compare: --target-acc must be in (0, 1] or a percent, got {args.target_acc}",
               file=sys.stderr)
         return 2
+    if args.out.exists() and not args.out.is_dir():
+        print(f"compare: --out {args.out}: exists and is not a folder", file=sys.stderr)
+        return 2
     plots = None
     if not args.no_plots:
         try:
@@ -267,7 +270,11 @@ def main(argv: list[str] | None = None) -> int:
     by_label = {r.label: r for r in runs}
     runs = [by_label[row["run"]] for row in rows]
 
-    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"compare: --out {args.out}: cannot create the folder: {e.strerror}", file=sys.stderr)
+        return 1
     links = list(netmodel.PRESETS)
     measured = None
     calibration = args.calibration or find_calibration([r.path for r in runs])
@@ -305,7 +312,9 @@ def main(argv: list[str] | None = None) -> int:
         md += ["", "![overview](overview.png)", ""]
     md += modeled_section(runs, target, links)
     md += model_check_section(checks, measured)
-    md += ["## Runs", ""] + [f"- {r.label}: `{r.path}`" for r in runs] + [""]
+    md += ["## Runs", ""] + [f"- {r.label}: `{r.path}`" + (
+        "" if r.final_accuracy is not None else " (no finite test accuracy: diverged, or never evaluated)")
+        for r in runs] + [""]
     (args.out / "report.md").write_text("\n".join(md))
     write_csv(rows, args.out / "table.csv")
     print(f"compare: {len(runs)} runs -> {args.out / 'report.md'}")

@@ -70,12 +70,17 @@ def _seconds_axis(ax) -> None:
 
 
 def _accuracy_curves(ax, runs, st, x: str, target: float, logx: bool) -> None:
+    drawn = 0
     for r in runs:
         xs, ys = r.series(x, "test_acc")
         if logx:
             pts = [(a, b) for a, b in zip(xs, ys) if a > 0]
             xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-        label = r.label if xs or not logx else f"{r.label} (sends no bytes)"
+        drawn += len(xs)
+        if not r.eval_rows():
+            label = f"{r.label} (no finite test accuracy)"
+        else:
+            label = r.label if xs or not logx else f"{r.label} (sends no bytes)"
         ax.plot(xs, ys, label=label, **st[id(r)])
         hit = r.target_row(target)
         if hit is not None and hit.get(x) is not None and (not logx or hit[x] > 0):
@@ -87,6 +92,8 @@ def _accuracy_curves(ax, runs, st, x: str, target: float, logx: bool) -> None:
             transform=ax.get_yaxis_transform())
     if logx:
         ax.set_xscale("log")
+        if drawn == 0:  # nothing positive to draw: an empty log axis needs limits of its own
+            ax.set_xlim(1, 1024)
     if x == "bytes_sent":
         _bytes_axis(ax)
     ax.set_ylabel("test accuracy")

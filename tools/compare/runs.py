@@ -14,6 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REQUIRED_COLUMNS = ("step",)
+# Byte counts are cumulative and never negative; a log axis cannot draw a negative one.
+BYTE_COLUMNS = ("bytes_sent", "payload_bytes")
+BYTE_SUMMARY_KEYS = ("bytes_sent_per_rank", "bytes_sent_max_rank", "payload_bytes_per_rank",
+                     "monitor_bytes", "sync_bytes")
 # Config keys that never distinguish two runs for a reader (paths, output, watchdogs).
 IGNORED_CONFIG_KEYS = {"data.dir", "checkpoint.dir", "checkpoint.every", "checkpoint.every_seconds",
                        "checkpoint.keep", "log.every", "log.progress", "comm.timeout_seconds",
@@ -43,9 +47,12 @@ def _number(text: str, where: str) -> float | None:
     if text == "":
         return None
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise RunError(f"{where}: '{text}' is not a number") from None
+    # The trainer logs nan when there is no value (a diverged loss, no evaluation yet): a
+    # non-finite cell is missing, never a number to take a minimum of or to plot.
+    return value if math.isfinite(value) else None
 
 
 def flatten(table: dict, prefix: str = "") -> dict:
@@ -76,6 +83,10 @@ def read_metrics(path: Path) -> tuple[list[str], list[dict]]:
                 if len(cells) > len(header):
                     raise RunError(f"{path}:{line_no}: {len(cells)} cells but {len(header)} columns")
                 row = {h: _number(c, f"{path}:{line_no} column {h}") for h, c in zip(header, cells)}
+                for col in BYTE_COLUMNS:
+                    if row.get(col) is not None and row[col] < 0:
+                        raise RunError(f"{path}:{line_no}: {col} = {cells[header.index(col)].strip()} "
+                                       "is negative (a byte count)")
                 if row.get("step") is None:
                     raise RunError(f"{path}:{line_no}: empty step")
                 rows.append(row)
@@ -99,6 +110,10 @@ def read_summary(path: Path) -> dict:
         raise RunError(f"{path}: corrupt JSON: {str(e).splitlines()[0]}") from None
     if not isinstance(summary, dict):
         raise RunError(f"{path}: expected a JSON object, got {type(summary).__name__}")
+    for key in BYTE_SUMMARY_KEYS:
+        v = _num(summary.get(key))
+        if v is not None and v < 0:
+            raise RunError(f"{path}: {key} = {summary[key]} is negative (a byte count)")
     return summary
 
 

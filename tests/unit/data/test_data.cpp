@@ -155,6 +155,28 @@ TEST(Partition, DirichletCoversAndSkewGrowsAsAlphaShrinks) {
   EXPECT_GT(skewed, mid);
 }
 
+// data.alpha = 1e-6 makes every Gamma(alpha) draw underflow; the split must still be the extreme
+// skew asked for (each class on one rank), not an even one, and stay seeded.
+TEST(Partition, DirichletTinyAlphaGivesEachClassToOneRank) {
+  const auto labels = cyclic_labels(6000);
+  for (int k : {2, 4}) {
+    const auto parts = partition(labels, k, {"dirichlet", 1e-6, 2, 7});
+    std::size_t total = 0;
+    std::vector<std::int64_t> whole(10, 0), largest(10, 0);
+    for (const auto& p : parts) {
+      total += p.size();
+      EXPECT_GE(p.size(), 10u) << "k=" << k;
+      const auto h = label_histogram(p, labels);
+      for (int c = 0; c < 10; ++c) whole[c] += h[c], largest[c] = std::max(largest[c], h[c]);
+    }
+    EXPECT_EQ(total, labels.size());
+    for (int c = 0; c < 10; ++c) EXPECT_EQ(largest[c], whole[c]) << "class " << c << " split over ranks, k=" << k;
+    EXPECT_EQ(parts, partition(labels, k, {"dirichlet", 1e-6, 2, 7}));
+  }
+  // Another seed deals the classes out differently.
+  EXPECT_NE(partition(labels, 4, {"dirichlet", 1e-6, 2, 7}), partition(labels, 4, {"dirichlet", 1e-6, 2, 8}));
+}
+
 TEST(Partition, DeterministicFromSeed) {
   const auto labels = cyclic_labels(500);
   for (const std::string method : {"iid", "dirichlet", "shards"}) {

@@ -79,7 +79,7 @@ constexpr const char* kIdentityKeys[] = {"model.arch",        "sync.strategy",  
 class Restorer {
  public:
   Restorer(const fs::path& path, TrainState& s)
-      : s_(s), reader_(path, s.comm.mpi_comm()), path_(path), rank_(s.comm.rank()), world_(s.comm.size()) {}
+      : s_(s), reader_(path, s.comm), path_(path), rank_(s.comm.rank()), world_(s.comm.size()) {}
 
   io::CheckpointReader& reader() { return reader_; }
   int saved_world() const { return saved_world_; }
@@ -199,7 +199,7 @@ void check_compatible(const fs::path& path, const config::Config& saved, const c
 }
 
 void save_checkpoint(const fs::path& path, TrainState& s) {
-  io::CheckpointWriter w(path, s.comm.mpi_comm());
+  io::CheckpointWriter w(path, s.comm);
   w.set_attribute("trainer_state_version", kTrainerStateVersion);
   w.set_attribute("lowsync_version", LOWSYNC_VERSION);
   w.set_attribute("world_size", s.comm.size());
@@ -405,7 +405,7 @@ std::vector<std::string> load_checkpoint(const fs::path& path, TrainState& s) {
   return notes;
 }
 
-fs::path resolve_checkpoint(const fs::path& path, MPI_Comm comm) {
+fs::path resolve_checkpoint(const fs::path& path, comm::Communicator& comm) {
   std::error_code ec;
   if (fs::is_regular_file(path, ec)) return path;
   if (!fs::is_directory(path, ec)) fail("--resume {}: no such checkpoint file or run folder", path.string());
@@ -416,17 +416,16 @@ fs::path resolve_checkpoint(const fs::path& path, MPI_Comm comm) {
   fail("--resume {}: no complete checkpoint in {} or {}", path.string(), (path / "checkpoints").string(), path.string());
 }
 
-config::Config checkpoint_config(const fs::path& path, MPI_Comm comm) {
+config::Config checkpoint_config(const fs::path& path, comm::Communicator& comm) {
   io::CheckpointReader reader(path, comm);
   if (!reader.has_attribute("config_toml"))
     fail("checkpoint {}: no attribute 'config_toml': not a lowsync training checkpoint", path.string());
   return Restorer::config_from(reader);
 }
 
-void inspect_checkpoint(const fs::path& path, MPI_Comm comm) {
+void inspect_checkpoint(const fs::path& path, comm::Communicator& comm) {
   io::CheckpointReader reader(path, comm);
-  int rank = 0;
-  MPI_Comm_rank(comm, &rank);
+  const int rank = comm.rank();
   auto attr = [&](const char* k) -> std::string {
     if (!reader.has_attribute(k)) return "?";
     try {
@@ -494,7 +493,7 @@ std::vector<float> zo_checkpoint_mean_params(io::CheckpointReader& reader, const
 
 }  // namespace
 
-std::vector<float> checkpoint_mean_params(const fs::path& path, MPI_Comm comm, std::size_t num_params) {
+std::vector<float> checkpoint_mean_params(const fs::path& path, comm::Communicator& comm, std::size_t num_params) {
   io::CheckpointReader reader(path, comm);
   if (!reader.has_dataset("model/params") && reader.has_dataset("zo/values") && reader.has_dataset("prune/mask"))
     return zo_checkpoint_mean_params(reader, path, num_params);

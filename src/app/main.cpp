@@ -133,12 +133,15 @@ int main(int argc, char** argv) {
                    stdout);
       return 0;
     }
+    // Checkpoint lookups before the run's config is known (inspect, eval, --resume): their own
+    // communicator, no watchdog (comm.timeout_seconds is not read yet).
+    lowsync::comm::Communicator files(MPI_COMM_WORLD);
     if (*inspect_cmd) {
-      lowsync::app::inspect_checkpoint(inspect_path, MPI_COMM_WORLD);
+      lowsync::app::inspect_checkpoint(inspect_path, files);
       return 0;
     }
     if (*eval_cmd) {
-      auto cfg = lowsync::app::checkpoint_config(eval_path, MPI_COMM_WORLD);
+      auto cfg = lowsync::app::checkpoint_config(eval_path, files);
       for (const auto& s : sets) cfg.set_text(s);
       lowsync::comm::Communicator comm(MPI_COMM_WORLD, {false, cfg.real("comm.timeout_seconds")});
       const auto result = lowsync::app::evaluate_checkpoint(eval_path, cfg, comm);
@@ -150,8 +153,8 @@ int main(int argc, char** argv) {
     lowsync::config::Config cfg;
     std::optional<std::filesystem::path> resume;
     if (!resume_arg.empty()) {
-      resume = lowsync::app::resolve_checkpoint(resume_arg, MPI_COMM_WORLD);
-      cfg = lowsync::app::checkpoint_config(*resume, MPI_COMM_WORLD);
+      resume = lowsync::app::resolve_checkpoint(resume_arg, files);
+      cfg = lowsync::app::checkpoint_config(*resume, files);
       if (out_dir.empty()) {
         const std::filesystem::path parent = resume->parent_path();
         out_dir = std::filesystem::is_directory(resume_arg) ? std::filesystem::path(resume_arg)
@@ -186,7 +189,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "lowsync: rank %d: error: %s\n", runtime.rank(), e.what());
     std::fflush(stderr);
     // Peers may be waiting in a collective this rank will never reach.
-    if (runtime.size() > 1) MPI_Abort(MPI_COMM_WORLD, 2);
+    if (runtime.size() > 1) runtime.abort(2);
     return 2;
   }
 }

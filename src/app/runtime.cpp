@@ -7,6 +7,8 @@
 #include <Kokkos_Core.hpp>
 #include <omp.h>
 
+#include <cstdlib>
+
 namespace lowsync::app {
 
 Runtime::Runtime(int& argc, char**& argv) {
@@ -31,5 +33,10 @@ Runtime::~Runtime() {
 }
 
 void Runtime::set_threads(int threads) { omp_set_num_threads(threads); }
+
+void Runtime::abort(int exit_code) const {
+  MPI_Abort(MPI_COMM_WORLD, exit_code);
+  std::_Exit(exit_code);  // MPI_Abort does not return; this keeps [[noreturn]] honest
+}
 
 }  // namespace lowsync::app

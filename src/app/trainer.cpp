@@ -339,7 +339,7 @@ TrainResult train(const config::Config& cfg, comm::Communicator& comm, const std
     const Timer t;
     const auto path = io::checkpoint_path(ckpt_dir, loop.step);
     save_checkpoint(path, state);
-    const auto pruned = io::prune_checkpoints(ckpt_dir, static_cast<int>(cfg.integer("checkpoint.keep")), comm.mpi_comm());
+    const auto pruned = io::prune_checkpoints(ckpt_dir, static_cast<int>(cfg.integer("checkpoint.keep")), comm);
     log::info("checkpoint {} ({:.2f} s{})", path.string(), t.seconds(),
               pruned.empty() ? "" : fmt::format(", removed {} old", pruned.size()));
     last_saved = loop.step;
@@ -556,7 +556,7 @@ Json evaluate_checkpoint(const std::filesystem::path& path, const config::Config
   model::Model model(cfg.string("model.arch"), static_cast<int>(cfg.integer("train.batch")),
                      static_cast<std::uint64_t>(cfg.integer("train.seed")));
   model.set_eval_batch(static_cast<int>(cfg.integer("eval.batch")));
-  const auto mean = checkpoint_mean_params(path, comm.mpi_comm(), model.num_params());
+  const auto mean = checkpoint_mean_params(path, comm, model.num_params());
   std::copy(mean.begin(), mean.end(), model.params().begin());
   // Every rank holds the same model: evaluate this rank's slice and sum (no parameter average).
   Evaluator slice(test, comm.rank(), comm.size(), model.num_params());
@@ -564,7 +564,7 @@ Json evaluate_checkpoint(const std::filesystem::path& path, const config::Config
   double sums[3] = {local.loss * static_cast<double>(local.samples), local.accuracy * static_cast<double>(local.samples),
                     static_cast<double>(local.samples)};
   comm.allreduce(std::span<double>(sums, 3), comm::ReduceOp::sum, "obs.eval");
-  io::CheckpointReader reader(path, comm.mpi_comm());
+  io::CheckpointReader reader(path, comm);
   return {{"checkpoint", path.string()},        {"step", reader.attribute_int("step")},
           {"arch", model.arch()},               {"test_loss", sums[0] / sums[2]},
           {"test_accuracy", sums[1] / sums[2]}, {"samples", static_cast<std::int64_t>(sums[2])}};

@@ -177,7 +177,7 @@ namespace {
 void save_zo_checkpoint(const std::filesystem::path& path, const config::Config& cfg, comm::Communicator& comm,
                         const model::SparseMlp& model, const optim::Mask& mask, ZoTrainer& zo,
                         const data::Loader& loader, const LoopState& loop) {
-  io::CheckpointWriter w(path, comm.mpi_comm());
+  io::CheckpointWriter w(path, comm);
   auto& update = zo.update();
   w.set_attribute("trainer_state_version", kTrainerStateVersion);
   w.set_attribute("lowsync_version", LOWSYNC_VERSION);
@@ -285,7 +285,7 @@ TrainResult train_zo(const config::Config& cfg, comm::Communicator& comm, const 
   }
   std::optional<io::CheckpointReader> reader;
   if (resume) {
-    reader.emplace(*resume, comm.mpi_comm());
+    reader.emplace(*resume, comm);
     check_zo_checkpoint(*reader, cfg, comm);
   }
   const auto fm = data::load_fashion_mnist(cfg.string("data.dir"), cfg.integer("data.train_limit"));
@@ -386,7 +386,7 @@ TrainResult train_zo(const config::Config& cfg, comm::Communicator& comm, const 
     const Timer t;
     const auto path = io::checkpoint_path(ckpt_dir, loop.step);
     save_zo_checkpoint(path, cfg, comm, model, *mask, zo, loader, loop);
-    const auto pruned = io::prune_checkpoints(ckpt_dir, static_cast<int>(cfg.integer("checkpoint.keep")), comm.mpi_comm());
+    const auto pruned = io::prune_checkpoints(ckpt_dir, static_cast<int>(cfg.integer("checkpoint.keep")), comm);
     log::info("checkpoint {} ({:.2f} s{})", path.string(), t.seconds(),
               pruned.empty() ? "" : fmt::format(", removed {} old", pruned.size()));
     last_saved = loop.step;

@@ -4,6 +4,7 @@
 // rank's message) before anyone throws, so no rank is left waiting in a collective.
 #include "lowsync/io/checkpoint_file.hpp"
 
+#include "lowsync/comm/communicator.hpp"
 #include "lowsync/core/error.hpp"
 #include "lowsync/core/log.hpp"
 
@@ -14,6 +15,7 @@
 #include <zlib.h>
 
 #include <algorithm>
+#include <bit>
 #include <cerrno>
 #include <climits>
 #include <cstring>
@@ -36,28 +38,21 @@ constexpr const char* kKindPerRank = "per_rank";
 
 using MaybeError = std::optional<std::string>;
 
-// ---- MPI: this layer owns its few collectives ----
+// ---- collectives: through the Communicator, traffic class "checkpoint" (counted, watched) ----
 
-void mpi_check(int rc, const char* call) {
-  if (rc == MPI_SUCCESS) return;
-  char text[MPI_MAX_ERROR_STRING];
-  int len = 0;
-  MPI_Error_string(rc, text, &len);
-  fail("checkpoint: {} failed: {}", call, std::string_view(text, static_cast<std::size_t>(len)));
-}
+constexpr std::string_view kTraffic = comm::kCheckpointTraffic;
 
-// Rank 0's string on every rank.
-std::string broadcast_string(std::string text, int root, MPI_Comm comm) {
-  int rank = 0;
-  MPI_Comm_rank(comm, &rank);
-  long long len = static_cast<long long>(text.size());
-  mpi_check(MPI_Bcast(&len, 1, MPI_LONG_LONG, root, comm), "MPI_Bcast");
+// Rank root's string on every rank.
+std::string broadcast_string(std::string text, int root, comm::Communicator& comm) {
+  std::int64_t len = static_cast<std::int64_t>(text.size());
+  comm.broadcast(std::span<std::int64_t>(&len, 1), root, kTraffic);
   text.resize(static_cast<std::size_t>(len));
-  if (len > 0) mpi_check(MPI_Bcast(text.data(), static_cast<int>(len), MPI_CHAR, root, comm), "MPI_Bcast");
+  if (len > 0)
+    comm.broadcast(std::span<std::uint8_t>(reinterpret_cast<std::uint8_t*>(text.data()), text.size()), root, kTraffic);
   return text;
 }
 
-std::vector<std::string> broadcast_lines(const std::vector<std::string>& lines, int root, MPI_Comm comm) {
+std::vector<std::string> broadcast_lines(const std::vector<std::string>& lines, int root, comm::Communicator& comm) {
   std::string joined;
   for (const auto& line : lines) joined += line + '\n';
   joined = broadcast_string(std::move(joined), root, comm);
@@ -72,18 +67,17 @@ std::vector<std::string> broadcast_lines(const std::vector<std::string>& lines, 
 
 // Called by every rank at the same point: the lowest failing rank's message, identical on every
 // rank, or nothing when no rank failed.
-MaybeError agree(const MaybeError& error_here, MPI_Comm comm) {
-  int rank = 0;
-  MPI_Comm_rank(comm, &rank);
+MaybeError agree(const MaybeError& error_here, comm::Communicator& comm) {
+  const int rank = comm.rank();
   // MAX over {failed, INT_MAX - rank if failed}: any failure, and the lowest failing rank.
-  int flags[2] = {error_here ? 1 : 0, error_here ? INT_MAX - rank : 0};
-  mpi_check(MPI_Allreduce(MPI_IN_PLACE, flags, 2, MPI_INT, MPI_MAX, comm), "MPI_Allreduce");
+  std::int32_t flags[2] = {error_here ? 1 : 0, error_here ? INT_MAX - rank : 0};
+  comm.allreduce(std::span<std::int32_t>(flags, 2), comm::ReduceOp::max, kTraffic);
   if (flags[0] == 0) return std::nullopt;
   const int root = INT_MAX - flags[1];
   return broadcast_string(rank == root ? *error_here : std::string(), root, comm);
 }
 
-void agree_or_throw(const MaybeError& error_here, MPI_Comm comm) {
+void agree_or_throw(const MaybeError& error_here, comm::Communicator& comm) {
   if (auto agreed = agree(error_here, comm)) throw Error(*agreed);
 }
 
@@ -340,9 +334,8 @@ struct Listing {
 };
 
 // Rank 0 lists `dir`; every rank gets the same listing (one directory read, no FS races).
-Listing list_checkpoints(const fs::path& dir, MPI_Comm comm) {
-  int rank = 0;
-  MPI_Comm_rank(comm, &rank);
+Listing list_checkpoints(const fs::path& dir, comm::Communicator& comm) {
+  const int rank = comm.rank();
   std::vector<std::string> names;
   if (rank == 0) {
     std::error_code ec;
@@ -365,10 +358,9 @@ Listing list_checkpoints(const fs::path& dir, MPI_Comm comm) {
   return out;
 }
 
-CheckpointWarnFn warn_or_default(const CheckpointWarnFn& warn, MPI_Comm comm) {
+CheckpointWarnFn warn_or_default(const CheckpointWarnFn& warn, const comm::Communicator& comm) {
   if (warn) return warn;
-  int rank = 0;
-  MPI_Comm_rank(comm, &rank);
+  const int rank = comm.rank();
   return [rank](const std::string& line) {
     if (rank == 0) log::warn("{}", line);
   };
@@ -394,11 +386,9 @@ std::optional<std::int64_t> checkpoint_step(const fs::path& path) {
 
 // ---- writer ----
 
-CheckpointWriter::CheckpointWriter(fs::path final_path, MPI_Comm comm)
-    : final_path_(std::move(final_path)), comm_(comm) {
+CheckpointWriter::CheckpointWriter(fs::path final_path, comm::Communicator& comm)
+    : final_path_(std::move(final_path)), comm_(comm), rank_(comm.rank()), world_size_(comm.size()) {
   silence_hdf5_errors();
-  MPI_Comm_rank(comm_, &rank_);
-  MPI_Comm_size(comm_, &world_size_);
   tmp_path_ = final_path_;
   tmp_path_ += ".tmp";
 
@@ -413,7 +403,7 @@ CheckpointWriter::CheckpointWriter(fs::path final_path, MPI_Comm comm)
   agree_or_throw(error, comm_);
 
   Handle fapl = plist(H5P_FILE_ACCESS);
-  H5Pset_fapl_mpio(fapl.get(), comm_, MPI_INFO_NULL);
+  H5Pset_fapl_mpio(fapl.get(), comm_.mpi_comm(), MPI_INFO_NULL);
   // v1.8+ object format: dense attribute storage (large config text, crc arrays for many ranks)
   // and checksummed metadata, so bit flips in headers are caught by HDF5 itself.
   H5Pset_libver_bounds(fapl.get(), H5F_LIBVER_V18, H5F_LIBVER_LATEST);
@@ -442,7 +432,10 @@ void CheckpointWriter::discard() noexcept {
     // fail too, and a failed H5Fclose in HDF5 1.10 leaves a half-freed file ID that crashes the
     // process at exit (HDF5 PR #2291, fixed in 1.14).
     if (rank_ == 0) ::truncate(tmp_path_.c_str(), 0);
-    MPI_Barrier(comm_);
+    try {
+      comm_.barrier(kTraffic);
+    } catch (...) {  // noexcept path: the old MPI_Barrier ignored its return code too
+    }
     H5Fclose(static_cast<hid_t>(file_));
   }
   file_ = -1;
@@ -473,7 +466,7 @@ void CheckpointWriter::write_root_attribute(std::string_view name, DType dtype, 
   // Rank 0's value: HDF5 metadata writes must be identical on every rank.
   std::int64_t bits = 0;  // the 8 bytes of an int64 or a double
   std::memcpy(&bits, value, sizeof bits);
-  mpi_check(MPI_Bcast(&bits, 1, MPI_INT64_T, 0, comm_), "MPI_Bcast");
+  comm_.broadcast(std::span<std::int64_t>(&bits, 1), 0, kTraffic);
   MaybeError error = write_attribute(file_, key, file_type(dtype), memory_type(dtype), {}, &bits);
   if (error) *error = fmt::format("checkpoint {}: {}", tmp_path_.string(), *error);
   if (auto agreed = agree(error, comm_)) abort_and_throw(*agreed);
@@ -523,8 +516,9 @@ void CheckpointWriter::write_dataset(std::string_view dataset, DType dtype, std:
   // Dataset creation is collective: name, dtype and shape must match rank 0's.
   const std::string description = fmt::format("{}|{}|{}", name, dtype_name(dtype), fmt::join(dims, ","));
   const std::uint64_t signature = fnv1a(description);
-  std::uint64_t root_signature = signature;
-  mpi_check(MPI_Bcast(&root_signature, 1, MPI_UINT64_T, 0, comm_), "MPI_Bcast");
+  auto root_signature_bits = std::bit_cast<std::int64_t>(signature);
+  comm_.broadcast(std::span<std::int64_t>(&root_signature_bits, 1), 0, kTraffic);
+  const auto root_signature = std::bit_cast<std::uint64_t>(root_signature_bits);
   if (!error && root_signature != signature)
     error = fmt::format("{}: name, dtype or shape [{}] on rank {} differs from rank 0's{}", where,
                         fmt::join(dims, ", "), rank_, per_rank ? " (callers pad rows to one length)" : "");
@@ -532,14 +526,18 @@ void CheckpointWriter::write_dataset(std::string_view dataset, DType dtype, std:
 
   // One CRC for a global dataset (rank 0's data), one per row for a per-rank one; every rank then
   // writes the identical attribute, as HDF5 metadata writes require.
-  std::vector<std::uint32_t> crcs(per_rank ? static_cast<std::size_t>(world_size_) : 1);
-  const std::uint32_t my_crc = per_rank || rank_ == 0 ? crc32_of(data, count * dtype_bytes(dtype)) : 0;
+  // The Communicator moves int32; a CRC travels as its bit pattern.
+  std::vector<std::int32_t> crc_bits(per_rank ? static_cast<std::size_t>(world_size_) : 1);
+  const auto my_crc = std::bit_cast<std::int32_t>(
+      per_rank || rank_ == 0 ? crc32_of(data, count * dtype_bytes(dtype)) : std::uint32_t{0});
   if (per_rank) {
-    mpi_check(MPI_Allgather(&my_crc, 1, MPI_UINT32_T, crcs.data(), 1, MPI_UINT32_T, comm_), "MPI_Allgather");
+    comm_.allgather(std::span<const std::int32_t>(&my_crc, 1), std::span<std::int32_t>(crc_bits), kTraffic);
   } else {
-    crcs[0] = my_crc;
-    mpi_check(MPI_Bcast(crcs.data(), 1, MPI_UINT32_T, 0, comm_), "MPI_Bcast");
+    crc_bits[0] = my_crc;
+    comm_.broadcast(std::span<std::int32_t>(crc_bits), 0, kTraffic);
   }
+  std::vector<std::uint32_t> crcs(crc_bits.size());
+  std::transform(crc_bits.begin(), crc_bits.end(), crcs.begin(), [](std::int32_t b) { return std::bit_cast<std::uint32_t>(b); });
 
   const std::vector<hsize_t> hdims(dims.begin(), dims.end());
   Handle space = simple_space(hdims);
@@ -640,10 +638,9 @@ void CheckpointWriter::commit() {
 
 // ---- reader ----
 
-CheckpointReader::CheckpointReader(fs::path path, MPI_Comm comm) : path_(std::move(path)), comm_(comm) {
+CheckpointReader::CheckpointReader(fs::path path, comm::Communicator& comm)
+    : path_(std::move(path)), comm_(comm), rank_(comm.rank()), world_size_(comm.size()) {
   silence_hdf5_errors();
-  MPI_Comm_rank(comm_, &rank_);
-  MPI_Comm_size(comm_, &world_size_);
   const std::string where = fmt::format("checkpoint {}", path_.string());
 
   MaybeError error;
@@ -663,7 +660,7 @@ CheckpointReader::CheckpointReader(fs::path path, MPI_Comm comm) : path_(std::mo
   agree_or_throw(error, comm_);
 
   Handle fapl = plist(H5P_FILE_ACCESS);
-  H5Pset_fapl_mpio(fapl.get(), comm_, MPI_INFO_NULL);
+  H5Pset_fapl_mpio(fapl.get(), comm_.mpi_comm(), MPI_INFO_NULL);
   file_ = H5Fopen(path_.c_str(), H5F_ACC_RDONLY, fapl.get());
   if (file_ < 0) {
     const std::string detail = hdf5_error_text();
@@ -979,12 +976,12 @@ void CheckpointReader::verify_all() {
 
 // ---- directory-level operations ----
 
-void verify_checkpoint(const fs::path& path, MPI_Comm comm) {
+void verify_checkpoint(const fs::path& path, comm::Communicator& comm) {
   CheckpointReader reader(path, comm);
   reader.verify_all();
 }
 
-std::optional<fs::path> find_latest_checkpoint(const fs::path& dir, MPI_Comm comm,
+std::optional<fs::path> find_latest_checkpoint(const fs::path& dir, comm::Communicator& comm,
                                                const CheckpointWarnFn& warn) {
   const CheckpointWarnFn report = warn_or_default(warn, comm);
   const Listing listing = list_checkpoints(dir, comm);
@@ -1001,12 +998,11 @@ std::optional<fs::path> find_latest_checkpoint(const fs::path& dir, MPI_Comm com
   return std::nullopt;
 }
 
-std::vector<fs::path> prune_checkpoints(const fs::path& dir, int keep, MPI_Comm comm,
+std::vector<fs::path> prune_checkpoints(const fs::path& dir, int keep, comm::Communicator& comm,
                                         const CheckpointWarnFn& warn) {
   if (keep < 1) fail("checkpoint keep must be >= 1 (never delete the newest good one), got {}", keep);
   const CheckpointWarnFn report = warn_or_default(warn, comm);
-  int rank = 0;
-  MPI_Comm_rank(comm, &rank);
+  const int rank = comm.rank();
   const Listing listing = list_checkpoints(dir, comm);
   // Lines "D<path>" (deleted) and "W<text>" (warning) from rank 0; "E<text>" is an error.
   std::vector<std::string> lines;

@@ -2,6 +2,8 @@
 // (named views), and runs forward/backward through per-batch-size plans created once.
 #include "lowsync/model/model.hpp"
 
+#include "lowsync/model/architecture.hpp"
+
 #include "lowsync/core/error.hpp"
 #include "lowsync/core/rng.hpp"
 #include "lowsync/tensor/half.hpp"
@@ -28,34 +30,6 @@ struct Model::Plan {
   memory::TrackedBuffer<float> logits, dlogits;  // [N, classes]
 };
 
-namespace {
-
-std::vector<std::unique_ptr<layers::Layer>> build_layers(const std::string& arch) {
-  std::vector<std::unique_ptr<layers::Layer>> ls;
-  if (arch == "mlp") {
-    ls.push_back(layers::make_flatten({1, 28, 28}));
-    ls.push_back(layers::make_linear(784, 512, true));
-    ls.push_back(layers::make_linear(512, 256, true));
-    ls.push_back(layers::make_linear(256, 10, false));
-  } else if (arch == "cnn") {
-    ls.push_back(layers::make_conv2d({1, 28, 28}, 32, 5, true));   // -> [32, 24, 24]
-    ls.push_back(layers::make_maxpool2d({32, 24, 24}, 2));         // -> [32, 12, 12]
-    ls.push_back(layers::make_conv2d({32, 12, 12}, 64, 5, true));  // -> [64, 8, 8]
-    ls.push_back(layers::make_maxpool2d({64, 8, 8}, 2));           // -> [64, 4, 4]
-    ls.push_back(layers::make_flatten({64, 4, 4}));                // -> [1024]
-    ls.push_back(layers::make_linear(1024, 512, true));
-    ls.push_back(layers::make_linear(512, 10, false));
-  } else {
-    fail("model.arch = '{}' is not one of mlp|cnn", arch);
-  }
-  return ls;
-}
-
-constexpr int kClasses = 10;
-const layers::Shape kInputShape{1, 28, 28};
-
-}  // namespace
-
 Compute parse_compute(const std::string& name) {
   if (name == "fp32") return Compute::fp32;
   if (name == "fp8") return Compute::fp8;
@@ -73,7 +47,8 @@ Model::Model(const std::string& arch, int batch, std::uint64_t seed, Compute com
   if (batch < 1) fail("train.batch must be >= 1, got {}", batch);
   if (storage == Storage::native16 && !is_16bit(compute))
     fail("native 16-bit storage needs precision.compute = bf16 or fp16");
-  layers_ = build_layers(arch);
+  arch_spec_ = &find_architecture(arch);
+  layers_ = arch_spec_->build();
   std::size_t offset = 0;
   int linear_index = 0, conv_index = 0;
   for (const auto& layer : layers_) {
@@ -177,7 +152,7 @@ void Model::build_plan(Plan& plan) {
   for (std::size_t i = 0; i < layers_.size(); ++i)
     if (layers_[i]->aliases_input()) plan.diffs[i + 1] = plan.diffs[i];
   std::size_t info = 0;
-  layers::Shape in_shape = kInputShape;
+  layers::Shape in_shape = arch_spec_->input_shape;
   for (const auto& layer : layers_) {
     std::vector<float*> ps, gs;
     const std::size_t first = info;
@@ -209,12 +184,12 @@ void Model::build_plan(Plan& plan) {
     in_shape = layer->output_shape();
   }
   if (is_16bit(compute_))
-    plan.input16 = memory::TrackedBuffer<float>("model.input16", static_cast<std::size_t>(batch) * layers::shape_size(kInputShape));
+    plan.input16 = memory::TrackedBuffer<float>("model.input16", static_cast<std::size_t>(batch) * layers::shape_size(arch_spec_->input_shape));
 }
 
 void Model::build_plan16(Plan& plan) {
   const auto n = static_cast<std::size_t>(plan.batch);
-  plan.owned16.emplace_back("model.input16", n * layers::shape_size(kInputShape));
+  plan.owned16.emplace_back("model.input16", n * layers::shape_size(arch_spec_->input_shape));
   plan.acts16.assign(layers_.size() + 1, nullptr);
   plan.diffs16.assign(layers_.size() + 1, nullptr);
   plan.acts16[0] = plan.owned16.back().data();
@@ -232,8 +207,8 @@ void Model::build_plan16(Plan& plan) {
       plan.diffs16[i + 1] = plan.owned16.back().data();
     }
   }
-  plan.logits = memory::TrackedBuffer<float>("model.logits", n * kClasses);
-  if (plan.backward) plan.dlogits = memory::TrackedBuffer<float>("model.dlogits", n * kClasses);
+  plan.logits = memory::TrackedBuffer<float>("model.logits", n * arch_spec_->num_classes);
+  if (plan.backward) plan.dlogits = memory::TrackedBuffer<float>("model.dlogits", n * arch_spec_->num_classes);
 
   std::size_t info = 0;
   for (const auto& layer : layers_) {
@@ -274,7 +249,7 @@ const float* Model::run_forward(Plan& plan, const data::Batch& batch, bool train
 const float* Model::run_forward16(Plan& plan, const data::Batch& batch, bool training) {
   LOWSYNC_ASSERT(batch.size == plan.batch, "batch of {} on a plan for {}", batch.size, plan.batch);
   const bool bf16 = compute_ == Compute::bf16;
-  const auto input_size = static_cast<std::size_t>(batch.size) * layers::shape_size(kInputShape);
+  const auto input_size = static_cast<std::size_t>(batch.size) * layers::shape_size(arch_spec_->input_shape);
   tensor::encode_16bit({batch.images, input_size}, {plan.acts16[0], input_size}, bf16);
   for (std::size_t i = 0; i < layers_.size(); ++i)
     if (!layers_[i]->aliases_input()) plan.layer_plans16[i]->forward(plan.acts16[i], plan.acts16[i + 1], training);
@@ -293,7 +268,7 @@ float Model::forward_backward(const data::Batch& batch) {
   };
   if (native16()) {
     const float* logits = run_forward16(plan, batch, true);
-    const float loss = layers::softmax_cross_entropy(logits, batch.labels, batch.size, kClasses, plan.dlogits.data());
+    const float loss = layers::softmax_cross_entropy(logits, batch.labels, batch.size, arch_spec_->num_classes, plan.dlogits.data());
     tensor::encode_16bit(plan.dlogits.span(), {plan.diffs16[n], plan.dlogits.size()}, compute_ == Compute::bf16);
     for (std::size_t i = n; i-- > 0;) {
       if (layers_[i]->aliases_input()) continue;
@@ -307,9 +282,9 @@ float Model::forward_backward(const data::Batch& batch) {
   std::vector<const float*> ins(n + 1);
   ins[0] = input;
   for (std::size_t i = 0; i < n; ++i) ins[i + 1] = layers_[i]->aliases_input() ? ins[i] : plan.acts[i + 1];
-  const float loss = layers::softmax_cross_entropy(ins[n], batch.labels, batch.size, kClasses, plan.diffs[n]);
+  const float loss = layers::softmax_cross_entropy(ins[n], batch.labels, batch.size, arch_spec_->num_classes, plan.diffs[n]);
   if (is_16bit(compute_))
-    round_to_compute({plan.diffs[n], static_cast<std::size_t>(batch.size) * kClasses});
+    round_to_compute({plan.diffs[n], static_cast<std::size_t>(batch.size) * arch_spec_->num_classes});
   for (std::size_t i = n; i-- > 0;) {
     if (layers_[i]->aliases_input()) continue;
     plan.layer_plans[i]->backward(ins[i], ins[i + 1], plan.diffs[i + 1], dx_needed(i) ? plan.diffs[i] : nullptr);
@@ -320,7 +295,7 @@ float Model::forward_backward(const data::Batch& batch) {
 float Model::forward_loss(const data::Batch& batch) {
   Plan& plan = plan_for(batch.size, false);
   const float* logits = logits_of(plan, batch);
-  return layers::softmax_cross_entropy(logits, batch.labels, batch.size, kClasses, nullptr);
+  return layers::softmax_cross_entropy(logits, batch.labels, batch.size, arch_spec_->num_classes, nullptr);
 }
 
 const float* Model::logits_of(Plan& plan, const data::Batch& batch) {
@@ -334,7 +309,7 @@ EvalResult Model::evaluate(const float* images, const std::int32_t* labels, std:
   if (n <= 0) return r;
   double loss_sum = 0.0;
   std::int64_t correct = 0;
-  const std::int64_t sample = layers::shape_size(kInputShape);
+  const std::int64_t sample = layers::shape_size(arch_spec_->input_shape);
   // Native 16-bit storage: the stage is sized for the training batch (plans of up to that size).
   const int eval_chunk = native16() ? std::min(eval_batch_, batch_) : eval_batch_;
   for (std::int64_t first = 0; first < n;) {
@@ -342,8 +317,8 @@ EvalResult Model::evaluate(const float* images, const std::int32_t* labels, std:
     Plan& plan = plan_for(chunk, false);
     const data::Batch b{images + first * sample, labels + first, chunk};
     const float* logits = logits_of(plan, b);
-    loss_sum += static_cast<double>(layers::softmax_cross_entropy(logits, b.labels, chunk, kClasses, nullptr)) * chunk;
-    correct += layers::count_correct(logits, b.labels, chunk, kClasses);
+    loss_sum += static_cast<double>(layers::softmax_cross_entropy(logits, b.labels, chunk, arch_spec_->num_classes, nullptr)) * chunk;
+    correct += layers::count_correct(logits, b.labels, chunk, arch_spec_->num_classes);
     first += chunk;
   }
   r.samples = n;

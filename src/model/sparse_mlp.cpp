@@ -68,9 +68,9 @@ float mlp_initial_value(std::uint64_t seed, std::size_t j) {
   fail("mlp parameter index {} out of range ({} parameters)", j, mlp_num_params());
 }
 
-std::vector<optim::OutputUnit> mlp_output_units() {
-  std::vector<optim::OutputUnit> units;
-  for (const auto& s : mlp_layer_specs()) optim::append_row_units(units, s.weight_offset, s.out, s.in, &s.bias_offset);
+std::vector<OutputUnit> mlp_output_units() {
+  std::vector<OutputUnit> units;
+  for (const auto& s : mlp_layer_specs()) append_row_units(units, s.weight_offset, s.out, s.in, &s.bias_offset);
   return units;
 }
 
@@ -144,15 +144,15 @@ void DenseMlpRef::backward(std::span<const float> w, const float* x, std::span<c
 
 // ---- sparse forward ----
 
-SparseMlp::SparseMlp(int batch, std::uint64_t seed, std::shared_ptr<const optim::Mask> mask)
+SparseMlp::SparseMlp(int batch, std::uint64_t seed, std::shared_ptr<const Mask> mask)
     : batch_(batch), specs_(mlp_layer_specs()) {
   if (batch < 1) fail("train.batch must be >= 1, got {}", batch);
   const std::size_t d = mlp_num_params();
-  if (!mask) mask = std::make_shared<const optim::Mask>(d, true);
+  if (!mask) mask = std::make_shared<const Mask>(d, true);
   if (mask->size() != d) fail("sparse mlp: mask has {} entries, the mlp {} parameters", mask->size(), d);
-  params_ = optim::SparseParams(mask);
+  params_ = SparseParams(mask);
   float* v = params_.values().data();
-  optim::for_each_kept(params_, [=](std::size_t k, std::size_t j) { v[k] = mlp_initial_value(seed, j); });
+  for_each_kept(params_, [=](std::size_t k, std::size_t j) { v[k] = mlp_initial_value(seed, j); });
   std::size_t widest = kInputs;
   for (const auto& s : specs_) {
     weight_k_.push_back(mask->range_nnz(0, s.weight_offset));
@@ -170,7 +170,7 @@ const float* SparseMlp::forward(const float* images, int n_int) {
   float* y = buf_b_.data();
   for (std::size_t b = 0; b < n; ++b)  // [n, 784] -> feature-major [784, n]
     for (std::size_t i = 0; i < kInputs; ++i) x[i * n + b] = images[b * kInputs + i];
-  const optim::Mask& mask = params_.mask();
+  const Mask& mask = params_.mask();
   const std::uint64_t* words = mask.words();
   const float* v = params_.values().data();
   for (std::size_t l = 0; l < specs_.size(); ++l) {

@@ -3,6 +3,7 @@
 // for truncated, bit-flipped, wrong-version, incomplete and foreign files. Run on 1, 2 and 4 ranks.
 #include "lowsync/io/checkpoint_file.hpp"
 
+#include "lowsync/comm/communicator.hpp"
 #include "lowsync/core/error.hpp"
 
 #include <fmt/format.h>
@@ -24,6 +25,13 @@
 namespace lowsync::io {
 namespace {
 namespace fs = std::filesystem;
+
+// Checkpoint collectives go through a Communicator (ledger + watchdog); one for the whole test
+// binary, created by the first test that needs it (every rank runs the same tests in order).
+comm::Communicator& world() {
+  static comm::Communicator c(MPI_COMM_WORLD, {false, 60.0});
+  return c;
+}
 
 int world_rank() {
   int rank = 0;
@@ -99,7 +107,7 @@ std::vector<T> pattern(std::size_t n, int seed) {
 }
 
 void write_simple(const fs::path& path, std::int64_t step) {
-  CheckpointWriter writer(path, MPI_COMM_WORLD);
+  CheckpointWriter writer(path, world());
   writer.set_attribute("step", step);
   const auto params = pattern<float>(64, static_cast<int>(step));
   writer.write_global<float>("model/params", params, {8, 8});
@@ -139,7 +147,7 @@ TEST(CheckpointFile, GlobalRoundTripEveryDtype) {
   const fs::path path = checkpoint_path(dir.path(), 7);
   const std::string config(100000, 'c');  // larger than HDF5's 64 KiB compact attribute limit
   {
-    CheckpointWriter writer(path, MPI_COMM_WORLD);
+    CheckpointWriter writer(path, world());
     writer.set_attribute("step", std::int64_t{7});
     writer.set_attribute("ranks", world_size());  // int
     writer.set_attribute("lr", 0.125);
@@ -158,7 +166,7 @@ TEST(CheckpointFile, GlobalRoundTripEveryDtype) {
   EXPECT_TRUE(fs::exists(path));
   EXPECT_FALSE(fs::exists(fs::path(path.string() + ".tmp")));
 
-  CheckpointReader reader(path, MPI_COMM_WORLD);
+  CheckpointReader reader(path, world());
   EXPECT_EQ(reader.attribute_int("step"), 7);
   EXPECT_EQ(reader.attribute_int("ranks"), world_size());
   EXPECT_EQ(reader.attribute_double("lr"), 0.125);
@@ -188,11 +196,11 @@ template <class T>
 void per_rank_round_trip(const fs::path& dir, std::size_t n) {
   const fs::path path = dir / fmt::format("per_rank_{}.h5", dtype_name(dtype_of_v<T>));
   {
-    CheckpointWriter writer(path, MPI_COMM_WORLD);
+    CheckpointWriter writer(path, world());
     writer.write_per_rank<T>("optim/rank_state/state", pattern<T>(n, world_rank() + 1));
     writer.commit();
   }
-  CheckpointReader reader(path, MPI_COMM_WORLD);
+  CheckpointReader reader(path, world());
   const std::size_t saved = reader.saved_ranks("optim/rank_state/state");
   ASSERT_EQ(saved, static_cast<std::size_t>(world_size()));
   ASSERT_EQ(reader.row_length("optim/rank_state/state"), n);
@@ -235,7 +243,7 @@ TEST(CheckpointFile, KeepNewestNAndIgnoreTmpLeftovers) {
   ScratchDir dir;
   for (std::int64_t step = 1; step <= 5; ++step) {
     write_simple(checkpoint_path(dir.path(), step), step);
-    prune_checkpoints(dir.path(), 2, MPI_COMM_WORLD);
+    prune_checkpoints(dir.path(), 2, world());
   }
   std::vector<std::string> names;
   for (const auto& entry : fs::directory_iterator(dir.path()))
@@ -251,7 +259,7 @@ TEST(CheckpointFile, KeepNewestNAndIgnoreTmpLeftovers) {
     std::ofstream(dir.path() / "ckpt-00000003.h5.tmp") << "stale";
   });
   std::vector<std::string> warnings;
-  const auto latest = find_latest_checkpoint(dir.path(), MPI_COMM_WORLD,
+  const auto latest = find_latest_checkpoint(dir.path(), world(),
                                              [&](const std::string& line) { warnings.push_back(line); });
   ASSERT_TRUE(latest.has_value());
   EXPECT_EQ(*latest, checkpoint_path(dir.path(), 5));
@@ -260,19 +268,19 @@ TEST(CheckpointFile, KeepNewestNAndIgnoreTmpLeftovers) {
   EXPECT_NE(warnings[2].find("ckpt-00000007.h5"), std::string::npos) << warnings[2];
   EXPECT_NE(warnings[2].find("not an HDF5 file"), std::string::npos) << warnings[2];
 
-  const auto deleted = prune_checkpoints(dir.path(), 1, MPI_COMM_WORLD, [](const std::string&) {});
+  const auto deleted = prune_checkpoints(dir.path(), 1, world(), [](const std::string&) {});
   EXPECT_EQ(deleted,
             (std::vector<fs::path>{checkpoint_path(dir.path(), 4), dir.path() / "ckpt-00000003.h5.tmp"}));
   EXPECT_TRUE(fs::exists(checkpoint_path(dir.path(), 5)));
   EXPECT_TRUE(fs::exists(checkpoint_path(dir.path(), 7)));
   EXPECT_TRUE(fs::exists(dir.path() / "ckpt-00000006.h5.tmp"));
-  expect_error([&] { prune_checkpoints(dir.path(), 0, MPI_COMM_WORLD); }, {"keep must be >= 1"});
+  expect_error([&] { prune_checkpoints(dir.path(), 0, world()); }, {"keep must be >= 1"});
 }
 
 TEST(CheckpointFile, FindLatestOnEmptyOrMissingDirectory) {
   ScratchDir dir;
-  EXPECT_EQ(find_latest_checkpoint(dir.path(), MPI_COMM_WORLD), std::nullopt);
-  EXPECT_EQ(find_latest_checkpoint(dir.path() / "absent", MPI_COMM_WORLD), std::nullopt);
+  EXPECT_EQ(find_latest_checkpoint(dir.path(), world()), std::nullopt);
+  EXPECT_EQ(find_latest_checkpoint(dir.path() / "absent", world()), std::nullopt);
 }
 
 TEST(CheckpointFile, TruncatedFileIsNamed) {
@@ -280,9 +288,9 @@ TEST(CheckpointFile, TruncatedFileIsNamed) {
   const fs::path path = checkpoint_path(dir.path(), 1);
   write_simple(path, 1);
   on_rank0([&] { fs::resize_file(path, fs::file_size(path) / 2); });
-  expect_error([&] { CheckpointReader reader(path, MPI_COMM_WORLD); }, {path.string(), "truncated"});
+  expect_error([&] { CheckpointReader reader(path, world()); }, {path.string(), "truncated"});
   std::vector<std::string> warnings;
-  EXPECT_EQ(find_latest_checkpoint(dir.path(), MPI_COMM_WORLD,
+  EXPECT_EQ(find_latest_checkpoint(dir.path(), world(),
                                    [&](const std::string& w) { warnings.push_back(w); }),
             std::nullopt);
   EXPECT_EQ(warnings.size(), 1u);
@@ -313,7 +321,7 @@ TEST(CheckpointFile, BitFlipIsNamed) {
   const fs::path path = checkpoint_path(dir.path(), 1);
   write_simple(path, 1);
   flip_bit_in(path, "model/params", 13);
-  CheckpointReader reader(path, MPI_COMM_WORLD);  // metadata is intact: opening succeeds
+  CheckpointReader reader(path, world());  // metadata is intact: opening succeeds
   std::vector<float> params(64);
   expect_error(
       [&] {
@@ -333,7 +341,7 @@ TEST(CheckpointFile, BitFlipInOneRowFailsOnEveryRank) {
   write_simple(path, 1);
   const std::size_t last = static_cast<std::size_t>(world_size() - 1);
   flip_bit_in(path, "optim/rank_state/adam_m", last * 16 * sizeof(double) + 3);
-  CheckpointReader reader(path, MPI_COMM_WORLD);
+  CheckpointReader reader(path, world());
   // Only the last rank reads the damaged row, yet every rank throws the same line (none hangs).
   std::vector<double> row(16);
   expect_error(
@@ -341,7 +349,7 @@ TEST(CheckpointFile, BitFlipInOneRowFailsOnEveryRank) {
         reader.read_row<double>("optim/rank_state/adam_m", static_cast<std::size_t>(world_rank()), row);
       },
       {path.string(), "'optim/rank_state/adam_m'", fmt::format("row {}", last), "checksum mismatch"});
-  EXPECT_THROW(verify_checkpoint(path, MPI_COMM_WORLD), Error);
+  EXPECT_THROW(verify_checkpoint(path, world()), Error);
 }
 
 // A file written by plain serial HDF5 with the given root attributes.
@@ -366,27 +374,27 @@ TEST(CheckpointFile, WrongVersionIncompleteAndForeignFilesAreRejected) {
   ScratchDir dir;
   const fs::path v2 = dir.path() / "v2.h5";
   write_foreign(v2, kCheckpointFormatVersion + 1, 1);
-  expect_error([&] { CheckpointReader r(v2, MPI_COMM_WORLD); },
+  expect_error([&] { CheckpointReader r(v2, world()); },
                {v2.string(), fmt::format("format_version {}", kCheckpointFormatVersion + 1)});
   const fs::path incomplete = dir.path() / "incomplete.h5";
   write_foreign(incomplete, kCheckpointFormatVersion, std::nullopt);
-  expect_error([&] { CheckpointReader r(incomplete, MPI_COMM_WORLD); }, {incomplete.string(), "incomplete"});
+  expect_error([&] { CheckpointReader r(incomplete, world()); }, {incomplete.string(), "incomplete"});
   const fs::path foreign = dir.path() / "foreign.h5";
   write_foreign(foreign, std::nullopt, std::nullopt);
-  expect_error([&] { CheckpointReader r(foreign, MPI_COMM_WORLD); },
+  expect_error([&] { CheckpointReader r(foreign, world()); },
                {foreign.string(), "not a lowsync checkpoint"});
   const fs::path text = dir.path() / "text.h5";
   on_rank0([&] { std::ofstream(text) << "hello"; });
-  expect_error([&] { CheckpointReader r(text, MPI_COMM_WORLD); }, {text.string(), "not an HDF5 file"});
+  expect_error([&] { CheckpointReader r(text, world()); }, {text.string(), "not an HDF5 file"});
   const fs::path missing = dir.path() / "missing.h5";
-  expect_error([&] { CheckpointReader r(missing, MPI_COMM_WORLD); }, {missing.string(), "file not found"});
+  expect_error([&] { CheckpointReader r(missing, world()); }, {missing.string(), "file not found"});
 }
 
 TEST(CheckpointFile, CallerExpectationsAreChecked) {
   ScratchDir dir;
   const fs::path path = checkpoint_path(dir.path(), 1);
   write_simple(path, 1);
-  CheckpointReader reader(path, MPI_COMM_WORLD);
+  CheckpointReader reader(path, world());
   std::vector<float> f(64);
   std::vector<double> d(64);
   expect_error(
@@ -426,7 +434,7 @@ TEST(CheckpointFile, WriterMisuseFailsOnEveryRankAndLeavesNoFile) {
   const fs::path path = checkpoint_path(dir.path(), 3);
   expect_error(
       [&] {
-        CheckpointWriter writer(path, MPI_COMM_WORLD);
+        CheckpointWriter writer(path, world());
         // Row length differs on the last rank only (on one rank, rank 0 itself differs from nobody).
         const std::size_t n = world_size() > 1 && world_rank() == world_size() - 1 ? 5 : 4;
         writer.write_per_rank<float>("x", pattern<float>(n, 0));
@@ -435,19 +443,19 @@ TEST(CheckpointFile, WriterMisuseFailsOnEveryRankAndLeavesNoFile) {
       {path.string() + ".tmp", world_size() > 1 ? "differs from rank 0's" : "reserved"});
   expect_error(
       [&] {
-        CheckpointWriter writer(path, MPI_COMM_WORLD);
+        CheckpointWriter writer(path, world());
         writer.write_global<float>("x", pattern<float>(3, 0), {2, 2});
       },
       {"'x'", "buffer holds 3 elements, shape [2, 2] needs 4"});
   expect_error(
       [&] {
-        CheckpointWriter writer(path, MPI_COMM_WORLD);
+        CheckpointWriter writer(path, world());
         writer.write_global<float>("x", pattern<float>(4, 0), {4});
         writer.write_global<float>("x", pattern<float>(4, 0), {4});
       },
       {"'x'", "cannot create"});
   {
-    CheckpointWriter abandoned(path, MPI_COMM_WORLD);
+    CheckpointWriter abandoned(path, world());
     abandoned.write_global<float>("x", pattern<float>(4, 0), {4});
   }
   MPI_Barrier(MPI_COMM_WORLD);
@@ -470,7 +478,7 @@ TEST(CheckpointFile, DiskFullKeepsPreviousCheckpoint) {
   const fs::path next = checkpoint_path(dir, 2);
   expect_error(
       [&] {
-        CheckpointWriter writer(next, MPI_COMM_WORLD);
+        CheckpointWriter writer(next, world());
         writer.set_attribute("step", std::int64_t{2});
         const std::vector<double> big(1 << 20, 1.0);  // 8 MiB: more than the filesystem holds
         writer.write_global<double>("model/params", big, {big.size()});
@@ -481,7 +489,7 @@ TEST(CheckpointFile, DiskFullKeepsPreviousCheckpoint) {
   // only some ranks see the failure; all must throw it.
   expect_error(
       [&] {
-        CheckpointWriter writer(next, MPI_COMM_WORLD);
+        CheckpointWriter writer(next, world());
         const std::vector<double> row((3u << 17) / static_cast<unsigned>(world_size()), 2.0);
         writer.write_per_rank<double>("optim/rank_state/adam_m", row);
         writer.commit();
@@ -491,10 +499,10 @@ TEST(CheckpointFile, DiskFullKeepsPreviousCheckpoint) {
   EXPECT_FALSE(fs::exists(next));
   EXPECT_FALSE(fs::exists(next.string() + ".tmp"));
   EXPECT_EQ(fs::file_size(good), good_size);
-  EXPECT_EQ(find_latest_checkpoint(dir, MPI_COMM_WORLD), good);
+  EXPECT_EQ(find_latest_checkpoint(dir, world()), good);
   // The space is free again: the next checkpoint succeeds.
   write_simple(next, 2);
-  EXPECT_EQ(find_latest_checkpoint(dir, MPI_COMM_WORLD), next);
+  EXPECT_EQ(find_latest_checkpoint(dir, world()), next);
   on_rank0([&] { fs::remove_all(dir); });
 }
 
@@ -509,7 +517,21 @@ TEST(CheckpointFile, RenameFailureKeepsPreviousCheckpoint) {
   MPI_Barrier(MPI_COMM_WORLD);
   EXPECT_FALSE(fs::exists(next.string() + ".tmp"));
   EXPECT_TRUE(fs::is_directory(next / "blocker"));
-  EXPECT_EQ(find_latest_checkpoint(dir.path(), MPI_COMM_WORLD, [](const std::string&) {}), good);
+  EXPECT_EQ(find_latest_checkpoint(dir.path(), world(), [](const std::string&) {}), good);
+}
+
+// Checkpoint traffic is in the ledger under its own class, and outside the strategy's totals.
+TEST(CheckpointFile, CollectivesAreCountedAsCheckpointTraffic) {
+  ScratchDir dir;
+  const comm::LedgerEntry total_before = world().ledger().total();
+  const comm::LedgerEntry before = world().ledger().by_traffic(comm::kCheckpointTraffic);
+  write_simple(dir.path() / "ledger.h5", 1);
+  const comm::LedgerEntry after = world().ledger().by_traffic(comm::kCheckpointTraffic);
+  // Error agreements, the root attribute broadcast, dataset signatures and CRCs: well over 10 calls.
+  EXPECT_GT(after.calls, before.calls + 10);
+  EXPECT_GT(after.payload_bytes, before.payload_bytes);
+  EXPECT_EQ(world().ledger().total().calls, total_before.calls);
+  EXPECT_EQ(world().ledger().total().payload_bytes, total_before.payload_bytes);
 }
 
 }  // namespace
@@ -533,7 +555,7 @@ TEST(CheckpointFileTool, DISABLED_WriteSteps) {
   const auto steps = env_int("LOWSYNC_CKPT_STEPS", 1);
   const auto floats = static_cast<std::size_t>(env_int("LOWSYNC_CKPT_MIB", 1)) * (1u << 18);
   for (std::int64_t step = 1; step <= steps; ++step) {
-    CheckpointWriter writer(checkpoint_path(dir, step), MPI_COMM_WORLD);
+    CheckpointWriter writer(checkpoint_path(dir, step), world());
     writer.set_attribute("step", step);
     writer.set_attribute("ranks", std::int64_t{world_size()});
     writer.set_attribute("strategy", "fda");
@@ -548,7 +570,7 @@ TEST(CheckpointFileTool, DISABLED_WriteSteps) {
     writer.write_per_rank<float>("optim/rank_state/adam_m", pattern<float>(floats, world_rank() + 1));
     writer.write_per_rank<std::uint16_t>("optim/rank_state/u16", pattern<std::uint16_t>(9, world_rank()));
     writer.commit();
-    prune_checkpoints(dir, 2, MPI_COMM_WORLD);
+    prune_checkpoints(dir, 2, world());
     if (world_rank() == 0) std::printf("committed: %s\n", checkpoint_path(dir, step).c_str());
     std::fflush(stdout);
   }
@@ -557,7 +579,7 @@ TEST(CheckpointFileTool, DISABLED_WriteSteps) {
 TEST(CheckpointFileTool, DISABLED_FindLatest) {
   const char* dir = std::getenv("LOWSYNC_CKPT_DIR");
   ASSERT_NE(dir, nullptr) << "set LOWSYNC_CKPT_DIR";
-  const auto latest = find_latest_checkpoint(dir, MPI_COMM_WORLD);
+  const auto latest = find_latest_checkpoint(dir, world());
   if (world_rank() == 0) std::printf("latest: %s\n", latest ? latest->c_str() : "none");
   std::fflush(stdout);
 }

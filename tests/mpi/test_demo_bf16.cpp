@@ -61,7 +61,8 @@ config::Config demo_bf16(std::int64_t steps) {
 }
 
 std::vector<float> row(const fs::path& file, const std::string& name, int r) {
-  io::CheckpointReader reader(file, MPI_COMM_WORLD);
+  comm::Communicator comm(MPI_COMM_WORLD);
+  io::CheckpointReader reader(file, comm);
   std::vector<float> x(reader.row_length(name));
   reader.read_row<float>(name, static_cast<std::size_t>(r), std::span<float>(x));
   return x;
@@ -103,7 +104,7 @@ TEST(DemoBf16Compute, Fp32MasterIdenticalReplicasExactResume) {
   const auto mid = io::checkpoint_path(dir / "split" / "checkpoints", k);
   {
     comm::Communicator comm(MPI_COMM_WORLD, {true, 60.0});
-    auto c = checkpoint_config(mid, MPI_COMM_WORLD);
+    auto c = checkpoint_config(mid, comm);
     c.set_text(fmt::format("train.steps={}", 2 * k));
     c.set_text(fmt::format("checkpoint.every={}", 2 * k));
     ASSERT_EQ(train(c, comm, dir / "split", mid).exit_code, 0);

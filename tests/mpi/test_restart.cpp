@@ -122,10 +122,11 @@ config::Config small_config(const std::string& name, std::int64_t steps) {
 
 // Every buffer a rank restores (its own row), compared bitwise; trainer/loop (timings) and
 // comm/ledger (seconds) are not deterministic and are left out.
-void expect_same_state(const fs::path& a, const fs::path& b, MPI_Comm comm) {
+void expect_same_state(const fs::path& a, const fs::path& b, MPI_Comm mpi_comm) {
+  comm::Communicator comm(mpi_comm);
   io::CheckpointReader ra(a, comm), rb(b, comm);
   int rank = 0;
-  MPI_Comm_rank(comm, &rank);
+  MPI_Comm_rank(mpi_comm, &rank);
   const auto names = ra.dataset_names();
   ASSERT_EQ(names, rb.dataset_names());
   EXPECT_EQ(ra.attribute_int("step"), rb.attribute_int("step"));
@@ -208,7 +209,7 @@ TEST_P(Restart, ResumedRunEqualsUninterrupted) {
   {
     // As main.cpp does it: the saved config, then overrides (train.steps counts total steps).
     comm::Communicator comm(MPI_COMM_WORLD, {true, 60.0});
-    auto c = checkpoint_config(mid, MPI_COMM_WORLD);
+    auto c = checkpoint_config(mid, comm);
     EXPECT_EQ(c.integer("train.steps"), k);
     c.set_text(fmt::format("train.steps={}", 2 * k));
     const auto r = train(c, comm, dir.path() / "split", mid);
@@ -241,13 +242,13 @@ TEST(Restart, RefusesADifferentModel) {
   auto other = c;
   other.set_text("model.arch=cnn");
   try {
-    check_compatible(file, checkpoint_config(file, MPI_COMM_WORLD), other);
+    check_compatible(file, checkpoint_config(file, comm), other);
     FAIL() << "no error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("model.arch is \"mlp\" there, \"cnn\" here"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find(file.string()), std::string::npos) << e.what();
   }
-  EXPECT_EQ(resolve_checkpoint(dir.path() / "a", MPI_COMM_WORLD), file);
+  EXPECT_EQ(resolve_checkpoint(dir.path() / "a", comm), file);
 }
 
 // Half the ranks (world 4 -> 2 via a sub-communicator) and back (2 -> 4): the reshard policy.
@@ -273,7 +274,7 @@ TEST(Reshard, HalfAndDoubleTheRanks) {
     const auto saved = io::checkpoint_path(four / "checkpoints", 3);
     if (half != MPI_COMM_NULL) {  // 4 -> 2, then 2 more steps
       comm::Communicator comm(half, {true, 60.0});
-      auto c = checkpoint_config(saved, half);
+      auto c = checkpoint_config(saved, comm);
       c.set_text("train.steps=5");
       c.set_text("checkpoint.every=5");
       const auto r = train(c, comm, two, saved);
@@ -281,8 +282,8 @@ TEST(Reshard, HalfAndDoubleTheRanks) {
       EXPECT_TRUE(std::isfinite(r.summary["final_loss"].get<double>()));
       // Parameters at the resume point: the mean of the 4 saved replicas, checked against a
       // direct read of the old file (periodic syncs at step 3, so all replicas are equal there).
-      const auto mean = checkpoint_mean_params(saved, half, static_cast<std::size_t>(r.summary["num_params"].get<std::int64_t>()));
-      io::CheckpointReader old(saved, half);
+      const auto mean = checkpoint_mean_params(saved, comm, static_cast<std::size_t>(r.summary["num_params"].get<std::int64_t>()));
+      io::CheckpointReader old(saved, comm);
       std::vector<float> row(mean.size());
       old.read_row<float>("model/params", 3, std::span<float>(row));
       if (!strategy.starts_with("fda")) {
@@ -295,7 +296,7 @@ TEST(Reshard, HalfAndDoubleTheRanks) {
       if (strategy == "periodic_fp8wire") {
         // The fp32 server model (rank 0's, not a replica) survives the reshard unchanged: no
         // average falls on steps 4-5 (period 3), so the 2-rank checkpoint holds the saved one.
-        io::CheckpointReader after(io::checkpoint_path(two / "checkpoints", 5), half);
+        io::CheckpointReader after(io::checkpoint_path(two / "checkpoints", 5), comm);
         for (const std::string name : {"strategy/root/server_master", "strategy/root/server_broadcast"}) {
           std::vector<float> before_server(row.size()), after_server(row.size());
           old.read_global<float>(name, std::span<float>(before_server), {row.size()});
@@ -308,7 +309,7 @@ TEST(Reshard, HalfAndDoubleTheRanks) {
     {  // 2 -> 4
       comm::Communicator comm(MPI_COMM_WORLD, {true, 60.0});
       const auto file = io::checkpoint_path(two / "checkpoints", 5);
-      auto c = checkpoint_config(file, MPI_COMM_WORLD);
+      auto c = checkpoint_config(file, comm);
       c.set_text("train.steps=7");
       c.set_text("checkpoint.every=7");
       const auto r = train(c, comm, back, file);
@@ -316,7 +317,7 @@ TEST(Reshard, HalfAndDoubleTheRanks) {
       EXPECT_EQ(r.summary["steps"], 7);
       EXPECT_TRUE(std::isfinite(r.summary["final_loss"].get<double>()));
       // Counters continue (syncs from old rank 0), the loader starts a fresh epoch.
-      io::CheckpointReader now(io::checkpoint_path(back / "checkpoints", 7), MPI_COMM_WORLD);
+      io::CheckpointReader now(io::checkpoint_path(back / "checkpoints", 7), comm);
       std::int64_t syncs = 0;
       now.read_row<std::int64_t>("strategy/counters/syncs", static_cast<std::size_t>(rank), {&syncs, 1});
       EXPECT_GE(syncs, strategy == "allreduce" || strategy == "demo" ? 7 : 1);

@@ -63,10 +63,10 @@ std::vector<std::string> load_checkpoint(const std::filesystem::path& path, Trai
 
 // Collective. --resume PATH: PATH itself when it is a file, else the newest good checkpoint in
 // PATH/checkpoints (a run folder) or PATH (a checkpoint folder); throws when there is none.
-std::filesystem::path resolve_checkpoint(const std::filesystem::path& path, MPI_Comm comm);
+std::filesystem::path resolve_checkpoint(const std::filesystem::path& path, comm::Communicator& comm);
 
 // Collective. The configuration stored in a checkpoint (its TOML text, parsed).
-config::Config checkpoint_config(const std::filesystem::path& path, MPI_Comm comm);
+config::Config checkpoint_config(const std::filesystem::path& path, comm::Communicator& comm);
 
 // Keys whose change makes a checkpoint meaningless for a run (model.arch, sync.strategy, ...):
 // throws "checkpoint 'FILE' ... KEY is A there, B here" for the first one that differs.
@@ -86,12 +86,12 @@ config::Config saved_config(io::CheckpointReader& r);
 void truncate_metrics(const std::filesystem::path& path, std::int64_t step);
 
 // Collective. Prints a summary of a checkpoint (rank 0) and verifies every checksum.
-void inspect_checkpoint(const std::filesystem::path& path, MPI_Comm comm);
+void inspect_checkpoint(const std::filesystem::path& path, comm::Communicator& comm);
 
 // Collective. Parameters of a checkpoint as one model: the mean of the saved replicas (exact
 // when they are identical). Checks num_params. A zeroth-order checkpoint (zo/values + prune/mask)
 // comes back dense, with zeros at the pruned weights.
-std::vector<float> checkpoint_mean_params(const std::filesystem::path& path, MPI_Comm comm,
+std::vector<float> checkpoint_mean_params(const std::filesystem::path& path, comm::Communicator& comm,
                                           std::size_t num_params);
 
 }  // namespace lowsync::app

@@ -15,6 +15,8 @@ class Runtime {
   int rank() const { return rank_; }
   int size() const { return size_; }
   static void set_threads(int threads);
+  // Ends every rank (MPI_Abort): for a failure peers may be waiting on in a collective.
+  [[noreturn]] void abort(int exit_code) const;
 
  private:
   int rank_ = 0;

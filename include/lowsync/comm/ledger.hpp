@@ -19,6 +19,11 @@ enum class Collective : std::uint8_t { allreduce, broadcast, allgather, allgathe
                                        reduce_scatter, barrier, send, recv, alltoall };  // append only: checkpoints store the index
 std::string_view collective_name(Collective c);
 
+// Checkpoint files' own collectives (io/checkpoint_file.cpp: error agreement, CRCs, listings).
+// An "obs.*" class: in the ledger and under the watchdog, but not in the strategy's byte totals,
+// so bytes_sent does not depend on the checkpoint cadence.
+inline constexpr std::string_view kCheckpointTraffic = "obs.checkpoint";
+
 struct LedgerEntry {
   std::uint64_t calls = 0;
   std::uint64_t payload_bytes = 0;

@@ -5,9 +5,8 @@
 // and verifies the same format with h5py.
 #pragma once
 
+#include "lowsync/comm/communicator.hpp"
 #include "lowsync/core/dtype.hpp"
-
-#include <mpi.h>
 
 #include <concepts>
 #include <cstddef>
@@ -60,7 +59,7 @@ std::optional<std::int64_t> checkpoint_step(const std::filesystem::path& path);
 class CheckpointWriter {
  public:
   // Rank 0 creates the parent directory if needed; the .tmp file is created (truncated) by all.
-  CheckpointWriter(std::filesystem::path final_path, MPI_Comm comm);
+  CheckpointWriter(std::filesystem::path final_path, comm::Communicator& comm);
   ~CheckpointWriter();
   CheckpointWriter(const CheckpointWriter&) = delete;
   CheckpointWriter& operator=(const CheckpointWriter&) = delete;
@@ -118,7 +117,7 @@ class CheckpointWriter {
 
   std::filesystem::path final_path_;
   std::filesystem::path tmp_path_;
-  MPI_Comm comm_;
+  comm::Communicator& comm_;
   int rank_ = 0;
   int world_size_ = 1;
   std::int64_t file_ = -1;  // hid_t; kept as int64 so this header needs no HDF5 include
@@ -132,7 +131,7 @@ class CheckpointWriter {
 // read metadata, which is identical on every rank, so they fail identically everywhere.
 class CheckpointReader {
  public:
-  CheckpointReader(std::filesystem::path path, MPI_Comm comm);  // collective
+  CheckpointReader(std::filesystem::path path, comm::Communicator& comm);  // collective
   ~CheckpointReader();                                          // collective
   CheckpointReader(const CheckpointReader&) = delete;
   CheckpointReader& operator=(const CheckpointReader&) = delete;
@@ -190,19 +189,19 @@ class CheckpointReader {
                        std::size_t count);
 
   std::filesystem::path path_;
-  MPI_Comm comm_;
+  comm::Communicator& comm_;
   int rank_ = 0;
   int world_size_ = 1;
   std::int64_t file_ = -1;  // hid_t
 };
 
 // Collective. Opens `path` and verifies completeness, version and every checksum; throws on failure.
-void verify_checkpoint(const std::filesystem::path& path, MPI_Comm comm);
+void verify_checkpoint(const std::filesystem::path& path, comm::Communicator& comm);
 
 // Collective. The newest checkpoint_path()-named file in `dir` that opens, is complete and passes
 // every checksum, or nullopt (also when dir does not exist). ".tmp" leftovers and broken files are
 // skipped with one `warn` line each (default: lowsync::log::warn on rank 0).
-std::optional<std::filesystem::path> find_latest_checkpoint(const std::filesystem::path& dir, MPI_Comm comm,
+std::optional<std::filesystem::path> find_latest_checkpoint(const std::filesystem::path& dir, comm::Communicator& comm,
                                                             const CheckpointWarnFn& warn = {});
 
 // Collective; rank 0 deletes. Keeps the newest `keep` (>= 1) checkpoints of `dir` that open and are
@@ -211,6 +210,6 @@ std::optional<std::filesystem::path> find_latest_checkpoint(const std::filesyste
 // broken ones) and every ".tmp" whose step is not newer than it; files newer than the newest
 // complete checkpoint are left alone. Returns the paths deleted.
 std::vector<std::filesystem::path> prune_checkpoints(const std::filesystem::path& dir, int keep,
-                                                     MPI_Comm comm, const CheckpointWarnFn& warn = {});
+                                                     comm::Communicator& comm, const CheckpointWarnFn& warn = {});
 
 }  // namespace lowsync::io

@@ -43,6 +43,8 @@ Compute parse_compute(const std::string& name);  // fp32 | fp8 | bf16 | fp16, el
 constexpr bool is_16bit(Compute c) { return c == Compute::bf16 || c == Compute::fp16; }
 enum class Storage : std::uint8_t { float32, native16 };
 
+struct Architecture;  // model/architecture.hpp
+
 class Model {
  public:
   // arch = "mlp" | "cnn"; batch = training batch per rank (primitives are built for it once).
@@ -110,6 +112,7 @@ class Model {
   const float* logits_of(Plan& plan, const data::Batch& batch);  // forward only, either storage
 
   std::string arch_;
+  const Architecture* arch_spec_ = nullptr;  // model/architecture.hpp (static table)
   int batch_ = 0;
   std::vector<std::unique_ptr<layers::Layer>> layers_;
   std::vector<ParamInfo> infos_;

@@ -1,5 +1,5 @@
 // Memory-lean forward-only MLP for zeroth-order training (ALGORITHMS.md §2): the kept parameters
-// live compressed (optim::SparseParams: nnz values + shared bitmap), the forward runs a sparse
+// live compressed (SparseParams: nnz values + shared bitmap), the forward runs a sparse
 // kernel straight on them, and two activation buffers are reused between layers (nothing is kept
 // for a backward pass). Flat parameter layout and initialisation equal model::Model("mlp"), so a
 // dense ZO run, a pruned run and backprop start from the same weights.
@@ -8,7 +8,7 @@
 #include "lowsync/core/memory.hpp"
 #include "lowsync/data/batch.hpp"
 #include "lowsync/model/model.hpp"
-#include "lowsync/optim/prune.hpp"
+#include "lowsync/model/mask.hpp"
 
 #include <cstddef>
 #include <cstdint>
@@ -33,7 +33,7 @@ std::size_t mlp_num_params();
 // Initial value of flat parameter j, identical to Model("mlp", _, seed).params()[j].
 float mlp_initial_value(std::uint64_t seed, std::size_t j);
 // One OutputUnit per neuron (weight row + bias), for select_top_k's one-per-unit rule.
-std::vector<optim::OutputUnit> mlp_output_units();
+std::vector<OutputUnit> mlp_output_units();
 
 // Dense reference forward/backward of the MLP on arbitrary weights (pruning phase, tests):
 // out = f(x; w) [n, 10]; backward accumulates nothing, it overwrites grad (d entries) with
@@ -57,12 +57,12 @@ class SparseMlp {
  public:
   // batch = training batch per rank; values initialised as Model("mlp", batch, seed) at the kept
   // coordinates of `mask` (all kept when null).
-  SparseMlp(int batch, std::uint64_t seed, std::shared_ptr<const optim::Mask> mask = nullptr);
+  SparseMlp(int batch, std::uint64_t seed, std::shared_ptr<const Mask> mask = nullptr);
 
   std::size_t num_params() const { return params_.num_params(); }  // d
   std::size_t nnz() const { return params_.size(); }
-  optim::SparseParams& params() { return params_; }
-  const optim::SparseParams& params() const { return params_; }
+  SparseParams& params() { return params_; }
+  const SparseParams& params() const { return params_; }
   const std::vector<DenseLayerSpec>& layers() const { return specs_; }
   int batch() const { return batch_; }
 
@@ -81,7 +81,7 @@ class SparseMlp {
   int batch_;
   std::vector<DenseLayerSpec> specs_;
   std::vector<std::size_t> weight_k_, bias_k_;  // index of the first kept value of each block
-  optim::SparseParams params_;
+  SparseParams params_;
   memory::TrackedBuffer<float> buf_a_, buf_b_;  // ping-pong activations [width, batch]
 };
 

@@ -167,11 +167,20 @@ std::string format_value(const Value& v) {
       [](const auto& x) -> std::string {
         using T = std::decay_t<decltype(x)>;
         if constexpr (std::is_same_v<T, std::string>) {
-          // toml++ escapes quotes, backslashes and control characters: a value holding '"' or a
-          // newline used to make config.toml and every checkpoint's config_toml unparseable.
-          std::ostringstream os;
-          os << toml::value<std::string>(x);
-          return os.str();
+          // A TOML basic string with quotes, backslashes and control characters escaped: a value
+          // holding '"' or a newline used to make config.toml and every checkpoint's config_toml
+          // unparseable (the round trip through toml++ is tested).
+          std::string out = "\"";
+          for (const char ch : x) {
+            const auto c = static_cast<unsigned char>(ch);
+            if (ch == '"' || ch == '\\') out += '\\', out += ch;
+            else if (ch == '\n') out += "\\n";
+            else if (ch == '\t') out += "\\t";
+            else if (ch == '\r') out += "\\r";
+            else if (c < 0x20 || c == 0x7f) out += fmt::format("\\u{:04X}", c);
+            else out += ch;
+          }
+          return out + "\"";
         }
         else if constexpr (std::is_same_v<T, bool>) return x ? "true" : "false";
         else if constexpr (std::is_same_v<T, double>) {

@@ -27,77 +27,9 @@ namespace lowsync::app {
 namespace {
 
 using Json = nlohmann::json;
-constexpr std::uint64_t kTagW0 = 0x6e746b77ULL, kTagX = 0x6e746b78ULL, kTagDelta = 0x6e746b64ULL;
 constexpr std::uint64_t kTagZo = 0x7a6fULL;
 
 }  // namespace
-
-// ---- pruning ----
-
-double ntk_rank_saliency(const PruneSettings& s, int round, int rank, const optim::Mask& mask,
-                         std::span<float> saliency) {
-  const std::size_t d = model::mlp_num_params();
-  if (mask.size() != d || saliency.size() != d) fail("ntk saliency: mask/saliency sizes {} {} != {}", mask.size(), saliency.size(), d);
-  const auto r = static_cast<std::uint64_t>(round), k = static_cast<std::uint64_t>(rank);
-  memory::TrackedBuffer<float> w0("prune.w0", d), delta("prune.delta", d), m("prune.mask", d);
-  const std::uint64_t w0_seed = stream_key({s.seed, kTagW0, r, k});
-  for (std::size_t j = 0; j < d; ++j) w0[j] = model::mlp_initial_value(w0_seed, j);
-  optim::draw_delta(stream_key({s.seed, kTagDelta, r, k}), s.eps, delta.span());
-  mask.to_floats(m.span());
-  const std::size_t n = static_cast<std::size_t>(s.batch);
-  memory::TrackedBuffer<float> x("prune.x", n * 784), fa("prune.fa", n * 10), fb("prune.fb", n * 10),
-      dout("prune.dout", n * 10);
-  const std::uint64_t x_key = stream_key({s.seed, kTagX, r, k});
-  for (std::size_t i = 0; i < x.size(); ++i) x[i] = normal01(x_key, i);
-  model::DenseMlpRef net(s.batch);
-  // dR/dw_a and dR/dw_b: R = (1/n) sum ||f_a - f_b||^2, so dout_a = 2 (f_a - f_b) / n = -dout_b.
-  const optim::ResidualGradFn residual_grad = [&](std::span<const float> w_a, std::span<const float> w_b,
-                                                  std::span<float> grad_a, std::span<float> grad_b) {
-    net.forward(w_a, x.data(), fa.span());
-    net.forward(w_b, x.data(), fb.span());
-    double res = 0.0;
-    for (std::size_t i = 0; i < fa.size(); ++i) {
-      const float diff = fa[i] - fb[i];
-      res += static_cast<double>(diff) * diff;
-      dout[i] = -2.0f * diff / static_cast<float>(n);
-    }
-    net.backward(w_b, x.data(), dout.span(), grad_b);  // activations of the last forward (w_b)
-    for (std::size_t i = 0; i < dout.size(); ++i) dout[i] = -dout[i];
-    net.forward(w_a, x.data(), fa.span());
-    net.backward(w_a, x.data(), dout.span(), grad_a);
-    return res / static_cast<double>(n);
-  };
-  return optim::ntk_saliency(residual_grad, w0.span(), delta.span(), m.span(), saliency);
-}
-
-optim::Mask foresight_prune(const PruneSettings& s, comm::Communicator& comm, double weight) {
-  const std::size_t d = model::mlp_num_params();
-  const auto units = model::mlp_output_units();
-  const double final_density = 1.0 - s.sparsity;
-  if (s.method == "none") return optim::Mask(d, true);
-  memory::TrackedBuffer<float> scores("prune.scores", d);
-  if (s.method == "magnitude") {
-    // |w_init| of the real initialisation (the weights training starts from): static across
-    // rounds, so one selection at the final density equals the iterative schedule.
-    for (std::size_t j = 0; j < d; ++j) scores[j] = std::fabs(model::mlp_initial_value(s.seed, j));
-    return optim::select_top_k(scores.span(), final_density, units);
-  }
-  if (s.method == "random") {
-    optim::random_scores(s.seed, 0, scores.span());
-    return optim::select_top_k(scores.span(), final_density, units);
-  }
-  if (s.method != "ntk") fail("prune.method = '{}' is not one of none|ntk|magnitude|random", s.method);
-  optim::Mask mask(d, true);
-  for (int t = 1; t <= s.rounds; ++t) {
-    const double residual = ntk_rank_saliency(s, t, comm.rank(), mask, scores.span());
-    const auto w = static_cast<float>(weight);
-    for (std::size_t j = 0; j < d; ++j) scores[j] *= w;
-    comm.allreduce(scores.span(), comm::ReduceOp::sum, "prune");
-    mask = optim::select_top_k(scores.span(), optim::density_schedule(s.sparsity, t, s.rounds), units, &mask);
-    log::info("prune round {}/{}: residual R {:.4g} on rank 0, density {:.4f}", t, s.rounds, residual, mask.density());
-  }
-  return mask;
-}
 
 // ---- training ----
 
@@ -299,7 +231,7 @@ TrainResult train_zo(const config::Config& cfg, comm::Communicator& comm, const 
 
   // Pruning phase: its dense scratch (saliency, w0, delta, mask floats) is freed before training;
   // its peak is reported as prune_peak_bytes and train_state_bytes restarts after it.
-  PruneSettings ps{cfg.string("prune.method"), cfg.real("prune.sparsity"), static_cast<int>(cfg.integer("prune.rounds")),
+  optim::PruneSettings ps{cfg.string("prune.method"), cfg.real("prune.sparsity"), static_cast<int>(cfg.integer("prune.rounds")),
                    static_cast<int>(cfg.integer("prune.batch")), static_cast<float>(cfg.real("prune.eps")), seed};
   const Timer prune_timer;
   std::shared_ptr<const optim::Mask> mask;
@@ -310,7 +242,8 @@ TrainResult train_zo(const config::Config& cfg, comm::Communicator& comm, const 
     mask = std::make_shared<const optim::Mask>(optim::Mask::from_bytes(d, bytes));
     log::info("prune mask from {} (density {:.4f}); pruning not repeated", resume->string(), mask->density());
   } else {
-    mask = std::make_shared<const optim::Mask>(foresight_prune(ps, comm, data_share));
+    mask = std::make_shared<const optim::Mask>(optim::foresight_prune(
+        ps, rank, [&](std::span<float> v) { comm.allreduce(v, comm::ReduceOp::sum, "prune"); }, data_share));
   }
   const double prune_s = prune_timer.seconds();
   std::int64_t prune_peak = memory::peak_bytes();

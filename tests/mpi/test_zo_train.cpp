@@ -31,31 +31,31 @@ bool same_on_all_ranks(comm::Communicator& comm, std::span<const std::uint8_t> b
 TEST(FederatedNtk, AllreduceSumEqualsSingleProcessSum) {
   comm::Communicator comm(MPI_COMM_WORLD, {true, 60.0});  // rank-ordered sums, like the reference
   const int K = comm.size();
-  PruneSettings s;
+  optim::PruneSettings s;
   s.method = "ntk";
   s.batch = 2;
   s.seed = 31;
   const std::size_t d = model::mlp_num_params();
   optim::Mask mask(d, true);
   std::vector<float> fed(d), ref(d, 0.0f), local(d);
-  ntk_rank_saliency(s, 1, comm.rank(), mask, fed);
+  optim::ntk_rank_saliency(s, 1, comm.rank(), mask, fed);
   comm.allreduce(std::span<float>(fed), comm::ReduceOp::sum, "prune");
   for (int r = 0; r < K; ++r) {  // one process computing every rank's estimate
-    ntk_rank_saliency(s, 1, r, mask, local);
+    optim::ntk_rank_saliency(s, 1, r, mask, local);
     for (std::size_t j = 0; j < d; ++j) ref[j] = r == 0 ? local[j] : ref[j] + local[j];
   }
   for (std::size_t j = 0; j < d; ++j) ASSERT_EQ(fed[j], ref[j]) << j;
   // Estimates of different ranks differ (independent draws), so the sum is not K copies of one.
   if (K > 1) {
     std::vector<float> r1(d);
-    ntk_rank_saliency(s, 1, 1, mask, r1);
-    ntk_rank_saliency(s, 1, 0, mask, local);
+    optim::ntk_rank_saliency(s, 1, 1, mask, r1);
+    optim::ntk_rank_saliency(s, 1, 0, mask, local);
     EXPECT_NE(std::memcmp(r1.data(), local.data(), d * sizeof(float)), 0);
   }
   // Pruned weights score exactly 0.
   optim::Mask half(d, true);
   for (std::size_t j = 0; j < d; j += 2) half.set(j, false);
-  ntk_rank_saliency(s, 2, 0, half, local);
+  optim::ntk_rank_saliency(s, 2, 0, half, local);
   for (std::size_t j = 0; j < d; j += 2) ASSERT_EQ(local[j], 0.0f);
 }
 
@@ -63,15 +63,16 @@ TEST(ForesightPrune, DeterministicExactDensityEqualOnRanks) {
   comm::Communicator comm(MPI_COMM_WORLD, {true, 60.0});
   const std::size_t d = model::mlp_num_params();
   const auto units = model::mlp_output_units();
+  const optim::SumOverRanks sum = [&](std::span<float> v) { comm.allreduce(v, comm::ReduceOp::sum, "prune"); };
   for (const std::string method : {"ntk", "magnitude", "random"}) {
-    PruneSettings s;
+    optim::PruneSettings s;
     s.method = method;
     s.sparsity = 0.9;
     s.rounds = 2;
     s.batch = 2;
     s.seed = 5;
-    const auto a = foresight_prune(s, comm, 1.0 / comm.size());
-    const auto b = foresight_prune(s, comm, 1.0 / comm.size());
+    const auto a = optim::foresight_prune(s, comm.rank(), sum, 1.0 / comm.size());
+    const auto b = optim::foresight_prune(s, comm.rank(), sum, 1.0 / comm.size());
     EXPECT_TRUE(a == b) << method;
     EXPECT_EQ(a.nnz(), optim::kept_count(0.1, d)) << method;
     EXPECT_TRUE(same_on_all_ranks(comm, a.bytes())) << method;

@@ -9,6 +9,7 @@
 #include "lowsync/comm/communicator.hpp"
 #include "lowsync/data/batch.hpp"
 #include "lowsync/model/sparse_mlp.hpp"
+#include "lowsync/optim/foresight.hpp"
 #include "lowsync/optim/optimizer.hpp"
 #include "lowsync/optim/zo.hpp"
 
@@ -18,28 +19,6 @@
 #include <string>
 
 namespace lowsync::app {
-
-struct PruneSettings {
-  std::string method = "none";  // none | ntk | magnitude | random
-  double sparsity = 0.9;
-  int rounds = 10;
-  int batch = 16;      // ntk: Gaussian inputs per rank and round
-  float eps = 0.01f;   // ntk: std of delta
-  std::uint64_t seed = 1;
-};
-
-// One rank's NTK saliency of round `round` (1-based): S = |m * dR/dm| for fresh w0 (init drawn
-// from (seed, round, rank)), Gaussian inputs and delta from the same key; 0 at pruned weights.
-// Returns R. Deterministic in (settings, round, rank, mask).
-double ntk_rank_saliency(const PruneSettings& settings, int round, int rank, const optim::Mask& mask,
-                         std::span<float> saliency);
-
-// The pruning mask over the mlp's flat parameters, identical on every rank: ntk runs
-// settings.rounds rounds of (local saliency times weight; one allreduce "prune"; global top-k at
-// density (1-s)^(t/P) within the previous mask, one weight per output unit); magnitude ranks
-// |w_init| and random ranks uniform scores, once, at the final density. weight = this rank's
-// share n_k/n of the data (the federated weighting of the local estimates).
-optim::Mask foresight_prune(const PruneSettings& settings, comm::Communicator& comm, double weight);
 
 // The ZO training state of one rank: compressed model, estimator, update, gradient buffer.
 class ZoTrainer {

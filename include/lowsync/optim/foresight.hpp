@@ -1,0 +1,42 @@
+// Foresight pruning of the MLP before training (ALGORITHMS.md §2): data-free NTK saliency summed
+// over ranks (federated weighting), or the magnitude and random baselines, giving one mask that
+// is identical on every rank. Selection and the NTK math are optim/prune.hpp; this file runs the
+// rounds. The sum over ranks is a callback so optim/ stays below comm/ (STYLE.md §2).
+#pragma once
+
+#include "lowsync/model/mask.hpp"
+
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <string>
+
+namespace lowsync::optim {
+
+struct PruneSettings {
+  std::string method = "none";  // none | ntk | magnitude | random
+  double sparsity = 0.9;
+  int rounds = 10;
+  int batch = 16;      // ntk: Gaussian inputs per rank and round
+  float eps = 0.01f;   // ntk: std of delta
+  std::uint64_t seed = 1;
+};
+
+// Sums a buffer over all ranks in place (every rank calls it at the same point).
+using SumOverRanks = std::function<void(std::span<float>)>;
+
+// One rank's NTK saliency of round `round` (1-based): S = |m * dR/dm| for fresh w0 (init drawn
+// from (seed, round, rank)), Gaussian inputs and delta from the same key; 0 at pruned weights.
+// Returns R. Deterministic in (settings, round, rank, mask).
+double ntk_rank_saliency(const PruneSettings& settings, int round, int rank, const model::Mask& mask,
+                         std::span<float> saliency);
+
+// The pruning mask over the mlp's flat parameters, identical on every rank: ntk runs
+// settings.rounds rounds of (local saliency times weight; sum_over_ranks; global top-k at
+// density (1-s)^(t/P) within the previous mask, one weight per output unit); magnitude ranks
+// |w_init| and random ranks uniform scores, once, at the final density. weight = this rank's
+// share n_k/n of the data (the federated weighting of the local estimates).
+model::Mask foresight_prune(const PruneSettings& settings, int rank, const SumOverRanks& sum_over_ranks,
+                            double weight);
+
+}  // namespace lowsync::optim

@@ -12,6 +12,7 @@
 #include "lowsync/config/config.hpp"
 #include "lowsync/core/error.hpp"
 #include "lowsync/core/log.hpp"
+#include "lowsync/sync/strategy.hpp"
 #include "lowsync/config.hpp"
 
 #include <CLI/CLI.hpp>
@@ -171,6 +172,7 @@ int main(int argc, char** argv) {
       if (!config_file.empty()) cfg.load_toml_file(config_file);
       for (const auto& s : sets) cfg.set_text(s);
       cfg.validate();
+      lowsync::sync::validate_config(cfg);
     } catch (const lowsync::Error& e) {
       if (runtime.rank() == 0) std::fprintf(stderr, "lowsync: rank 0: error: %s\n", e.what());
       return 2;

@@ -252,13 +252,7 @@ const std::string& Config::string(std::string_view key) const { return std::get<
 bool Config::is_default(std::string_view key) const { return explicit_.find(key) == explicit_.end(); }
 
 void Config::validate() const {
-  const std::string& strategy = string("sync.strategy");
-  const std::string& opt = string("optim.name");
-  if (opt == "demo" && strategy != "demo")
-    fail("optim.name = \"demo\" needs sync.strategy = \"demo\" (DeMo is both; sync.strategy = \"{}\" given){}",
-         strategy, strategy == "fda" ? ": FDA cannot monitor DeMo, whose replicas never drift" : "");
-  if (strategy == "demo" && !is_default("optim.name") && opt != "demo")
-    fail("sync.strategy = \"demo\" sets the optimizer itself; optim.name = \"{}\" conflicts with it", opt);
+  // Rules between strategy keys are the strategies' own: sync::validate_config.
   if (real("optim.demo.beta") >= 1.0) fail("optim.demo.beta must be < 1, got {}", real("optim.demo.beta"));
 }
 

@@ -245,12 +245,15 @@ class AdamW final : public Optimizer {
   StateStore m_, v_;
 };
 
-// DeMo applies its own update (the strategy owns it); the trainer never calls this.
+// A strategy that owns the update (DeMo) applies it itself; the learner never calls this.
 class NoUpdate final : public Optimizer {
  public:
-  explicit NoUpdate(double lr) { lr_ = lr; }
-  std::string_view name() const override { return "demo"; }
+  NoUpdate(double lr, std::string_view name) : name_(name) { lr_ = lr; }
+  std::string_view name() const override { return name_; }
   void step(std::span<float>, std::span<const float>) override { ++step_count_; }
+
+ private:
+  std::string name_;
 };
 
 }  // namespace
@@ -260,7 +263,7 @@ void Optimizer::step16(std::span<std::uint16_t>, std::span<const std::uint16_t>)
 }
 
 std::unique_ptr<Optimizer> make_optimizer(const config::Config& cfg, std::size_t num_params, bool native16) {
-  const std::string& name = cfg.string("sync.strategy") == "demo" ? std::string("demo") : cfg.string("optim.name");
+  const std::string& name = cfg.string("optim.name");
   const double lr = cfg.real("optim.lr");
   const std::string& compute = cfg.string("precision.compute");
   const Storage storage = compute == "bf16" ? Storage::bf16 : compute == "fp16" ? Storage::fp16 : Storage::fp32;
@@ -288,8 +291,11 @@ std::unique_ptr<Optimizer> make_optimizer(const config::Config& cfg, std::size_t
     return std::make_unique<AdamW>(lr, cfg.real("optim.beta1"), cfg.real("optim.beta2"), eps,
                                    cfg.real("optim.weight_decay"), num_params, storage, native16, rounding);
   }
-  if (name == "demo") return std::make_unique<NoUpdate>(lr);
   fail("optim.name = '{}' is not available in this build", name);
+}
+
+std::unique_ptr<Optimizer> make_no_update(double lr, std::string_view name) {
+  return std::make_unique<NoUpdate>(lr, name);
 }
 
 std::unique_ptr<Optimizer> make_zo_update(const config::Config& cfg, std::size_t num_values) {

@@ -1,11 +1,10 @@
 // Backprop-free training (ALGORITHMS.md §2): foresight pruning before training (data-free NTK
 // saliency summed over ranks, magnitude or random), then zeroth-order training of the compressed
 // model in the FedSGD form (q loss differences per step on the wire) or the FedAvg form (local
-// ZO steps, average of the kept weights every sync.period). train() dispatches here for
-// optim.name = zo; the memory-lean model (model::SparseMlp) replaces the dense backprop Model.
+// ZO steps, average of the kept weights every sync.period). The zeroth-order learner
+// (zo_learner.cpp) runs it; the memory-lean model (model::SparseMlp) replaces the dense Model.
 #pragma once
 
-#include "lowsync/app/trainer.hpp"
 #include "lowsync/comm/communicator.hpp"
 #include "lowsync/data/batch.hpp"
 #include "lowsync/model/sparse_mlp.hpp"
@@ -55,12 +54,5 @@ class ZoTrainer {
   std::int64_t syncs_ = 0, dropped_ = 0;
   bool synced_ = true;  // FedAvg: replicas equal since the last average
 };
-
-// train() for optim.name = zo (same outputs: config.toml, metrics.csv, summary.json), with the
-// same step-boundary control (signals, train.max_seconds, checkpoint.every[_seconds], non-finite
-// loss) and checkpoints (README "Checkpoints", zo layout). `resume`: a zo checkpoint written on the
-// same number of ranks (the mask comes from it; pruning is not run again).
-TrainResult train_zo(const config::Config& cfg, comm::Communicator& comm, const std::filesystem::path& out_dir,
-                     const std::optional<std::filesystem::path>& resume = std::nullopt);
 
 }  // namespace lowsync::app

@@ -49,6 +49,9 @@ class Optimizer {
 // optim.name = sgd | adamw (later issues add more); num_params sizes the state buffers.
 // native16: state stored as 16-bit values of precision.compute (bf16 | fp16), step16 updates.
 std::unique_ptr<Optimizer> make_optimizer(const config::Config& cfg, std::size_t num_params, bool native16 = false);
+// The optimizer of a run whose strategy applies the update itself (Strategy::owns_update, e.g.
+// DeMo): it keeps the learning rate and the strategy's name for reports and never updates.
+std::unique_ptr<Optimizer> make_no_update(double lr, std::string_view name);
 // The update applied to a zeroth-order estimate (optim.zo.update = sgd | adam, the latter as
 // AdamW with optim.beta1/beta2/eps/weight_decay) over num_values entries: the compressed kept
 // values of a pruned model, so its state is stored compressed too.

@@ -15,6 +15,7 @@ std::vector<std::size_t> tensor_counts(const model::Model& model);
 class NoneStrategy final : public Strategy {
  public:
   std::string_view name() const override { return "none"; }
+  bool supports_native16() const override { return true; }
 };
 
 // precision.wire != fp32: gradients travel encoded (allgather), summed in fp32 (sync/wire.hpp).
@@ -22,6 +23,9 @@ class AllreduceStrategy final : public Strategy {
  public:
   explicit AllreduceStrategy(WireFormat wire = WireFormat::fp32, std::uint64_t seed = 1) : wire_(wire), seed_(seed) {}
   std::string_view name() const override { return "allreduce"; }
+  // Every rank applies the same update to bitwise the same reduced gradient.
+  bool replicas_identical() const override { return true; }
+  bool supports_native16() const override { return true; }
   void on_start(StepContext& ctx) override;
   void after_backward(StepContext& ctx) override;
   std::int64_t syncs() const override { return syncs_; }
@@ -44,6 +48,7 @@ class PeriodicStrategy final : public Strategy {
   PeriodicStrategy(std::int64_t period, bool average_optimizer_state, WireFormat wire = WireFormat::fp32,
                    std::uint64_t seed = 1);
   std::string_view name() const override { return "periodic"; }
+  bool supports_native16() const override { return true; }
   void on_start(StepContext& ctx) override;
   void after_update(StepContext& ctx) override;
   std::int64_t syncs() const override { return syncs_; }

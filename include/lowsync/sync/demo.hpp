@@ -36,6 +36,9 @@ class DemoStrategy : public Strategy {
 
   std::string_view name() const override { return "demo"; }
   bool owns_update() const override { return true; }
+  // Every rank applies the same decoded aggregate; parameters are fp32 by spec (ALGORITHMS.md §5).
+  bool replicas_identical() const override { return true; }
+  bool keeps_fp32_parameters() const override { return true; }
   // Broadcasts parameters from rank 0 (base class), then allocates delta and the codec.
   void on_start(StepContext& ctx) override;
   // The whole DeMo step on ctx.model's tensors; lr = ctx.optimizer.learning_rate(), so the

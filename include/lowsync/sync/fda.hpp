@@ -41,6 +41,7 @@ class FdaStrategy final : public Strategy {
   explicit FdaStrategy(FdaOptions options);
 
   std::string_view name() const override { return "fda"; }
+  bool supports_native16() const override { return true; }
   // Broadcast from rank 0 (the base), then begin() on the now identical parameters.
   void on_start(StepContext& ctx) override;
   // step() on the model's parameters and the optimizer.

@@ -53,6 +53,14 @@ class Strategy {
   // True when the strategy applies the update itself in after_backward (DeMo); the trainer then
   // skips optimizer.step.
   virtual bool owns_update() const { return false; }
+  // The strategy answers for itself (STYLE.md §5), so nothing outside sync/ names a strategy:
+  //   replicas_identical     every rank holds bitwise the same parameters after every step
+  //                          (evaluation then uses the local replica instead of an average)
+  //   keeps_fp32_parameters  parameters stay an fp32 master even under 16-bit compute
+  //   supports_native16      works on native 16-bit storage (u16 parameters, gradients, state)
+  virtual bool replicas_identical() const { return false; }
+  virtual bool keeps_fp32_parameters() const { return false; }
+  virtual bool supports_native16() const { return false; }
   virtual void after_update(StepContext& ctx) {}
   // Extra metrics.csv columns (fixed names, one value per logged step) and summary.json fields.
   virtual std::vector<std::string> metric_names() const { return {}; }
@@ -83,6 +91,9 @@ class Strategy {
 // Value of `name` in counters; `fallback` when absent (state saved by an older strategy).
 std::int64_t find_counter(std::span<const StateCounter> counters, std::string_view name, std::int64_t fallback = 0);
 
+// Rules between the strategy's keys and the others (optim.name, precision.wire, ...); throws one
+// line naming the keys. No communication: every rank fails alike.
+void validate_config(const config::Config& cfg);
 // sync.strategy = none | allreduce | periodic | ... ; validates the strategy's own keys.
 std::unique_ptr<Strategy> make_strategy(const config::Config& cfg);
 

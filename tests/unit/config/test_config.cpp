@@ -112,20 +112,6 @@ TEST(Config, EveryRejectionNamesTheKey) {
             std::string::npos);
 }
 
-TEST(Config, CrossKeyValidation) {
-  Config c;
-  c.set_text("optim.name=demo");
-  c.set_text("sync.strategy=fda");
-  EXPECT_NE(error_of([&] { c.validate(); }).find("FDA cannot monitor DeMo"), std::string::npos);
-  Config d;
-  d.set_text("sync.strategy=demo");
-  d.set_text("optim.name=adamw");
-  EXPECT_NE(error_of([&] { d.validate(); }).find("conflicts"), std::string::npos);
-  Config ok;
-  ok.set_text("sync.strategy=demo");
-  EXPECT_NO_THROW(ok.validate());
-}
-
 TEST(Config, SchemaMarkdownListsEveryKey) {
   const std::string md = schema_markdown();
   for (const auto& spec : schema()) EXPECT_NE(md.find("`" + spec.key + "`"), std::string::npos) << spec.key;

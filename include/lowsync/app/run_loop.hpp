@@ -1,0 +1,57 @@
+// RunLoop: the one training loop every run goes through (STYLE.md §5), whatever its learner,
+// strategy or precision. It owns the output folder's files (metrics.csv rows, summary.json), the
+// progress line, the step-boundary control (one small allreduce: stop signal, time limit,
+// checkpoint due, non-finite loss), the evaluation and checkpoint cadence, and the summary fields
+// every run shares; the Learner (app/learner.hpp) does the steps.
+#pragma once
+
+#include "lowsync/app/learner.hpp"
+#include "lowsync/app/trainer.hpp"
+#include "lowsync/data/dataset.hpp"
+#include "lowsync/data/loader.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <vector>
+
+namespace lowsync::app {
+
+// This rank's contiguous slice of a test set (evaluation is split over ranks, then combined).
+struct TestSlice {
+  std::vector<float> images;          // [n, sample_size]
+  std::vector<std::int32_t> labels;   // [n]
+};
+TestSlice test_slice(const data::Dataset& test, int rank, int world);
+
+// Data that every learner reads the same way: each rank loads the files and computes the same
+// partition (data.partition), keeps its loader and its slice of the test set.
+struct TrainingData {
+  data::FashionMnist files;
+  std::unique_ptr<data::Loader> loader;    // this rank's partition of files.train
+  nlohmann::json label_histograms;         // [rank][class] counts, every rank
+  double share = 1.0;                      // this rank's fraction of the training samples
+  TestSlice test;                          // this rank's slice of files.test
+};
+// Collective in effect (same result on every rank, no communication). Logs the label histograms.
+std::unique_ptr<TrainingData> load_training_data(const config::Config& cfg, const comm::Communicator& comm);
+
+// Loss and accuracy summed over ranks' slices (weighted by their sample counts). Collective.
+model::EvalResult combine_over_ranks(const model::EvalResult& local, comm::Communicator& comm);
+
+class RunLoop {
+ public:
+  RunLoop(const config::Config& cfg, comm::Communicator& comm, std::filesystem::path out_dir);
+  // Runs the learner from step 1 (or from `resume`, restored through learner.load) to
+  // train.steps; writes metrics.csv and summary.json on rank 0. Collective.
+  TrainResult run(Learner& learner, const std::optional<std::filesystem::path>& resume);
+
+ private:
+  const config::Config& cfg_;
+  comm::Communicator& comm_;
+  std::filesystem::path out_dir_;
+};
+
+}  // namespace lowsync::app

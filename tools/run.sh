@@ -22,6 +22,7 @@ export OMP_NUM_THREADS=1
 # EXTRA_SETS: key=value words, shell-quoted when a value has spaces (never expanded).
 # shellcheck source=jobs/lib/common.sh
 source "$root/jobs/lib/common.sh"
+extra_sets=()
 lowsync_split_words extra_sets EXTRA_SETS "${EXTRA_SETS:-}" || exit 2
 
 compare_opts=()

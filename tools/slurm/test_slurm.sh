@@ -165,6 +165,9 @@ TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SchedulerType=sched/backfill
+# A requeued job may start again after the credential lifetime (cred_expire below); look for it
+# every 2 s rather than at the default 30-60 s scheduler passes.
+SchedulerParameters=bf_interval=2,sched_interval=2
 MpiDefault=none
 ReturnToService=2
 JobRequeue=1
@@ -281,7 +284,8 @@ submit() {  # submit NAME SBATCH-ARGS...: prints the job id, or nothing (and say
 quick="eval.every=0 log.every=20 data.train_limit=1000"
 
 # A. train.sbatch: 2 tasks, stopped by the walltime signal, requeued, resumed.
-a_sets="train.steps=$long_steps $quick"
+# (periodic averaging: a fraction of allreduce's traffic, so the resumed run ends sooner on busy cores)
+a_sets="train.steps=$long_steps sync.strategy=periodic sync.period=5 $quick"
 a_srun_flags="--job-name='lowsync step' --label"
 a=$(submit train.sbatch --ntasks=2 --time=10 --chdir="$root" \
   --output="$tmp/train-%j.out" \

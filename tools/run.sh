@@ -19,6 +19,11 @@ eval_every="${EVAL_EVERY:-250}"
 log_every="${LOG_EVERY:-50}"
 mkdir -p "$out"
 export OMP_NUM_THREADS=1
+# EXTRA_SETS: key=value words, shell-quoted when a value has spaces (never expanded).
+# shellcheck source=jobs/lib/common.sh
+source "$root/jobs/lib/common.sh"
+extra_sets=()
+lowsync_split_words extra_sets EXTRA_SETS "${EXTRA_SETS:-}" || exit 2
 
 compare_opts=()
 if [[ ${CALIBRATE:-1} == 1 ]]; then
@@ -49,12 +54,18 @@ strategies=(${STRATEGIES:-${order[*]}})
 for name in "${strategies[@]}"; do
   [[ -n "${rows[$name]:-}" ]] || { echo "run.sh: unknown row '$name' (have: ${order[*]})" >&2; exit 2; }
   sets=()
-  for kv in ${rows[$name]} model.arch=mlp train.steps="$steps" eval.every="$eval_every" log.every="$log_every" log.progress=lines ${EXTRA_SETS:-}; do
+  for kv in ${rows[$name]} model.arch=mlp train.steps="$steps" eval.every="$eval_every" log.every="$log_every" log.progress=lines "${extra_sets[@]}"; do
     sets+=(--set "$kv")
   done
+  cmd=("$root/jobs/lib/launch.sh" "$ranks" "$lowsync" train "${sets[@]}" --out "$out/$name")
   echo "run.sh: $name on $ranks ranks -> $out/$name"
-  "$root/jobs/lib/launch.sh" "$ranks" "$lowsync" train "${sets[@]}" --out "$out/$name" 2>"$out/$name.log" \
-    || { echo "run.sh: $name failed; see $out/$name.log" >&2; tail -5 "$out/$name.log" >&2; exit 1; }
+  if ! "${cmd[@]}" 2>"$out/$name.log"; then
+    # The row's command, shell-quoted, so it can be copied and run again alone.
+    { echo "run.sh: $name failed; see $out/$name.log; the command was:"
+      printf ' '; printf ' %q' "${cmd[@]}"; printf '\n'
+      tail -5 "$out/$name.log"; } >&2
+    exit 1
+  fi
 done
 
 /usr/bin/python3 - "$out" "${strategies[@]}" <<'PY'

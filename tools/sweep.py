@@ -22,9 +22,13 @@ A run is done when its summary.json says "stopped_early": false (and, when [set]
 train.steps, reached it); a run stopped by a signal or train.max_seconds, or one that left only
 checkpoints, resumes from its latest checkpoint with --resume; `list` shows each run's state.
 
-Subcommands: list, slurm-array-count, max-ranks, run-local, run-index I. Exit status: 0 ok,
-2 bad sweep file or arguments, 1 some run failed; run-index replaces itself with the launcher,
-so its status is the trainer's (3 = stopped after a checkpoint, requeue-able).
+Subcommands: list, slurm-groups, slurm-array-count, max-ranks, run-local, run-index I.
+slurm-groups prints one line per rank count, "RANKS<tab>ARRAY<tab>COUNT" (ARRAY as sbatch
+--array takes it, e.g. "0,2-5"), so jobs/slurm/submit_sweep.sh submits one job array per rank
+count, each with --ntasks=RANKS. Under Slurm, run-index sets train.threads from
+SLURM_CPUS_PER_TASK unless the sweep sets it. Every printed command line is shell-quoted.
+Exit status: 0 ok, 2 bad sweep file or arguments, 1 some run failed; run-index replaces itself
+with the launcher, so its status is the trainer's (3 = stopped after a checkpoint, requeue-able).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import json
 import math
 import os
 import re
+import shlex
 import sys
 import tomllib
 from dataclasses import dataclass, field
@@ -291,12 +296,47 @@ def default_lowsync() -> str:
     return os.environ.get("LOWSYNC") or str(REPO_ROOT / "build" / "bin" / "lowsync")
 
 
-def launch_command(run: Run, lowsync: str, out: Path | None = None) -> list[str]:
+def slurm_threads() -> int | None:
+    """The CPUs Slurm gives each task (sbatch --cpus-per-task), or None outside such a job."""
+    v = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    return int(v) if v.isdigit() and int(v) > 0 else None
+
+
+def launch_command(run: Run, lowsync: str, out: Path | None = None,
+                   threads: int | None = None) -> list[str]:
     out = out if out is not None else run.out
     # A stopped or partial run resumes from its latest checkpoint (the trainer picks it from
     # <out>/checkpoints); only a run with nothing to resume from starts from step 0.
-    return ["bash", str(LAUNCH_SH), str(run.ranks)] + run.train_args(
-        lowsync, out, resume=has_checkpoint(out) and not is_complete(out, run))
+    args = run.train_args(lowsync, out, resume=has_checkpoint(out) and not is_complete(out, run))
+    if threads is not None and not any(s.startswith("train.threads=") for s in run.sets):
+        # Each rank's oneDNN threads fill the CPUs of its Slurm task (not part of the run's
+        # identity: a resume may run with another thread count).
+        args[2:2] = ["--set", f"train.threads={threads}"]
+    return ["bash", str(LAUNCH_SH), str(run.ranks)] + args
+
+
+def array_spec(indices: list[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] -> "0-2,5,7-8" (sbatch --array syntax)."""
+    parts, start = [], None
+    for i, v in enumerate(indices):
+        if start is None:
+            start = v
+        if i + 1 == len(indices) or indices[i + 1] != v + 1:
+            parts.append(str(start) if start == v else f"{start}-{v}")
+            start = None
+    return ",".join(parts)
+
+
+def cmd_slurm_groups(runs: list[Run], include_done: bool) -> int:
+    """One line per rank count: RANKS, the array indices of its runs, their number. Done runs
+    are left out unless include_done (a resubmission then queues only what is left)."""
+    groups: dict[int, list[int]] = {}
+    for r in runs:
+        if include_done or not is_complete(r.out, r):
+            groups.setdefault(r.ranks, []).append(r.index)
+    for ranks in sorted(groups):
+        print(f"{ranks}\t{array_spec(groups[ranks])}\t{len(groups[ranks])}")
+    return 0
 
 
 def cmd_list(runs: list[Run], fmt: str) -> int:
@@ -327,7 +367,7 @@ def cmd_run_local(runs: list[Run], lowsync: str, dry_run: bool, stop_on_error: b
             skipped.append(r.name)
             continue
         cmd = launch_command(r, lowsync)
-        print(f"sweep: [{r.index}] {r.name}: {' '.join(cmd)}", flush=True)
+        print(f"sweep: [{r.index}] {r.name}: {shlex.join(cmd)}", flush=True)
         if dry_run:
             continue
         r.out.mkdir(parents=True, exist_ok=True)
@@ -361,12 +401,14 @@ def cmd_run_index(runs: list[Run], index: int, lowsync: str, out: Path | None, d
         where = f"resuming from {out}/checkpoints" if has_checkpoint(out) else "no checkpoint, starting over"
         print(f"sweep: [{index}] {r.name}: {state} ({where})", flush=True)
     allocated = os.environ.get("SLURM_NTASKS")
-    if allocated and r.ranks > int(allocated):
-        print(f"sweep: [{index}] {r.name}: {r.ranks} ranks > {allocated} allocated tasks; "
-              "oversubscribing (submit with --ntasks=$(tools/sweep.py max-ranks FILE))",
+    if allocated and allocated.isdigit() and r.ranks != int(allocated):
+        more = r.ranks > int(allocated)
+        print(f"sweep: [{index}] {r.name}: {r.ranks} ranks, {allocated} allocated tasks; "
+              + ("oversubscribing" if more else "the rest stay idle")
+              + " (jobs/slurm/submit_sweep.sh submits one array per rank count)",
               file=sys.stderr, flush=True)
-    cmd = launch_command(r, lowsync, out)
-    print(f"sweep: [{index}] {r.name}: {' '.join(cmd)}", flush=True)
+    cmd = launch_command(r, lowsync, out, threads=slurm_threads())
+    print(f"sweep: [{index}] {r.name}: {shlex.join(cmd)}", flush=True)
     if dry_run:
         return 0
     out.mkdir(parents=True, exist_ok=True)
@@ -389,6 +431,8 @@ def main(argv: list[str] | None = None) -> int:
     p = add("list", "print the runs")
     p.add_argument("--format", choices=["table", "tsv", "json"], default="table")
     p.add_argument("--state", choices=RUN_STATES, help="only the runs in this state")
+    p = add("slurm-groups", "print RANKS<tab>ARRAY<tab>COUNT per rank count (one job array each)")
+    p.add_argument("--all", action="store_true", help="include runs that are done")
     add("slurm-array-count", "print the number of runs (the job array size)")
     add("max-ranks", "print the largest rank count (the --ntasks a Slurm array needs)")
     for name in ("run-local", "run-index"):
@@ -413,6 +457,8 @@ def main(argv: list[str] | None = None) -> int:
                 if not runs:
                     return 0
             return cmd_list(runs, args.format)
+        if args.command == "slurm-groups":
+            return cmd_slurm_groups(runs, args.all)
         if args.command == "slurm-array-count":
             print(len(runs))
             return 0

@@ -5,9 +5,13 @@
 # the launcher flags live in one place.
 #
 # usage: jobs/lib/launch.sh RANKS COMMAND [ARGS...]
-# env:   LAUNCHER=auto|srun|mpirun (default auto), MPIRUN_FLAGS, SRUN_FLAGS (extra words),
-#        LAUNCH_DRY_RUN=1 prints the command instead of running it.
+# env:   LAUNCHER=auto|srun|mpirun (default auto); SRUN_FLAGS, MPIRUN_FLAGS: extra launcher
+#        flags, split like a shell line but never expanded (SRUN_FLAGS='--constraint="a b"' is one
+#        flag); LAUNCH_DRY_RUN=1 prints the command instead of running it.
+# The command is printed shell-quoted (stderr), so it can be copied and run again.
 set -euo pipefail
+# shellcheck source=jobs/lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 if [[ $# -lt 2 || ! $1 =~ ^[1-9][0-9]*$ ]]; then
   echo "launch.sh: usage: launch.sh RANKS COMMAND [ARGS...] (got RANKS='${1:-}')" >&2
@@ -31,6 +35,7 @@ if [[ $launcher == auto ]]; then
 fi
 
 cmd=()
+flags=()
 case $launcher in
   srun)
     cmd=(srun --mpi=pmix --ntasks="$ranks" --kill-on-bad-exit=1)
@@ -38,8 +43,13 @@ case $launcher in
     if [[ -n ${SLURM_NTASKS:-} && $ranks -gt $SLURM_NTASKS ]]; then
       cmd+=(--overcommit)
     fi
-    # shellcheck disable=SC2206  # SRUN_FLAGS is a list of words on purpose
-    cmd+=(${SRUN_FLAGS:-})
+    # Since Slurm 22.05 srun no longer inherits the job's --cpus-per-task: ask for it again, or
+    # every rank's threads share one CPU.
+    if [[ ${SLURM_CPUS_PER_TASK:-} =~ ^[1-9][0-9]*$ ]]; then
+      cmd+=(--cpus-per-task="$SLURM_CPUS_PER_TASK")
+    fi
+    lowsync_split_words flags SRUN_FLAGS "${SRUN_FLAGS:-}" || exit 2
+    cmd+=("${flags[@]}")
     ;;
   mpirun)
     if ! command -v mpirun >/dev/null 2>&1; then
@@ -58,8 +68,8 @@ case $launcher in
     if [[ $ranks -gt $slots ]]; then
       cmd+=(--oversubscribe)
     fi
-    # shellcheck disable=SC2206
-    cmd+=(${MPIRUN_FLAGS:-})
+    lowsync_split_words flags MPIRUN_FLAGS "${MPIRUN_FLAGS:-}" || exit 2
+    cmd+=("${flags[@]}")
     ;;
   *)
     echo "launch.sh: LAUNCHER must be auto, srun or mpirun (got '$launcher')" >&2
@@ -73,5 +83,9 @@ if [[ ${LAUNCH_DRY_RUN:-0} == 1 ]]; then
   printf '\n'
   exit 0
 fi
-echo "launch.sh: ${cmd[*]}" >&2
+{
+  printf 'launch.sh:'
+  printf ' %q' "${cmd[@]}"
+  printf '\n'
+} >&2
 exec "${cmd[@]}"

@@ -6,7 +6,8 @@
 #       EXTRA_SETS ("train.steps=200 sync.strategy=fda"), RESUME (run dir or checkpoint to resume)
 # args: passed on to `lowsync train`.
 # e.g.  RANKS=4 EXTRA_SETS="sync.strategy=periodic sync.period=10" jobs/local/train.sh
-# Exit status is the trainer's: 0 ok, 3 stopped after a checkpoint (rerun with RESUME=$OUT).
+# Exit status is the trainer's: 0 ok, 3 stopped after a checkpoint (it then prints the command
+# that resumes, shell-quoted: RESUME=$OUT OUT=$OUT ... jobs/local/train.sh).
 set -euo pipefail
 # shellcheck source=jobs/lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib/common.sh"
@@ -17,4 +18,16 @@ out=${OUT:-runs/local-$(date +%Y%m%d-%H%M%S)}
 lowsync_train_args "$out" "$@"
 mkdir -p "$out"
 echo "train.sh: $ranks ranks -> $out" >&2
-LAUNCHER=${LAUNCHER:-mpirun} exec "$root/jobs/lib/launch.sh" "$ranks" "$lowsync" "${TRAIN_ARGS[@]}"
+rc=0
+LAUNCHER=${LAUNCHER:-mpirun} "$root/jobs/lib/launch.sh" "$ranks" "$lowsync" "${TRAIN_ARGS[@]}" || rc=$?
+if [[ $rc -eq 3 ]]; then
+  hint=("RESUME=$out" "OUT=$out" "RANKS=$ranks")
+  [[ -n ${CONFIG:-} ]] && hint+=("CONFIG=$CONFIG")
+  [[ -n ${EXTRA_SETS:-} ]] && hint+=("EXTRA_SETS=$EXTRA_SETS")
+  [[ -n ${LOWSYNC:-} ]] && hint+=("LOWSYNC=$LOWSYNC")
+  hint+=("$0" "$@")
+  printf 'train.sh: stopped after a checkpoint; to resume:'
+  printf ' %q' "${hint[@]}"
+  printf '\n'
+fi >&2
+exit "$rc"

@@ -1,21 +1,27 @@
 #!/usr/bin/env bash
-# Tests the Slurm job scripts on a real Slurm on this one machine. Installs slurm-wlm and munge
-# from Debian if missing, starts a private munged, slurmctld and slurmd (loopback, non-default
-# ports, all state in a temp dir), then submits from a copy of jobs/ and tools/:
-#   1. jobs/slurm/train.sbatch: 4 tasks on this machine's CPUs (--overcommit), a tiny run, once
-#      with srun --mpi=pmix and once with the mpirun fallback; summary.json must say ranks = 4;
-#   2. jobs/slurm/sweep.sbatch: a 2-task job array; each task's summary.json must say ranks = 2;
-#   3. jobs/slurm/long.sbatch: USR1 to the batch shell (what --signal=B:USR1@120 sends) must reach
-#      the ranks, end in exit 3 + `scontrol requeue`, and the restart must pass --resume.
-# The trainer is $LOWSYNC, else build/bin/lowsync, else tools/slurm/stub_trainer.c built with
-# mpicc; test 3 runs the real trainer (USR1 -> checkpoint, exit 3 -> requeue -> --resume -> all
-# steps done); SLURM_TEST_LONG=stub runs it with the stub instead. Every wait is bounded; the daemons it started are
-# stopped by pid on exit. tests/integration/slurm.sh runs it under ctest (tools/test.sh, CI).
-# Needs root. env: SLURM_TEST_PORT (default: the first free pair from 16817 on, so parallel test
-#      runs on one machine do not collide; slurmd uses +1), SLURM_TEST_KEEP=1 keeps the temp dir,
-#      SLURM_TEST_TIMEOUT (180 s per job), SLURM_TEST_LONG=stub|real, EXTRA_SETS (added to the
-#      real trainer's settings).
-# Exit status: 0 all checks passed, 1 a check failed, 2 Slurm could not be set up.
+# Tests the Slurm job scripts on a real Slurm on this one machine, with the real trainer. Installs
+# slurm-wlm and munge from Debian if missing, starts a private munged, slurmctld and slurmd
+# (loopback, non-default ports, all state in a temp dir; the node claims at least 4 CPUs), then
+# submits from a copy of jobs/ and tools/, all at once so the jobs overlap (about 2 minutes on 2
+# busy cores):
+#   A. jobs/slurm/train.sbatch, 2 tasks (srun --mpi=pmix when srun has it, SRUN_FLAGS with a
+#      quoted word), a 1500-step run; once the trainer is up, USR1 to the batch shell (what
+#      --signal=B:USR1@120 sends at the walltime warning): the ranks checkpoint and exit 3, the job
+#      requeues itself, the restart resumes and finishes all steps;
+#   B. jobs/slurm/multinode.sbatch as --nodes=1 --ntasks-per-node=2 --cpus-per-task=2 with the
+#      mpirun fallback and MPIRUN_FLAGS holding a quoted word: ranks = nodes x ntasks-per-node,
+#      train.threads = SLURM_CPUS_PER_TASK;
+#   C. jobs/slurm/submit_sweep.sh on a 4-run sweep with rank counts 1 and 2: one job array per
+#      rank count (NumTasks = that count), every run done on its own rank count with all its
+#      steps; one 2-rank run is stopped by USR1, requeued and resumed by tools/sweep.py (which must
+#      not take the stopped run's summary.json for done); submitting again queues nothing.
+# Every wait is bounded; the daemons it started are stopped by pid on exit.
+# tests/integration/slurm.sh runs it under ctest (label slurm) and reports exit 2 as SKIPPED.
+# Needs root. env: LOWSYNC (the trainer, default build/bin/lowsync), SLURM_TEST_PORT (default: the
+#      first free pair from 16817 on, so parallel test runs on one machine do not collide; slurmd
+#      uses +1), SLURM_TEST_KEEP=1 keeps the temp dir, SLURM_TEST_TIMEOUT (240 s for all jobs),
+#      SLURM_TEST_STEPS (1500: the signalled runs' length; the signal must land before their end).
+# Exit status: 0 all checks passed, 1 a check failed, 2 Slurm (or the trainer) could not be set up.
 set -uo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -34,8 +40,8 @@ PY
 }
 port=${SLURM_TEST_PORT:-$(free_port)}
 [[ -n $port ]] || port=16817
-long_mode=${SLURM_TEST_LONG:-real}
-job_timeout=${SLURM_TEST_TIMEOUT:-180}
+job_timeout=${SLURM_TEST_TIMEOUT:-240}
+long_steps=${SLURM_TEST_STEPS:-1500}
 node=$(hostname -s)
 # The machine's CPUs (GNU nproc alone honours OMP_NUM_THREADS, which the tests set to 1).
 cpus=$(getconf _NPROCESSORS_ONLN 2>/dev/null || nproc --all)
@@ -61,6 +67,8 @@ check() {  # check NAME COMMAND...: runs the command, counts and prints the resu
 }
 
 [[ $(id -u) -eq 0 ]] || die_setup "must run as root (it starts slurmctld, slurmd and munged)"
+trainer=${LOWSYNC:-$repo/build/bin/lowsync}
+[[ -x $trainer ]] || die_setup "trainer $trainer not built (build it, or set LOWSYNC)"
 
 # --- install --------------------------------------------------------------------------------
 need_pkgs=()
@@ -130,6 +138,9 @@ fi
 say "munged up (pid ${pids[0]})"
 
 # --- slurm.conf -----------------------------------------------------------------------------
+# At least 4 CPUs on the node (config_overrides: slurmd takes slurm.conf's word for it), so the
+# multi-node shape 2 tasks x 2 CPUs per node fits on a 2-core machine.
+node_cpus=$((cpus < 4 ? 4 : cpus))
 mkdir -p "$tmp/state" "$tmp/spool" "$tmp/log"
 export SLURM_CONF=$tmp/slurm.conf
 cat >"$SLURM_CONF" <<EOF
@@ -154,6 +165,9 @@ TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SchedulerType=sched/backfill
+# A requeued job may start again after the credential lifetime (cred_expire below); look for it
+# every 2 s rather than at the default 30-60 s scheduler passes.
+SchedulerParameters=bf_interval=2,sched_interval=2
 MpiDefault=none
 ReturnToService=2
 JobRequeue=1
@@ -164,8 +178,9 @@ JobCompType=jobcomp/none
 MailProg=/bin/true
 SlurmctldTimeout=30
 SlurmdTimeout=30
-NodeName=$node NodeAddr=127.0.0.1 CPUs=$cpus State=UNKNOWN
-PartitionName=test Nodes=$node Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
+SlurmdParameters=config_overrides
+NodeName=$node NodeAddr=127.0.0.1 CPUs=$node_cpus State=UNKNOWN
+PartitionName=test Nodes=$node Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:8
 EOF
 
 # --- daemons --------------------------------------------------------------------------------
@@ -195,170 +210,211 @@ if [[ $state != idle* ]]; then
   tail -n 8 "$tmp/log/slurmd.out" "$tmp/log/slurmd.log" 2>/dev/null
   die_setup "slurmd did not register node $node (state '${state:-none}')"
 fi
-say "slurmctld (pid ${pids[1]}) and slurmd (pid ${pids[2]}) up; node $node idle with $cpus CPUs"
+say "slurmctld (pid ${pids[1]}) and slurmd (pid ${pids[2]}) up; node $node idle with $node_cpus CPUs ($cpus real)"
 if srun --mpi=list 2>&1 | grep -qw pmix; then
   say "srun has the pmix plugin: jobs launch with srun --mpi=pmix"
 else
   say "srun has no pmix plugin: jobs fall back to mpirun inside the allocation"
 fi
 
-# --- trainer --------------------------------------------------------------------------------
-stub=""
-if command -v mpicc >/dev/null; then
-  mkdir -p "$tmp/stub"
-  if mpicc -O1 -o "$tmp/stub/lowsync" "$repo/tools/slurm/stub_trainer.c" 2>"$tmp/stub/cc.log"; then
-    stub=$tmp/stub/lowsync
-  else
-    say "note: could not build the stub trainer: $(head -1 "$tmp/stub/cc.log")"
-  fi
-fi
-trainer=${LOWSYNC:-$repo/build/bin/lowsync}
-if [[ ! -x $trainer ]]; then
-  [[ -n $stub ]] || die_setup "no trainer: $trainer missing and no mpicc to build the stub"
-  say "trainer $trainer not built: using the stub MPI trainer (tools/slurm/stub_trainer.c)"
-  trainer=$stub
-else
-  say "trainer: $trainer"
-fi
-
-# The job scripts run from a copy, so their runs/<job id>/ outputs stay out of the repository.
+# --- jobs -------------------------------------------------------------------------------------
+say "trainer: $trainer"
+# The job scripts run from a copy, so their runs/ outputs stay out of the repository.
 mkdir -p "$tmp/repo"
 cp -r "$repo/jobs" "$repo/tools" "$tmp/repo/"
 root=$tmp/repo
+cd "$root" || die_setup "cd $root"
+pmix=0
+srun --mpi=list 2>&1 | grep -qw pmix && pmix=1
 
 job_state() { scontrol show job "$1" 2>/dev/null | grep -o 'JobState=[A-Z_]*' | head -1 | cut -d= -f2; }
-# wait_job ID: waits (bounded) until every task of the job has finished; prints the states.
-wait_job() {
-  local id=$1 deadline=$((SECONDS + job_timeout)) states
-  while ((SECONDS < deadline)); do
-    states=$(squeue -h -j "$id" -o %T 2>/dev/null)
-    if [[ -z $states ]]; then
-      scontrol show job "$id" 2>/dev/null | grep -o 'JobState=[A-Z_]*' | cut -d= -f2 | sort | uniq -c | xargs
-      return 0
+# json_field FILE KEY [SUBKEY]: a summary.json field (python's str of it), empty if unreadable.
+json_field() {
+  /usr/bin/python3 -c '
+import json, sys
+v = json.load(open(sys.argv[1]))
+for k in sys.argv[2:]:
+    v = v.get(k)
+print(v)' "$@" 2>/dev/null
+}
+show_output() { say "--- $1 (last lines)"; tail -n "${2:-15}" "$1" 2>/dev/null | sed 's/^/    /'; }
+# signal_when_started SPEC OUTPUT RUN_DIR: once the trainer's banner is in the job's OUTPUT (every
+# rank is then past MPI_Init, inside main, where the stop signals are blocked and kept pending),
+# USR1 to the batch shell of job SPEC, as --signal=B:USR1@T does at the walltime warning. The
+# trainer stops at its next step boundary, however fast it runs. Returns 1 if the trainer never
+# started or had already finished.
+signal_when_started() {
+  local spec=$1 output=$2 dir=$3 deadline=$((SECONDS + job_timeout))
+  until grep -q 'lowsync: mlp (' "$output" 2>/dev/null; do
+    if ((SECONDS > deadline)); then
+      say "$spec: the trainer never started (no banner in $output)"
+      return 1
     fi
+    sleep 0.05
+  done
+  if [[ -f $dir/summary.json ]]; then
+    say "$spec: the run in $dir finished before the signal (raise SLURM_TEST_STEPS)"
+    return 1
+  fi
+  say "sending USR1 to the batch shell of job $spec (as --signal=B:USR1@120 does)"
+  scancel --batch --signal=USR1 "$spec"
+}
+# wait_jobs ID...: waits (bounded, all together) until every task of the jobs has finished.
+wait_jobs() {
+  local deadline=$((SECONDS + job_timeout)) states
+  while ((SECONDS < deadline)); do
+    states=$(squeue -h -j "$(IFS=,; echo "$*")" -o %T 2>/dev/null)
+    [[ -z $states ]] && return 0
     sleep 1
   done
-  say "job $id still not finished after ${job_timeout}s (states: $(echo "$states" | xargs)); cancelling"
-  scancel "$id" 2>/dev/null
+  say "jobs $* still not finished after ${job_timeout}s (states: $(echo "$states" | sort | uniq -c | xargs)); cancelling"
+  scancel "$@" 2>/dev/null
   return 1
 }
-json_field() { /usr/bin/python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get(sys.argv[2]))' "$1" "$2" 2>/dev/null; }
-show_output() { say "--- $1 (last lines)"; tail -n "${2:-15}" "$1" 2>/dev/null | sed 's/^/    /'; }
-
-sets="train.steps=20 eval.every=10 log.every=5 data.train_limit=2000 ${EXTRA_SETS:-}"
-
-# --- 1. train.sbatch: 4 tasks on the CPUs, with srun (auto) and with the mpirun fallback ----
-for launcher in auto mpirun; do
-  id=$(sbatch --parsable --ntasks=4 --overcommit --time=10 --chdir="$root" --output="$tmp/train-%j.out" \
-    --export=ALL,LOWSYNC="$trainer",LOWSYNC_ROOT="$root",LAUNCHER="$launcher",EXTRA_SETS="$sets" \
-    "$root/jobs/slurm/train.sbatch" 2>"$tmp/sbatch.err")
-  if [[ -z $id ]]; then
-    say "sbatch failed: $(cat "$tmp/sbatch.err")"
-    failed=$((failed + 1))
-    continue
+submit() {  # submit NAME SBATCH-ARGS...: prints the job id, or nothing (and says why)
+  local name=$1 id
+  shift
+  if ! id=$(sbatch --parsable "$@" 2>"$tmp/sbatch.err"); then
+    say "sbatch of $name failed: $(cat "$tmp/sbatch.err")" >&2
+    return 1
   fi
-  say "train.sbatch (LAUNCHER=$launcher) submitted as job $id"
-  states=$(wait_job "$id")
-  say "job $id: $states"
-  show_output "$tmp/train-$id.out" 6
-  used=$(grep -o 'launch.sh: [a-z]*' "$tmp/train-$id.out" | head -1 | cut -d' ' -f2)
-  say "train.sbatch (LAUNCHER=$launcher) launched with: ${used:-unknown}"
-  check "train.sbatch ($launcher) completed" test "$(job_state "$id")" == COMPLETED
-  check "train.sbatch ($launcher) wrote runs/$id/summary.json" test -f "$root/runs/$id/summary.json"
-  check "train.sbatch ($launcher) summary.json has ranks == 4" \
-    test "$(json_field "$root/runs/$id/summary.json" ranks)" == 4
-  if [[ $trainer != "$stub" ]]; then
-    # The real trainer learned (20 steps of the MLP reach ~50%; chance is 10%) and logged.
-    check "train.sbatch ($launcher) test accuracy > 0.2" /usr/bin/python3 -c \
-      'import json,sys; sys.exit(0 if json.load(open(sys.argv[1]))["final_test_accuracy"] > 0.2 else 1)' \
-      "$root/runs/$id/summary.json"
-    check "train.sbatch ($launcher) metrics.csv has rows up to step 20" \
-      grep -q '^20,' "$root/runs/$id/metrics.csv"
-  fi
-  if [[ $launcher == auto ]] && srun --mpi=list 2>&1 | grep -qw pmix; then
-    check "train.sbatch (auto) launched with srun --mpi=pmix" test "$used" == srun
-  fi
-done
+  echo "${id%%;*}"
+}
 
-# --- 2. sweep.sbatch: a job array of 2 runs ---------------------------------------------------
-if [[ -n $stub ]]; then
-  cat >"$tmp/sweep.toml" <<EOF
+quick="eval.every=0 log.every=20 data.train_limit=1000"
+
+# A. train.sbatch: 2 tasks, stopped by the walltime signal, requeued, resumed.
+# (periodic averaging: a fraction of allreduce's traffic, so the resumed run ends sooner on busy cores)
+a_sets="train.steps=$long_steps sync.strategy=periodic sync.period=5 $quick"
+a_srun_flags="--job-name='lowsync step' --label"
+a=$(submit train.sbatch --ntasks=2 --time=10 --chdir="$root" \
+  --output="$tmp/train-%j.out" \
+  --export=ALL,LOWSYNC="$trainer",LOWSYNC_ROOT="$root",EXTRA_SETS="$a_sets",SRUN_FLAGS="$a_srun_flags" \
+  "$root/jobs/slurm/train.sbatch")
+if [[ -n $a ]]; then say "A: train.sbatch submitted as job $a"; else failed=$((failed + 1)); fi
+
+# B. multinode.sbatch on this one node: 1 node x 2 tasks x 2 CPUs, mpirun inside the allocation.
+# (Few steps: 2 ranks x 2 threads on 2 busy cores is slow.)
+b_mpirun_flags="-x 'LOWSYNC_TEST_NOTE=a b'"
+b=$(submit multinode.sbatch --nodes=1 --ntasks-per-node=2 --cpus-per-task=2 --time=10 \
+  --chdir="$root" --output="$tmp/multinode-%j.out" \
+  --export=ALL,LOWSYNC="$trainer",LOWSYNC_ROOT="$root",LAUNCHER=mpirun,EXTRA_SETS="train.steps=40 $quick",MPIRUN_FLAGS="$b_mpirun_flags" \
+  "$root/jobs/slurm/multinode.sbatch")
+if [[ -n $b ]]; then say "B: multinode.sbatch submitted as job $b"; else failed=$((failed + 1)); fi
+
+# C. A sweep with rank counts 1 and 2: runs 0 (allreduce n1), 1 (allreduce n2), 2 (periodic n1),
+# 3 (periodic n2); the periodic runs are long enough to be signalled.
+cat >"$tmp/sweep.toml" <<TOML
+name = "slurmtest"
+out_root = "runs/sweep"
 strategies = ["allreduce", "periodic"]
-ranks = [2]
+ranks = [1, 2]
 [set]
-"train.steps" = 20
-EOF
-  id=$(sbatch --parsable --array=0-1 --ntasks=2 --overcommit --time=10 --chdir="$root" \
-    --output="$tmp/sweep-%A_%a.out" --export=ALL,LOWSYNC="$stub",LOWSYNC_ROOT="$root" \
-    "$root/jobs/slurm/sweep.sbatch" "$tmp/sweep.toml" 2>"$tmp/sbatch.err")
-  if [[ -z $id ]]; then
-    say "sbatch failed: $(cat "$tmp/sbatch.err")"
-    failed=$((failed + 1))
-  else
-    say "sweep.sbatch submitted as array job $id"
-    states=$(wait_job "$id")
-    say "array job $id: $states"
-    show_output "$tmp/sweep-${id}_1.out" 6
-    for t in 0 1; do
-      check "sweep.sbatch task $t summary.json has ranks == 2" \
-        test "$(json_field "$root/runs/$id/$t/summary.json" ranks)" == 2
-    done
-    check "sweep.sbatch wrote runs/$id/runs.tsv" test -s "$root/runs/$id/runs.tsv"
-  fi
+"train.steps" = 60
+"eval.every" = 0
+"log.every" = 20
+"data.train_limit" = 1000
+[strategy.periodic]
+"sync.period" = 5
+"train.steps" = $long_steps
+TOML
+declare -A sweep_job=()
+LOWSYNC=$trainer bash "$root/jobs/slurm/submit_sweep.sh" "$tmp/sweep.toml" --time=10 \
+  --output="$tmp/sweep-%A_%a.out" >"$tmp/submit.out" 2>&1
+sed 's/^/    /' "$tmp/submit.out"
+while read -r _ id ranks _; do
+  sweep_job[$ranks]=${id%:}
+done < <(grep '^submitted ' "$tmp/submit.out")
+say "C: sweep arrays: 1 rank -> job ${sweep_job[1]:-none}, 2 ranks -> job ${sweep_job[2]:-none}"
+check "C: submit_sweep.sh submitted one array per rank count" test "${#sweep_job[@]}" == 2
 
-  # --- 3. long.sbatch: USR1 -> checkpoint + exit 3 -> requeue -> resume -----------------------
-  # The stub waits up to 60 s for the signal; the real trainer gets enough steps to be running
-  # when it comes (and the restart, resuming, finishes them).
-  long_trainer=$stub
-  long_sets=""
-  if [[ $long_mode == real && $trainer != "$stub" ]]; then
-    long_trainer=$trainer
-    long_sets="train.steps=3000 eval.every=1000 log.every=100 data.train_limit=2000 ${EXTRA_SETS:-}"
+# The walltime signal, once each target trainer runs.
+a_signalled=1 c_signalled=1
+[[ -n $a ]] && { signal_when_started "$a" "$tmp/train-$a.out" "$root/runs/$a" || a_signalled=0; }
+sweep_runs=()
+mapfile -t sweep_runs < <(/usr/bin/python3 "$root/tools/sweep.py" list "$tmp/sweep.toml" --format tsv | cut -f4)
+if [[ -n ${sweep_job[2]:-} && ${#sweep_runs[@]} -eq 4 ]]; then
+  signal_when_started "${sweep_job[2]}_3" "$tmp/sweep-${sweep_job[2]}_3.out" "$root/${sweep_runs[3]}" ||
+    c_signalled=0
+fi
+jobs=()
+for j in "$a" "$b" "${sweep_job[@]}"; do [[ -n $j ]] && jobs+=("$j"); done
+((${#jobs[@]} > 0)) && wait_jobs "${jobs[@]}"
+say "all jobs left the queue"
+
+# --- A checks ---------------------------------------------------------------------------------
+if [[ -n $a ]]; then
+  out=$tmp/train-$a.out
+  sum=$root/runs/$a/summary.json
+  show_output "$out" 8
+  check "A: USR1 reached the running trainer" test "$a_signalled" == 1
+  check "A: train.sbatch requeued itself after exit 3" grep -q "requeueing job $a " "$out"
+  check "A: the restart resumed from runs/$a" grep -q "resuming from runs/$a" "$out"
+  check "A: summary.json resumed_from runs/$a" grep -Eq "^runs/$a(/|$)" <<< "$(json_field "$sum" resumed_from)"
+  check "A: the resumed run finished all $long_steps steps, not stopped" \
+    test "$(json_field "$sum" steps)/$(json_field "$sum" stopped_early)" == "$long_steps/False"
+  check "A: summary.json ranks == 2" test "$(json_field "$sum" ranks)" == 2
+  check "A: test accuracy > 0.5" /usr/bin/python3 -c \
+    'import json,sys; sys.exit(0 if json.load(open(sys.argv[1]))["final_test_accuracy"] > 0.5 else 1)' "$sum"
+  check "A: job completed" test "$(job_state "$a")" == COMPLETED
+  if [[ $pmix == 1 ]]; then
+    line=$(grep -m1 '^launch.sh: ' "$out")
+    check "A: launched with srun --mpi=pmix" grep -q '^launch.sh: srun --mpi=pmix' <<< "$line"
+    check "A: SRUN_FLAGS' quoted word reached srun as one word" /usr/bin/python3 -c '
+import shlex, sys
+words = shlex.split(sys.argv[1][len("launch.sh: "):])
+sys.exit(0 if "--job-name=lowsync step" in words and "--label" in words else 1)' "$line"
+    check "A: srun --label (from SRUN_FLAGS) labelled the ranks' output" grep -q '^0: lowsync: ' "$out"
   fi
-  id=$(sbatch --parsable --ntasks=2 --overcommit --time=10 --chdir="$root" \
-    --output="$tmp/long-%j.out" \
-    --export=ALL,LOWSYNC="$long_trainer",LOWSYNC_ROOT="$root",STUB_WAIT_S=60,EXTRA_SETS="$long_sets" \
-    "$root/jobs/slurm/long.sbatch" 2>"$tmp/sbatch.err")
-  if [[ -z $id ]]; then
-    say "sbatch failed: $(cat "$tmp/sbatch.err")"
-    failed=$((failed + 1))
-  else
-    say "long.sbatch submitted as job $id"
-    deadline=$((SECONDS + 60))
-    until grep -q 'launch.sh:' "$tmp/long-$id.out" 2>/dev/null || ((SECONDS > deadline)); do sleep 0.5; done
-    sleep 3  # let MPI start and the ranks reach their wait loop
-    say "sending USR1 to the batch shell of job $id (as --signal=B:USR1 would)"
-    scancel --batch --signal=USR1 "$id"
-    # The first start ends in a requeue. Slurm holds a requeued job for the credential lifetime
-    # (cred_expire, 120 s by default, 10 s in this test's slurm.conf): a job restarted sooner
-    # finds its old credential revoked on the node and fails ("Job credential revoked").
-    deadline=$((SECONDS + job_timeout))
-    # (The real trainer also writes summary.json when it stops on the signal: wait for the
-    # restart's, which has stopped_early false.)
-    until [[ -f $root/runs/$id/summary.json && $(json_field "$root/runs/$id/summary.json" stopped_early) != True ]] ||
-      ((SECONDS > deadline)); do
-      [[ $(job_state "$id") == FAILED ]] && break
-      sleep 1
-    done
-    wait_job "$id" >/dev/null
-    if [[ $(job_state "$id") != COMPLETED ]]; then
-      say "long job $id did not complete after its restart: $(scontrol show job "$id" 2>/dev/null | grep -oE '(JobState|Reason)=[^ ]*' | xargs)"
-    fi
-    show_output "$tmp/long-$id.out" 14
-    check "long.sbatch forwarded USR1 and the ranks wrote a checkpoint" \
-      test -n "$(ls -A "$root/runs/$id/checkpoints" 2>/dev/null)"
-    check "long.sbatch requeued after exit 3" grep -q "requeueing job $id" "$tmp/long-$id.out"
-    check "long.sbatch restart resumed from runs/$id" grep -q "resuming from runs/$id" "$tmp/long-$id.out"
-    check "long.sbatch restart passed --resume runs/$id to the trainer" \
-      grep -Eq "^runs/$id(/|$)" <<< "$(json_field "$root/runs/$id/summary.json" resumed_from)"
-    if [[ $long_trainer != "$stub" ]]; then
-      check "long.sbatch: the resumed trainer finished all 3000 steps" \
-        test "$(json_field "$root/runs/$id/summary.json" steps)" == 3000
-    fi
-    check "long.sbatch completed after the restart" test "$(job_state "$id")" == COMPLETED
-  fi
+fi
+
+# --- B checks ---------------------------------------------------------------------------------
+if [[ -n $b ]]; then
+  out=$tmp/multinode-$b.out
+  sum=$root/runs/$b/summary.json
+  show_output "$out" 4
+  line=$(grep -m1 '^launch.sh: ' "$out")
+  check "B: multinode.sbatch completed" test "$(job_state "$b")" == COMPLETED
+  check "B: launched with mpirun inside the allocation" grep -q '^launch.sh: mpirun ' <<< "$line"
+  check "B: MPIRUN_FLAGS' quoted word reached mpirun as one word" /usr/bin/python3 -c '
+import shlex, sys
+words = shlex.split(sys.argv[1][len("launch.sh: "):])
+sys.exit(0 if "LOWSYNC_TEST_NOTE=a b" in words else 1)' "$line"
+  check "B: ranks == nodes x ntasks-per-node == 2" test "$(json_field "$sum" ranks)" == 2
+  check "B: all 40 steps, not stopped" test "$(json_field "$sum" steps)/$(json_field "$sum" stopped_early)" == 40/False
+  check "B: train.threads == 2 (SLURM_CPUS_PER_TASK)" test "$(json_field "$sum" config train.threads)" == 2
+fi
+
+# --- C checks ---------------------------------------------------------------------------------
+for ranks in 1 2; do
+  id=${sweep_job[$ranks]:-}
+  [[ -n $id ]] || continue
+  check "C: the $ranks-rank array's tasks hold $ranks tasks each" test \
+    "$(scontrol show job "$id" 2>/dev/null | grep -o 'NumTasks=[0-9]*' | sort -u | xargs)" == "NumTasks=$ranks"
+done
+if ((${#sweep_runs[@]} == 4)); then
+  out3=$tmp/sweep-${sweep_job[2]:-x}_3.out
+  show_output "$out3" 10
+  expect_ranks=(1 2 1 2)
+  expect_steps=(60 60 "$long_steps" "$long_steps")
+  for i in 0 1 2 3; do
+    sum=$root/${sweep_runs[i]}/summary.json
+    check "C: run $i ran on ${expect_ranks[i]} ranks" test "$(json_field "$sum" ranks)" == "${expect_ranks[i]}"
+    check "C: run $i finished all ${expect_steps[i]} steps, not stopped" \
+      test "$(json_field "$sum" steps)/$(json_field "$sum" stopped_early)" == "${expect_steps[i]}/False"
+  done
+  check "C: USR1 reached the running trainer of run 3" test "$c_signalled" == 1
+  check "C: the stopped run requeued its array task" grep -q "requeueing job ${sweep_job[2]:-x}_3 " "$out3"
+  check "C: the requeued task resumed it (not skipped)" grep -q "stopped (resuming from" "$out3"
+  check "C: run 3 summary.json has resumed_from" \
+    test -n "$(json_field "$root/${sweep_runs[3]}/summary.json" resumed_from)"
+  check "C: tools/sweep.py lists all 4 runs done" test \
+    "$(/usr/bin/python3 "$root/tools/sweep.py" list "$tmp/sweep.toml" --format tsv --state done | wc -l)" == 4
+  LOWSYNC=$trainer bash "$root/jobs/slurm/submit_sweep.sh" "$tmp/sweep.toml" >"$tmp/submit2.out" 2>&1
+  check "C: submitting again queues nothing" grep -q "nothing to submit" "$tmp/submit2.out"
 else
-  say "no stub trainer (mpicc missing): sweep and long job tests skipped"
+  say "tools/sweep.py list gave ${#sweep_runs[@]} runs, not 4"
+  failed=$((failed + 1))
 fi
 
 echo "$passed passed, $failed failed"

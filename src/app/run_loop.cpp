@@ -133,14 +133,14 @@ model::EvalResult combine_over_ranks(const model::EvalResult& local, comm::Commu
   return {sums[0] / sums[2], sums[1] / sums[2], static_cast<std::int64_t>(sums[2])};
 }
 
-RunLoop::RunLoop(const config::Config& cfg, comm::Communicator& comm, std::filesystem::path out_dir)
-    : cfg_(cfg), comm_(comm), out_dir_(std::move(out_dir)) {}
+RunLoop::RunLoop(const config::Config& cfg, comm::Communicator& comm, std::filesystem::path out_dir, const Timer& started)
+    : cfg_(cfg), comm_(comm), out_dir_(std::move(out_dir)), wall_(started) {}
 
 TrainResult RunLoop::run(Learner& learner, const std::optional<std::filesystem::path>& resume) {
   const config::Config& cfg = cfg_;
   comm::Communicator& comm = comm_;
   const int rank = comm.rank(), world = comm.size();
-  const Timer wall;  // this segment of the run
+  const Timer& wall = wall_;  // this segment of the run
   const StopSignals signals;
   const std::int64_t steps = cfg.integer("train.steps");
   const int batch = learner.batch_per_rank();

@@ -12,6 +12,7 @@
 #include "lowsync/io/checkpoint_file.hpp"
 #include "lowsync/io/metrics.hpp"
 #include "lowsync/model/model.hpp"
+#include "lowsync/sync/strategy.hpp"
 
 #include <algorithm>
 
@@ -45,6 +46,7 @@ void reject_unimplemented(const config::Config& cfg) {
 
 TrainResult train(const config::Config& cfg, comm::Communicator& comm, const std::filesystem::path& out_dir,
                   const std::optional<std::filesystem::path>& resume) {
+  const Timer wall;  // this segment of the run
   cfg.validate();
   sync::validate_config(cfg);
   reject_unimplemented(cfg);
@@ -58,7 +60,7 @@ TrainResult train(const config::Config& cfg, comm::Communicator& comm, const std
   }
   const auto learner = make_learner(cfg, comm, resume);
   log::info("output {}", out_dir.string());
-  return RunLoop(cfg, comm, out_dir).run(*learner, resume);
+  return RunLoop(cfg, comm, out_dir, wall).run(*learner, resume);
 }
 
 std::unique_ptr<Learner> make_learner(const config::Config& cfg, comm::Communicator& comm,

@@ -7,6 +7,7 @@
 
 #include "lowsync/app/learner.hpp"
 #include "lowsync/app/trainer.hpp"
+#include "lowsync/core/timer.hpp"
 #include "lowsync/data/dataset.hpp"
 #include "lowsync/data/loader.hpp"
 
@@ -43,7 +44,9 @@ model::EvalResult combine_over_ranks(const model::EvalResult& local, comm::Commu
 
 class RunLoop {
  public:
-  RunLoop(const config::Config& cfg, comm::Communicator& comm, std::filesystem::path out_dir);
+  // `started`: the clock of this segment of the run, started before the learner was built (data
+  // loading and pruning count towards wall_s and train.max_seconds).
+  RunLoop(const config::Config& cfg, comm::Communicator& comm, std::filesystem::path out_dir, const Timer& started);
   // Runs the learner from step 1 (or from `resume`, restored through learner.load) to
   // train.steps; writes metrics.csv and summary.json on rank 0. Collective.
   TrainResult run(Learner& learner, const std::optional<std::filesystem::path>& resume);
@@ -52,6 +55,7 @@ class RunLoop {
   const config::Config& cfg_;
   comm::Communicator& comm_;
   std::filesystem::path out_dir_;
+  const Timer& wall_;
 };
 
 }  // namespace lowsync::app

@@ -11,9 +11,8 @@
 #include "lowsync/core/timer.hpp"
 #include "lowsync/data/loader.hpp"
 #include "lowsync/optim/optimizer.hpp"
+#include "lowsync/sync/basic.hpp"
 #include "lowsync/sync/strategy.hpp"
-#include "lowsync/sync/wire.hpp"
-#include "lowsync/tensor/half.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -34,7 +33,6 @@ Json state_bytes_json(model::Model& model, optim::Optimizer& optimizer) {
   const auto d = static_cast<std::int64_t>(model.num_params());
   std::int64_t state = 0;
   for (const auto& s : optimizer.state()) state += static_cast<std::int64_t>(s.data.size());
-  for (const auto& s : optimizer.state16()) state += static_cast<std::int64_t>(s.data.size());
   const std::int64_t values = 2 * d + state;
   std::int64_t stored = 4 * values, native = 4 * values;
   if (model.compute() == model::Compute::fp8) {
@@ -57,8 +55,8 @@ Json state_bytes_json(model::Model& model, optim::Optimizer& optimizer) {
 // wire under float storage (rank 0 only); "tables" FDA's sketch hash tables.
 Json strategy_state_bytes_json(sync::Strategy& strategy, std::int64_t fp32_master_values) {
   std::int64_t per_rank = 4 * fp32_master_values, root = 0;
-  for (const auto& b : strategy.state_buffers()) per_rank += 4 * static_cast<std::int64_t>(b.data.size());
-  for (const auto& b : strategy.state_buffers16()) per_rank += 2 * static_cast<std::int64_t>(b.data.size());
+  for (const auto& b : strategy.state_buffers())
+    per_rank += static_cast<std::int64_t>(b.data.bytes_per_value() * b.data.size());
   for (const auto& b : strategy.root_state_buffers()) root += 4 * static_cast<std::int64_t>(b.size);
   return {{"per_rank", per_rank}, {"rank0", root}, {"tables", strategy.extra_state_bytes()}};
 }
@@ -106,10 +104,6 @@ class BackpropLearner final : public Learner {
     optimizer_ = strategy_->owns_update()
                      ? optim::make_no_update(cfg.real("optim.lr"), strategy_->name())
                      : optim::make_optimizer(cfg, model_->num_params(), model_->native16());
-    // Evaluating an average needs the local replica saved meanwhile (native storage saves its
-    // u16 replica when it first needs to).
-    if (comm.size() > 1 && !strategy_->replicas_identical() && !model_->native16())
-      saved_params_ = memory::TrackedBuffer<float>("eval.saved_params", model_->num_params());
     log::info("{} ({} parameters), {} ranks x batch {}, strategy {}, optimizer {}, {} steps", model_->arch(),
               model_->num_params(), comm.size(), batch, strategy_->name(), optimizer_->name(), cfg.integer("train.steps"));
     ctx_ = std::make_unique<sync::StepContext>(sync::StepContext{0, comm, *model_, *optimizer_, 0.0f});
@@ -138,23 +132,14 @@ class BackpropLearner final : public Learner {
     if (!model.native16()) model.round_to_compute(model.grads());  // 16-bit compute: the fp32 mean is stored in 16 bits
     if (!strategy_->owns_update()) {
       const Timer t;
-      if (model.native16())
-        optimizer_->step16(model.params16(), model.grads16());
-      else
-        optimizer_->step(model.params(), model.grads());
+      optimizer_->step(model.param_store(), model.grad_store());
       compute_s += t.seconds();
     }
     strategy_->after_update(*ctx_);
     if (!fp32_master_ && !model.native16()) model.round_to_compute(model.params());
-    bool nonfinite = !std::isfinite(loss);
     // Standalone 16-bit has no loss scaling or master copy to fall back on: an overflow to inf
     // in the weights stops the run (ALGORITHMS.md §3 "Edge cases").
-    if (!nonfinite && model.native16()) {
-      nonfinite = !tensor::all_finite_16bit(model.params16(), model.compute() == model::Compute::bf16);
-    } else if (!nonfinite && model::is_16bit(model.compute())) {
-      const auto w = model.params();
-      nonfinite = !std::all_of(w.begin(), w.end(), [](float v) { return std::isfinite(v); });
-    }
+    const bool nonfinite = !std::isfinite(loss) || (model::is_16bit(model.compute()) && !model.param_store().all_finite());
     return {loss, compute_s, nonfinite};
   }
 
@@ -162,16 +147,8 @@ class BackpropLearner final : public Learner {
     model::Model& model = *model_;
     const auto& infos = model.param_infos();
     std::int64_t bad = std::numeric_limits<std::int64_t>::max();
-    for (std::size_t t = 0; t < infos.size() && bad == std::numeric_limits<std::int64_t>::max(); ++t) {
-      const bool finite =
-          model.native16()
-              ? tensor::all_finite_16bit(model.params16().subspan(infos[t].offset, infos[t].count),
-                                         model.compute() == model::Compute::bf16)
-              : std::all_of(model.params().begin() + static_cast<std::ptrdiff_t>(infos[t].offset),
-                            model.params().begin() + static_cast<std::ptrdiff_t>(infos[t].offset + infos[t].count),
-                            [](float v) { return std::isfinite(v); });
-      if (!finite) bad = static_cast<std::int64_t>(t);
-    }
+    for (std::size_t t = 0; t < infos.size() && bad == std::numeric_limits<std::int64_t>::max(); ++t)
+      if (!model.param_store().subspan(infos[t].offset, infos[t].count).all_finite()) bad = static_cast<std::int64_t>(t);
     comm_.allreduce(std::span<std::int64_t>(&bad, 1), comm::ReduceOp::min, "obs.control");
     if (bad == std::numeric_limits<std::int64_t>::max()) return std::nullopt;
     return infos[static_cast<std::size_t>(bad)].name;
@@ -182,35 +159,20 @@ class BackpropLearner final : public Learner {
   // local replica restored afterwards).
   model::EvalResult evaluate() override {
     model::Model& model = *model_;
-    comm::Communicator& comm = comm_;
-    const bool average = comm.size() > 1 && !strategy_->replicas_identical();
-    const auto n = static_cast<std::int64_t>(data_->test.labels.size());
+    const bool average = comm_.size() > 1 && !strategy_->replicas_identical();
     to_compute_params();
-    model::EvalResult local;
-    if (model.native16()) {
-      auto params16 = model.params16();
-      if (average) {
-        if (saved_params16_.size() == 0)
-          saved_params16_ = memory::TrackedBuffer<std::uint16_t>("eval.saved_params16", params16.size());
-        std::copy(params16.begin(), params16.end(), saved_params16_.data());
-        // fp32 sums rounded to the 16-bit grid, as a sync would, on the replica itself.
-        sync::average_native16(comm, params16, model.compute() == model::Compute::bf16, sync::WireFormat::fp32, "obs.eval");
-      }
-      local = model.evaluate(data_->test.images.data(), data_->test.labels.data(), n);
-      if (average) std::copy(saved_params16_.data(), saved_params16_.data() + params16.size(), params16.begin());
-    } else {
-      auto params = model.params();
-      if (average) {
-        std::copy(params.begin(), params.end(), saved_params_.data());
-        comm.allreduce(params, comm::ReduceOp::sum, "obs.eval");
-        const float inv = 1.0f / static_cast<float>(comm.size());
-        for (float& p : params) p *= inv;
-      }
-      local = model.evaluate(data_->test.images.data(), data_->test.labels.data(), n);
-      if (average) std::copy(saved_params_.data(), saved_params_.data() + params.size(), params.begin());
+    const model::ParamStore params = model.param_store();
+    if (average) {
+      // Under native storage: fp32 sums rounded to the 16-bit grid, as a sync would.
+      if (saved_params_.size() == 0) saved_params_ = memory::TrackedBuffer<std::byte>("eval.saved_params", params.raw_bytes().size());
+      std::copy(params.raw_bytes().begin(), params.raw_bytes().end(), saved_params_.data());
+      sync::average_replicas(comm_, params, "obs.eval");
     }
+    const auto local = model.evaluate(data_->test.images.data(), data_->test.labels.data(),
+                                      static_cast<std::int64_t>(data_->test.labels.size()));
+    if (average) std::copy(saved_params_.data(), saved_params_.data() + saved_params_.size(), params.raw_bytes().begin());
     to_master_params();
-    return combine_over_ranks(local, comm);
+    return combine_over_ranks(local, comm_);
   }
 
   double epoch_progress() const override { return data_->loader->epoch_progress(); }
@@ -265,8 +227,7 @@ class BackpropLearner final : public Learner {
   std::unique_ptr<sync::StepContext> ctx_;
   bool fp32_master_ = false;
   memory::TrackedBuffer<float> master_;                  // fp32 master of a strategy that keeps fp32 parameters
-  memory::TrackedBuffer<float> saved_params_;            // the local replica while the average is evaluated
-  memory::TrackedBuffer<std::uint16_t> saved_params16_;  // the same, native 16-bit storage
+  memory::TrackedBuffer<std::byte> saved_params_;  // the local replica (as stored) while the average is evaluated
 };
 
 }  // namespace

@@ -221,25 +221,22 @@ void save_checkpoint(const fs::path& path, TrainState& s) {
     layout.push_back(static_cast<std::int64_t>(info.count));
   }
   w.write_global<std::int64_t>("model/layout", layout, {layout.size() / 2, 2});
-  if (s.model.native16()) {
-    // Checkpoints hold floats whatever the storage (16-bit values are exact in fp32), so a run
-    // resumes with either storage; one buffer at a time is widened. The strategy's u16 buffers
-    // (FDA w0, w0_prev) are stored the same way, under the names the float storage uses.
-    const bool bf16 = s.model.compute() == model::Compute::bf16;
-    std::vector<float> wide(s.model.num_params());
-    const auto widen = [&](std::span<const std::uint16_t> h) {
-      if (h.size() > wide.size()) wide.resize(h.size());
-      tensor::decode_16bit(h, std::span<float>(wide.data(), h.size()), bf16);
-      return std::span<const float>(wide.data(), h.size());
-    };
-    w.write_per_rank<float>("model/params", widen(s.model.params16()));
-    for (const auto& b : s.optimizer.state16()) w.write_per_rank<float>("optim/" + b.name, widen(b.data));
-    for (const auto& b : s.strategy.state_buffers16()) w.write_per_rank<float>("strategy/" + b.name, widen(b.data));
-  } else {
-    w.write_per_rank<float>("model/params", s.model.params());
-    for (const auto& b : s.optimizer.state()) w.write_per_rank<float>("optim/" + b.name, b.data);
-  }
-  for (const auto& b : s.strategy.state_buffers()) w.write_per_rank<float>("strategy/" + b.name, b.data);
+  // Checkpoints hold floats whatever the storage (16-bit values are exact in fp32), so a run
+  // resumes with either storage; one 16-bit buffer at a time is widened, under the names the
+  // float storage uses.
+  std::vector<float> wide;
+  const auto write_store = [&](const std::string& name, const model::ParamStore& store) {
+    if (!store.is_16bit()) {
+      w.write_per_rank<float>(name, store.fp32());
+      return;
+    }
+    wide.resize(store.size());
+    store.read_fp32(wide);
+    w.write_per_rank<float>(name, wide);
+  };
+  write_store("model/params", s.model.param_store());
+  for (const auto& b : s.optimizer.state()) write_store("optim/" + b.name, b.data);
+  for (const auto& b : s.strategy.state_buffers()) write_store("strategy/" + b.name, b.data);
   for (const auto& b : s.strategy.root_state_buffers()) {
     // Rank 0's buffer; the other ranks pass a stand-in of the same size (ignored by the writer).
     std::vector<float> stand_in(s.comm.rank() == 0 ? 0 : b.size);
@@ -328,26 +325,22 @@ std::vector<std::string> load_checkpoint(const fs::path& path, TrainState& s) {
   std::vector<std::string> notes;
   const int old_world = r.saved_world();
 
-  if (s.model.native16()) {
-    // Stored as floats (a float-storage run's, or a mean over old ranks when resharding): each is
-    // rounded to nearest-even into the 16-bit buffer (exact for a native run's own checkpoint).
-    const bool bf16 = s.model.compute() == model::Compute::bf16;
-    std::vector<float> wide(s.model.num_params());
-    const auto narrow = [&](const std::string& name, std::span<std::uint16_t> h) {
-      if (h.size() > wide.size()) wide.resize(h.size());
-      const std::span<float> floats(wide.data(), h.size());
-      r.read_floats(name, floats);
-      tensor::encode_16bit(floats, h, bf16);
-    };
-    narrow("model/params", s.model.params16());
-    for (auto& b : s.optimizer.state16()) narrow("optim/" + b.name, b.data);
-    for (auto& b : s.strategy.state_buffers16()) narrow("strategy/" + b.name, b.data);
-  } else {
-    r.read_floats("model/params", s.model.params());
-    for (auto& b : s.optimizer.state()) r.read_floats("optim/" + b.name, b.data);
-  }
+  // Stored as floats (a float-storage run's, or a mean over old ranks when resharding): into a
+  // 16-bit store each is rounded to nearest-even (exact for a native run's own checkpoint).
+  std::vector<float> wide;
+  const auto read_store = [&](const std::string& name, const model::ParamStore& store) {
+    if (!store.is_16bit()) {
+      r.read_floats(name, store.fp32());
+      return;
+    }
+    wide.resize(store.size());
+    r.read_floats(name, wide);
+    store.write_fp32(wide);
+  };
+  read_store("model/params", s.model.param_store());
+  for (auto& b : s.optimizer.state()) read_store("optim/" + b.name, b.data);
   s.optimizer.set_step_count(reader.attribute_int("optimizer_step_count"));
-  for (auto& b : s.strategy.state_buffers()) r.read_floats("strategy/" + b.name, b.data);
+  for (auto& b : s.strategy.state_buffers()) read_store("strategy/" + b.name, b.data);
   for (auto& b : s.strategy.root_state_buffers()) {
     const std::string ds = "strategy/root/" + b.name;
     if (!reader.has_dataset(ds)) fail("checkpoint {}: no dataset '{}' (needed by this run)", path.string(), ds);
@@ -399,7 +392,7 @@ std::vector<std::string> load_checkpoint(const fs::path& path, TrainState& s) {
       "averaged over the old ranks; counters from old rank 0; data re-partitioned over {} ranks, each starting "
       "epoch {}; ledger = mean per old rank",
       old_world, s.comm.size(), s.loop.step,
-      s.optimizer.state().empty() && s.optimizer.state16().empty() ? "none" : "averaged", s.comm.size(),
+      s.optimizer.state().empty() ? "none" : "averaged", s.comm.size(),
       epoch + 1));
   notes.push_back(s.strategy.reshard(ctx));
   return notes;

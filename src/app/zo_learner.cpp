@@ -47,7 +47,7 @@ void save_zo_checkpoint(const std::filesystem::path& path, const config::Config&
   w.set_attribute("config_toml", cfg.to_toml());
   w.write_global<std::uint8_t>("prune/mask", mask.bytes(), {mask.num_bytes()});
   w.write_per_rank<float>("zo/values", model.params().values());
-  for (const auto& b : update.state()) w.write_per_rank<float>("optim/" + b.name, b.data);
+  for (const auto& b : update.state()) w.write_per_rank<float>("optim/" + b.name, b.data.fp32());
   const std::int64_t syncs = zo.syncs(), dropped = zo.dropped_directions();
   w.write_per_rank<std::int64_t>("strategy/counters/syncs", std::span<const std::int64_t>(&syncs, 1));
   w.write_per_rank<std::int64_t>("strategy/counters/zo_dropped", std::span<const std::int64_t>(&dropped, 1));
@@ -96,7 +96,7 @@ void load_zo_checkpoint(io::CheckpointReader& r, comm::Communicator& comm, model
     return out;
   };
   read_floats("zo/values", model.params().values());
-  for (auto& b : zo.update().state()) read_floats("optim/" + b.name, b.data);
+  for (auto& b : zo.update().state()) read_floats("optim/" + b.name, b.data.fp32());
   zo.update().set_step_count(r.attribute_int("optimizer_step_count"));
   zo.restore_counters(read_ints("strategy/counters/syncs", 1)[0], read_ints("strategy/counters/zo_dropped", 1)[0]);
   const auto cur = read_ints("data/cursor", 3);

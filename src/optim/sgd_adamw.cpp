@@ -146,7 +146,21 @@ struct StateStore {
     else
       f = memory::TrackedBuffer<float>(name, n);
   }
+  model::ParamStore store(Storage s) {
+    return h.size() > 0 ? model::ParamStore(h.span(), s == Storage::bf16) : model::ParamStore(f.span());
+  }
 };
+
+// The stores an optimizer gets must be the storage it was made for (native16: bit patterns of
+// its compute dtype), and of one length.
+void check_storage(const model::ParamStore& params, const model::ParamStore& grads, bool native16, Storage storage) {
+  const auto expected = !native16 ? model::StoreDType::fp32
+                        : storage == Storage::bf16 ? model::StoreDType::bf16 : model::StoreDType::fp16;
+  if (params.dtype() != expected || grads.dtype() != expected)
+    fail("optimizer made for {} storage stepped with {} parameters and {} gradients", model::store_dtype_name(expected),
+         model::store_dtype_name(params.dtype()), model::store_dtype_name(grads.dtype()));
+  if (params.size() != grads.size()) fail("optimizer step: {} parameters but {} gradients", params.size(), grads.size());
+}
 
 class Sgd final : public Optimizer {
  public:
@@ -158,29 +172,25 @@ class Sgd final : public Optimizer {
     if (momentum > 0.0) velocity_ = StateStore("sgd.momentum", n, native16);
   }
   std::string_view name() const override { return "sgd"; }
-  void step(std::span<float> params, std::span<const float> grads) override {
-    LOWSYNC_ASSERT(!native16_, "float step on a native 16-bit optimizer");
-    float* v = momentum() ? velocity_.f.data() : nullptr;
-    with_rounding<Rounded>(rounding_.at(step_count_), [&](auto st) {
-      sgd_update(st, params.data(), grads.data(), v, params.size(), static_cast<float>(lr_), weight_decay_, momentum_);
-    }, storage_);
-    ++step_count_;
-  }
-  void step16(std::span<std::uint16_t> params, std::span<const std::uint16_t> grads) override {
-    LOWSYNC_ASSERT(native16_, "16-bit step on a float-storage optimizer");
-    std::uint16_t* v = momentum() ? velocity_.h.data() : nullptr;
-    with_rounding<Bits>(rounding_.at(step_count_), [&](auto st) {
-      sgd_update(st, params.data(), grads.data(), v, params.size(), static_cast<float>(lr_), weight_decay_, momentum_);
-    }, storage_ == Storage::bf16);
+  void step(model::ParamStore params, model::ParamStore grads) override {
+    check_storage(params, grads, native16_, storage_);
+    const float lr = static_cast<float>(lr_);
+    if (native16_) {
+      std::uint16_t* v = momentum() ? velocity_.h.data() : nullptr;
+      with_rounding<Bits>(rounding_.at(step_count_), [&](auto st) {
+        sgd_update(st, params.bits().data(), grads.bits().data(), v, params.size(), lr, weight_decay_, momentum_);
+      }, storage_ == Storage::bf16);
+    } else {
+      float* v = momentum() ? velocity_.f.data() : nullptr;
+      with_rounding<Rounded>(rounding_.at(step_count_), [&](auto st) {
+        sgd_update(st, params.fp32().data(), grads.fp32().data(), v, params.size(), lr, weight_decay_, momentum_);
+      }, storage_);
+    }
     ++step_count_;
   }
   std::vector<StateBuffer> state() override {
-    if (!momentum() || native16_) return {};
-    return {{"momentum", velocity_.f.span()}};
-  }
-  std::vector<StateBuffer16> state16() override {
-    if (!momentum() || !native16_) return {};
-    return {{"momentum", velocity_.h.span()}};
+    if (!momentum()) return {};
+    return {{"momentum", velocity_.store(storage_)}};
   }
 
  private:
@@ -201,29 +211,22 @@ class AdamW final : public Optimizer {
     lr_ = lr;
   }
   std::string_view name() const override { return "adamw"; }
-  void step(std::span<float> params, std::span<const float> grads) override {
-    LOWSYNC_ASSERT(!native16_, "float step on a native 16-bit optimizer");
+  void step(model::ParamStore params, model::ParamStore grads) override {
+    check_storage(params, grads, native16_, storage_);
     const StochasticParams sr = rounding_.at(step_count_);  // before next_coeffs counts this step
     const AdamCoeffs k = next_coeffs();
-    with_rounding<Rounded>(sr, [&](auto st) {
-      adamw_update(st, params.data(), grads.data(), m_.f.data(), v_.f.data(), params.size(), k);
-    }, storage_);
-  }
-  void step16(std::span<std::uint16_t> params, std::span<const std::uint16_t> grads) override {
-    LOWSYNC_ASSERT(native16_, "16-bit step on a float-storage optimizer");
-    const StochasticParams sr = rounding_.at(step_count_);  // before next_coeffs counts this step
-    const AdamCoeffs k = next_coeffs();
-    with_rounding<Bits>(sr, [&](auto st) {
-      adamw_update(st, params.data(), grads.data(), m_.h.data(), v_.h.data(), params.size(), k);
-    }, storage_ == Storage::bf16);
+    if (native16_) {
+      with_rounding<Bits>(sr, [&](auto st) {
+        adamw_update(st, params.bits().data(), grads.bits().data(), m_.h.data(), v_.h.data(), params.size(), k);
+      }, storage_ == Storage::bf16);
+    } else {
+      with_rounding<Rounded>(sr, [&](auto st) {
+        adamw_update(st, params.fp32().data(), grads.fp32().data(), m_.f.data(), v_.f.data(), params.size(), k);
+      }, storage_);
+    }
   }
   std::vector<StateBuffer> state() override {
-    if (native16_) return {};
-    return {{"adam_m", m_.f.span()}, {"adam_v", v_.f.span()}};
-  }
-  std::vector<StateBuffer16> state16() override {
-    if (!native16_) return {};
-    return {{"adam_m", m_.h.span()}, {"adam_v", v_.h.span()}};
+    return {{"adam_m", m_.store(storage_)}, {"adam_v", v_.store(storage_)}};
   }
 
  private:
@@ -250,17 +253,13 @@ class NoUpdate final : public Optimizer {
  public:
   NoUpdate(double lr, std::string_view name) : name_(name) { lr_ = lr; }
   std::string_view name() const override { return name_; }
-  void step(std::span<float>, std::span<const float>) override { ++step_count_; }
+  void step(model::ParamStore, model::ParamStore) override { ++step_count_; }
 
  private:
   std::string name_;
 };
 
 }  // namespace
-
-void Optimizer::step16(std::span<std::uint16_t>, std::span<const std::uint16_t>) {
-  fail("optimizer {} has no native 16-bit update", name());
-}
 
 std::unique_ptr<Optimizer> make_optimizer(const config::Config& cfg, std::size_t num_params, bool native16) {
   const std::string& name = cfg.string("optim.name");

@@ -28,6 +28,13 @@ void average_in_place(comm::Communicator& comm, std::span<float> data, std::stri
   for (float& x : data) x *= inv;
 }
 
+void average_replicas(comm::Communicator& comm, model::ParamStore data, std::string_view traffic) {
+  if (data.is_16bit())
+    average_native16(comm, data.bits(), data.bf16(), WireFormat::fp32, traffic);
+  else
+    average_in_place(comm, data.fp32(), traffic);
+}
+
 std::vector<std::size_t> tensor_counts(const model::Model& model) {
   std::vector<std::size_t> counts;
   for (const auto& p : model.param_infos()) counts.push_back(p.count);
@@ -78,13 +85,13 @@ void PeriodicStrategy::after_update(StepContext& ctx) {
     const int excluded = average_native16(ctx.comm, ctx.model.params16(), bf16, server_.format(), "model");
     server_.set_excluded(server_.excluded() + excluded);
     if (average_optimizer_state_)
-      for (auto& s : ctx.optimizer.state16()) average_native16(ctx.comm, s.data, bf16, WireFormat::fp32, "optim_state");
+      for (auto& s : ctx.optimizer.state()) average_replicas(ctx.comm, s.data, "optim_state");
     ++syncs_;
     return;
   }
   server_.average(ctx.comm, ctx.model.params(), ctx.step, "model");
   if (average_optimizer_state_)
-    for (auto& s : ctx.optimizer.state()) average_in_place(ctx.comm, s.data, "optim_state");
+    for (auto& s : ctx.optimizer.state()) average_replicas(ctx.comm, s.data, "optim_state");
   ++syncs_;
 }
 

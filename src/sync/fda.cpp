@@ -62,7 +62,23 @@ void FdaStrategy::begin_common(std::size_t d) {
   server_started_ = false;
 }
 
-void FdaStrategy::begin(std::span<const float> params) {
+void FdaStrategy::begin(model::ParamStore params) {
+  if (params.is_16bit())
+    begin16(params.bits(), params.bf16());
+  else
+    begin_float(params.fp32());
+}
+
+bool FdaStrategy::step(comm::Communicator& comm, std::int64_t step, model::ParamStore params,
+                       optim::Optimizer* optimizer) {
+  if (!started_) fail("FDA: step {} before on_start", step);
+  if (params.is_16bit() != native16_)
+    fail("FDA: step {} on {} parameters after beginning with {} storage", step, model::store_dtype_name(params.dtype()),
+         native16_ ? "16-bit" : "fp32");
+  return params.is_16bit() ? step16(comm, step, params.bits(), optimizer) : step_float(comm, step, params.fp32(), optimizer);
+}
+
+void FdaStrategy::begin_float(std::span<const float> params) {
   const std::size_t d = params.size();
   native16_ = false;
   w0_16_ = memory::TrackedBuffer<std::uint16_t>();
@@ -100,10 +116,10 @@ void FdaStrategy::on_start(StepContext& ctx) {
   counts_ = tensor_counts(ctx.model);
   if (ctx.model.native16()) {
     // No server model: a native sync sums in fp32 chunks and rounds back (average_native16).
-    begin16(ctx.model.params16(), ctx.model.compute() == model::Compute::bf16);
+    begin(ctx.model.param_store());
     return;
   }
-  begin(ctx.model.params());
+  begin(ctx.model.param_store());
   start_server(ctx.comm);
 }
 
@@ -126,10 +142,8 @@ bool FdaStrategy::decide(comm::Communicator& comm) {
   return last_synced_;
 }
 
-bool FdaStrategy::step(comm::Communicator& comm, std::int64_t step, std::span<float> params,
-                       optim::Optimizer* optimizer) {
-  if (!started_) fail("FDA: step {} before on_start", step);
-  if (native16_) fail("FDA: step {} on float parameters after begin16 (native storage: step16)", step);
+bool FdaStrategy::step_float(comm::Communicator& comm, std::int64_t step, std::span<float> params,
+                             optim::Optimizer* optimizer) {
   if (params.size() != w0_.size())
     fail("FDA: {} parameters at step {}, {} at the start", params.size(), step, w0_.size());
 
@@ -141,7 +155,7 @@ bool FdaStrategy::step(comm::Communicator& comm, std::int64_t step, std::span<fl
   if (!server_started_) start_server(comm);
   server_.average(comm, params, step, "model");
   if (options_.average_optimizer_state && optimizer != nullptr)
-    for (auto& s : optimizer->state()) average_in_place(comm, s.data, "optim_state");
+    for (auto& s : optimizer->state()) average_replicas(comm, s.data, "optim_state");
   // Only a non-finite state can make the average non-finite (short of fp32 overflow); the
   // check is then agreed by all ranks so that none throws while the others wait.
   if (forced && comm.any(!all_finite(params), "fda_monitor"))
@@ -157,8 +171,6 @@ bool FdaStrategy::step(comm::Communicator& comm, std::int64_t step, std::span<fl
 
 bool FdaStrategy::step16(comm::Communicator& comm, std::int64_t step, std::span<std::uint16_t> params,
                          optim::Optimizer* optimizer) {
-  if (!started_) fail("FDA: step {} before on_start", step);
-  if (!native16_) fail("FDA: step {} on 16-bit parameters after a float begin", step);
   if (params.size() != w0_16_.size())
     fail("FDA: {} parameters at step {}, {} at the start", params.size(), step, w0_16_.size());
 
@@ -171,7 +183,7 @@ bool FdaStrategy::step16(comm::Communicator& comm, std::int64_t step, std::span<
   const int excluded = average_native16(comm, params, bf16_, options_.wire, "model");
   server_.set_excluded(server_.excluded() + excluded);
   if (options_.average_optimizer_state && optimizer != nullptr)
-    for (auto& s : optimizer->state16()) average_native16(comm, s.data, bf16_, WireFormat::fp32, "optim_state");
+    for (auto& s : optimizer->state()) average_replicas(comm, s.data, "optim_state");
   if (forced && comm.any(!tensor::all_finite_16bit(params, bf16_), "fda_monitor"))
     fail("FDA: averaged model is non-finite at step {}", step);
 
@@ -183,23 +195,16 @@ bool FdaStrategy::step16(comm::Communicator& comm, std::int64_t step, std::span<
   return true;
 }
 
-void FdaStrategy::after_update(StepContext& ctx) {
-  if (ctx.model.native16())
-    step16(ctx.comm, ctx.step, ctx.model.params16(), &ctx.optimizer);
-  else
-    step(ctx.comm, ctx.step, ctx.model.params(), &ctx.optimizer);
-}
+void FdaStrategy::after_update(StepContext& ctx) { step(ctx.comm, ctx.step, ctx.model.param_store(), &ctx.optimizer); }
 
 std::vector<optim::StateBuffer> FdaStrategy::state_buffers() {
   std::vector<optim::StateBuffer> out;
-  if (!native16_) out = {{"fda_w0", w0_.span()}, {"fda_w0_prev", w0_prev_.span()}};
-  if (xi_.size() > 0) out.push_back({"fda_xi", xi_.span()});
+  if (native16_)
+    out = {{"fda_w0", {w0_16_.span(), bf16_}}, {"fda_w0_prev", {w0_prev16_.span(), bf16_}}};
+  else
+    out = {{"fda_w0", w0_.span()}, {"fda_w0_prev", w0_prev_.span()}};
+  if (xi_.size() > 0) out.push_back({"fda_xi", xi_.span()});  // fp32 in either storage
   return out;
-}
-
-std::vector<optim::StateBuffer16> FdaStrategy::state_buffers16() {
-  if (!native16_) return {};
-  return {{"fda_w0", w0_16_.span()}, {"fda_w0_prev", w0_prev16_.span()}};
 }
 
 std::int64_t FdaStrategy::extra_state_bytes() const {
@@ -225,12 +230,11 @@ std::string FdaStrategy::reshard(StepContext& ctx) {
   // The averaged w0/w0_prev describe rounds of the old ranks; the new replicas are identical, so
   // a new round starts here exactly as after a sync (syncs kept).
   const std::int64_t excluded = server_.excluded();  // a count of the whole run, not of a round
+  begin(ctx.model.param_store());
   if (ctx.model.native16()) {
-    begin16(ctx.model.params16(), ctx.model.compute() == model::Compute::bf16);
     server_.set_excluded(excluded);
     return "fda: new round from the averaged parameters (w0 = w0_prev = params, xi reset)";
   }
-  begin(ctx.model.params());
   start_server(ctx.comm);
   server_.set_excluded(excluded);
   return options_.wire == WireFormat::fp32

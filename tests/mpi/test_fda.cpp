@@ -239,7 +239,7 @@ TEST(FdaStrategy, ReadsItsConfigKeys) {
   EXPECT_EQ(fda.options().seed, 42u);
   EXPECT_EQ(fda.options().estimator.sketch_eps, -1.0);  // default: 1.5 / sqrt(width)
   EXPECT_DOUBLE_EQ(fda::sketch_eps(fda.options().estimator), 0.15);
-  const std::vector<float> params(1000, 0.5f);
+  std::vector<float> params(1000, 0.5f);
   fda.begin(params);
   EXPECT_DOUBLE_EQ(fda.threshold(), 2e-3 * 1000);  // threshold unset (-1): per-param rule
   EXPECT_TRUE(fda.xi().empty());

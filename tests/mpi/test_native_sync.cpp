@@ -94,12 +94,12 @@ TEST(NativePeriodic, SyncEqualsTheRankOrderMeanAndRanksEndIdentical) {
         ctx.step = step;
         const auto b = synthetic_batch(5, step, rank * batch, batch);
         model.forward_backward(b.batch());
-        opt->step16(model.params16(), model.grads16());
+        opt->step(model.param_store(), model.grad_store());
         const bool sync = step % period == 0;
         std::vector<std::uint16_t> all_params, all_m;
         if (sync) {
           all_params = gather_all(model.params16());
-          all_m = gather_all(opt->state16().at(0).data);
+          all_m = gather_all(opt->state().at(0).data.bits());
         }
         strategy.after_update(ctx);
         if (!sync) {
@@ -114,9 +114,9 @@ TEST(NativePeriodic, SyncEqualsTheRankOrderMeanAndRanksEndIdentical) {
             << "step " << step;
         // The optimizer state travels in fp32 whatever the wire.
         const auto expected_m = rank_order_mean(all_m, d, bf16, false);
-        ASSERT_EQ(0, std::memcmp(expected_m.data(), opt->state16().at(0).data.data(), d * sizeof(std::uint16_t)));
+        ASSERT_EQ(0, std::memcmp(expected_m.data(), opt->state().at(0).data.bits().data(), d * sizeof(std::uint16_t)));
         ASSERT_TRUE(same_on_all_ranks(model.params16())) << "step " << step;
-        for (const auto& s : opt->state16()) ASSERT_TRUE(same_on_all_ranks(s.data)) << s.name;
+        for (const auto& s : opt->state()) ASSERT_TRUE(same_on_all_ranks(s.data.bits())) << s.name;
       }
       EXPECT_EQ(strategy.syncs(), steps / period);
       // fp32 wire: 4 bytes a value into the allreduce. 16-bit wire: the finite flag, then per chunk
@@ -183,8 +183,9 @@ TEST(NativeFda, SameDecisionsAndEstimatesAsFloatStorageOnTheSameValues) {
         for (std::size_t i = 0; i < init.size(); ++i) init[i] = normal01(key, i);
         tensor::encode_16bit(init, p16, bf16);
       }
-      native.begin16(p16, bf16);
-      reference.begin(decoded(p16, bf16));
+      native.begin({p16, bf16});
+      std::vector<float> start = decoded(p16, bf16);
+      reference.begin(start);
       ASSERT_TRUE(native.w0().empty());  // no fp32 copy of the model
       int synced_steps = 0;
       const int steps = 24;
@@ -192,7 +193,7 @@ TEST(NativeFda, SameDecisionsAndEstimatesAsFloatStorageOnTheSameValues) {
         local_move16(p16, bf16, step, rank);
         std::vector<float> pf = decoded(p16, bf16);  // the float run holds the same values
         const bool synced_ref = reference.step(comm, step, pf);
-        const bool synced = native.step16(comm, step, p16);
+        const bool synced = native.step(comm, step, {p16, bf16});
         ASSERT_EQ(synced, synced_ref) << "step " << step;
         // Bitwise: the same local states, summed by the same deterministic allreduce.
         ASSERT_EQ(native.last_estimate(), reference.last_estimate()) << "step " << step;
@@ -237,12 +238,12 @@ TEST(NativeFda, SixteenBitWireSyncIsTheRankOrderMean) {
     o.wire = bf16 ? WireFormat::bf16 : WireFormat::fp16;
     FdaStrategy fda(o);
     std::vector<std::uint16_t> p16(kNumParams, 0);
-    fda.begin16(p16, bf16);
+    fda.begin({p16, bf16});
     EXPECT_TRUE(fda.root_state_buffers().empty());
     for (std::int64_t step = 1; step <= 3; ++step) {
       local_move16(p16, bf16, step * 4 + 1, rank);  // (step + rank) % 4 != 0 on rank 0: moves
       const auto all = gather_all(p16);
-      ASSERT_TRUE(fda.step16(comm, step, p16));
+      ASSERT_TRUE(fda.step(comm, step, {p16, bf16}));
       const auto expected = rank_order_mean(all, kNumParams, bf16, true);
       ASSERT_EQ(expected, std::vector<std::uint16_t>(p16.begin(), p16.end())) << "step " << step;
       ASSERT_TRUE(std::equal(p16.begin(), p16.end(), fda.w0_16().begin()));
@@ -253,7 +254,7 @@ TEST(NativeFda, SixteenBitWireSyncIsTheRankOrderMean) {
     fp8.wire = WireFormat::fp8_e4m3;
     FdaStrategy refused(fp8);
     try {
-      refused.begin16(p16, bf16);
+      refused.begin({p16, bf16});
       FAIL() << "fp8 wire accepted";
     } catch (const Error& e) {
       EXPECT_NE(std::string(e.what()).find("precision.wire"), std::string::npos) << e.what();

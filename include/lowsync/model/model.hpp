@@ -6,6 +6,7 @@
 #include "lowsync/data/batch.hpp"
 #include "lowsync/layers/layer.hpp"
 #include "lowsync/core/memory.hpp"
+#include "lowsync/model/param_store.hpp"
 #include "lowsync/tensor/tensor.hpp"
 
 #include <cstddef>
@@ -66,6 +67,12 @@ class Model {
   // Native 16-bit storage: bf16 or fp16 bit patterns (precision.compute).
   std::span<std::uint16_t> params16() { return native_storage(params16_); }
   std::span<std::uint16_t> grads16() { return native_storage(grads16_); }
+  // The parameters and gradients as stored (fp32, or bf16/fp16 bits under native storage): the
+  // one entry point of optimizers, strategies and checkpoints.
+  ParamStore param_store() {
+    return native16() ? ParamStore(params16(), compute_ == Compute::bf16) : ParamStore(params());
+  }
+  ParamStore grad_store() { return native16() ? ParamStore(grads16(), compute_ == Compute::bf16) : ParamStore(grads()); }
   std::size_t num_params() const { return num_params_; }
   // Bytes of the shared fp32 staging buffer of native 16-bit layers (0 otherwise).
   std::size_t stage16_bytes() const { return stage16_.size() * sizeof(float); }

@@ -4,6 +4,7 @@
 #pragma once
 
 #include "lowsync/config/config.hpp"
+#include "lowsync/model/param_store.hpp"
 
 #include <cstdint>
 #include <memory>
@@ -14,28 +15,19 @@
 
 namespace lowsync::optim {
 
-struct StateBuffer {
-  std::string name;        // "momentum", "adam_m", "adam_v"
-  std::span<float> data;   // same length as the parameters
-};
-
-// Optimizer state of native 16-bit storage: bf16 or fp16 bit patterns (precision.compute).
-struct StateBuffer16 {
-  std::string name;
-  std::span<std::uint16_t> data;
-};
+// A state buffer by name ("momentum", "adam_m", "adam_v"), as stored: same length and dtype as
+// the parameters.
+using StateBuffer = model::NamedStore;
 
 class Optimizer {
  public:
   virtual ~Optimizer() = default;
   virtual std::string_view name() const = 0;
-  // params[i] -= update(grads[i]); grads is the (already synchronised) gradient.
-  virtual void step(std::span<float> params, std::span<const float> grads) = 0;
+  // params[i] -= update(grads[i]); grads is the (already synchronised) gradient. Both stores
+  // have the storage the optimizer was made for (make_optimizer's native16: 16-bit bit patterns).
+  virtual void step(model::ParamStore params, model::ParamStore grads) = 0;
+  // The state buffers, stored like the parameters.
   virtual std::vector<StateBuffer> state() { return {}; }
-  // Native 16-bit storage (precision.storage = native): parameters, gradients and state are u16
-  // bit patterns; only an optimizer made with native16 = true implements these (state() is empty).
-  virtual void step16(std::span<std::uint16_t> params, std::span<const std::uint16_t> grads);
-  virtual std::vector<StateBuffer16> state16() { return {}; }
   std::int64_t step_count() const { return step_count_; }
   void set_step_count(std::int64_t n) { step_count_ = n; }
   double learning_rate() const { return lr_; }

@@ -8,6 +8,9 @@ namespace lowsync::sync {
 
 // data = mean over ranks of data (sum allreduce, then scale).
 void average_in_place(comm::Communicator& comm, std::span<float> data, std::string_view traffic);
+// The mean over ranks of a store with an fp32 wire, whatever its storage: fp32 as
+// average_in_place, 16-bit through fp32 chunk sums rounded back (average_native16). Collective.
+void average_replicas(comm::Communicator& comm, model::ParamStore data, std::string_view traffic);
 
 // Elements per parameter tensor of the model (the per-tensor scales of fp8 wire formats).
 std::vector<std::size_t> tensor_counts(const model::Model& model);

@@ -52,9 +52,8 @@ class FdaStrategy final : public Strategy {
   std::vector<double> metric_values() const override;
   std::int64_t syncs() const override { return syncs_; }
   // w0, w0_prev, xi (linear only) and syncs; a reshard starts a new round from the averaged
-  // parameters (begin()), as after a sync. Native storage: w0, w0_prev in state_buffers16.
+  // parameters (begin()), as after a sync. Native storage: w0, w0_prev as 16-bit stores.
   std::vector<optim::StateBuffer> state_buffers() override;
-  std::vector<optim::StateBuffer16> state_buffers16() override;
   std::int64_t extra_state_bytes() const override;
   // precision.wire != fp32: the server model (W, B) on rank 0 and its excluded-upload count.
   std::vector<RootStateBuffer> root_state_buffers() override;
@@ -64,19 +63,16 @@ class FdaStrategy final : public Strategy {
 
   // on_start without the broadcast: w0 = w0_prev = params, xi = the shared Gaussian, sketch
   // tables built, Theta resolved from params.size(). Every rank must pass identical params.
-  void begin(std::span<const float> params);
+  // Native 16-bit storage (params of bf16 or fp16 bits): w0, w0_prev are kept as such (w0_16(),
+  // w0_prev16(); w0() and w0_prev() are then empty), and a sync averages with average_native16
+  // (precision.wire fp32 or the compute format), the optimizer's state with an fp32 wire.
+  void begin(model::ParamStore params);
   // after_update on a bare buffer: local state, allreduce, V^, decision (int MAX guard), and on a
   // sync the average of params (and of the optimizer state when asked; optimizer may be null).
-  // Every rank calls it at the same point; returns true when this step synced.
-  bool step(comm::Communicator& comm, std::int64_t step, std::span<float> params,
+  // Every rank calls it at the same point, with the storage it began with; returns true when
+  // this step synced.
+  bool step(comm::Communicator& comm, std::int64_t step, model::ParamStore params,
             optim::Optimizer* optimizer = nullptr);
-  // The same for native 16-bit storage: params are bf16 (bf16 = true) or fp16 bit patterns, and
-  // w0, w0_prev are kept as such (w0_16(), w0_prev16(); w0() and w0_prev() are then empty).
-  // A sync averages with average_native16 (precision.wire fp32 or the compute format) and the
-  // optimizer's state16() buffers with an fp32 wire.
-  void begin16(std::span<const std::uint16_t> params, bool bf16);
-  bool step16(comm::Communicator& comm, std::int64_t step, std::span<std::uint16_t> params,
-              optim::Optimizer* optimizer = nullptr);
   bool native16() const { return native16_; }
 
   const FdaOptions& options() const { return options_; }
@@ -105,7 +101,11 @@ class FdaStrategy final : public Strategy {
   bool bf16_ = false;  // native storage: bf16 (else fp16) bit patterns
   memory::TrackedBuffer<double> state_;   // [state_size] local state, summed in place
   std::optional<fda::SketchHashes> hashes_;
-  // Everything of begin()/begin16() but w0, w0_prev, xi: Theta, hash tables, state, flags.
+  void begin_float(std::span<const float> params);
+  void begin16(std::span<const std::uint16_t> params, bool bf16);
+  bool step_float(comm::Communicator& comm, std::int64_t step, std::span<float> params, optim::Optimizer* optimizer);
+  bool step16(comm::Communicator& comm, std::int64_t step, std::span<std::uint16_t> params, optim::Optimizer* optimizer);
+  // Everything of begin_float()/begin16() but w0, w0_prev, xi: Theta, hash tables, state, flags.
   void begin_common(std::size_t d);
   // V^ from this rank's state (summed over ranks) and the agreed decision.
   bool decide(comm::Communicator& comm);

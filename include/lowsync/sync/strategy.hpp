@@ -69,16 +69,15 @@ class Strategy {
 
   // Checkpoint state (app/checkpointing.cpp stores it per rank, README "Checkpoints"). Valid after
   // on_start. A strategy with more state adds buffers/counters here; nothing else changes:
-  //   state_buffers    float buffers, restored by writing into the spans (after on_start)
-  //   state_buffers16  u16 buffers of native 16-bit storage (bit patterns of precision.compute);
-  //                    saved widened to float like the model (exact), narrowed back on restore
+  //   state_buffers    model-sized buffers as stored (fp32, or native 16-bit bit patterns, which
+  //                    are saved widened to float like the model, exactly, and narrowed back),
+  //                    restored by writing into them (after on_start)
   //   state_counters   integer counters, given back to restore_counters by name
   //   root_state_buffers  rank 0's server state (same names and sizes on every rank)
   //   reshard          called after a resume on a different rank count, once params, buffers
   //                    (averaged over the old ranks) and counters are restored; fixes whatever
   //                    the average does not and returns what it did, for the log line
   virtual std::vector<optim::StateBuffer> state_buffers() { return {}; }
-  virtual std::vector<optim::StateBuffer16> state_buffers16() { return {}; }
   virtual std::vector<RootStateBuffer> root_state_buffers() { return {}; }
   virtual std::vector<StateCounter> state_counters() const { return {}; }
   virtual void restore_counters(std::span<const StateCounter> counters) {}

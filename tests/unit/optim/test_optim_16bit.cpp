@@ -1,7 +1,7 @@
 // Standalone 16-bit optimizers (precision.compute = bf16 | fp16, ALGORITHMS.md §3): SGD momentum
 // and Adam store parameters and state on the 16-bit grid (nearest-even) with the arithmetic of one
 // update in fp32, against scalar loops; 16-bit Adam raises eps to 1e-4. Native 16-bit storage
-// (u16 bit patterns, step16) gives bitwise the values of the float-storage optimizer.
+// (u16 bit patterns in a 16-bit ParamStore) gives bitwise the values of the float-storage optimizer.
 #include "lowsync/config/config.hpp"
 #include "lowsync/core/error.hpp"
 #include "lowsync/core/rng.hpp"
@@ -47,7 +47,7 @@ TEST(Optim16Bit, SgdMomentumStoresSixteenBitValues) {
     EXPECT_EQ(0, std::memcmp(w.data(), ref.data(), n * sizeof(float))) << (bf16 ? "bf16" : "fp16");
     auto state = opt->state();
     ASSERT_EQ(state.size(), 1u);
-    EXPECT_EQ(0, std::memcmp(state[0].data.data(), v.data(), n * sizeof(float)));
+    EXPECT_EQ(0, std::memcmp(state[0].data.fp32().data(), v.data(), n * sizeof(float)));
   }
 }
 
@@ -86,7 +86,7 @@ void expect_native_equals_float(std::vector<std::string> sets, bool bf16) {
   const std::size_t n = 257;
   auto emulated = make_optimizer(make_cfg(sets), n);
   auto native = make_optimizer(make_cfg(sets), n, true);
-  EXPECT_TRUE(native->state().empty());
+  for (const auto& s : native->state()) EXPECT_TRUE(s.data.is_16bit()) << s.name;
   std::vector<float> w(n);
   std::vector<std::uint16_t> w16(n);
   for (std::size_t i = 0; i < n; ++i) {
@@ -102,19 +102,19 @@ void expect_native_equals_float(std::vector<std::string> sets, bool bf16) {
       g[i] = dec(g16[i], bf16);
     }
     emulated->step(w, g);
-    native->step16(w16, g16);
+    native->step({w16, bf16}, {g16, bf16});
   }
   EXPECT_EQ(native->step_count(), emulated->step_count());
   std::size_t differ = 0;
   for (std::size_t i = 0; i < n; ++i) differ += std::bit_cast<std::uint32_t>(dec(w16[i], bf16)) != std::bit_cast<std::uint32_t>(w[i]);
   EXPECT_EQ(differ, 0u) << "parameters, " << (bf16 ? "bf16" : "fp16");
   const auto fs = emulated->state();
-  const auto hs = native->state16();
+  const auto hs = native->state();
   ASSERT_EQ(fs.size(), hs.size());
   for (std::size_t b = 0; b < fs.size(); ++b) {
     EXPECT_EQ(fs[b].name, hs[b].name);
     std::size_t state_differ = 0;
-    for (std::size_t i = 0; i < n; ++i) state_differ += dec(hs[b].data[i], bf16) != fs[b].data[i];
+    for (std::size_t i = 0; i < n; ++i) state_differ += dec(hs[b].data.bits()[i], bf16) != fs[b].data.fp32()[i];
     EXPECT_EQ(state_differ, 0u) << fs[b].name;
   }
 }

@@ -30,7 +30,7 @@ TEST(Sgd, MatchesScalarLoopWithMomentumAndWeightDecay) {
   auto w = random_vec(n, 1);
   std::vector<double> w_ref(w.begin(), w.end()), v_ref(n, 0.0);
   for (int step = 0; step < 5; ++step) {
-    const auto g = random_vec(n, 100 + step);
+    auto g = random_vec(n, 100 + step);
     opt->step(w, g);
     for (std::size_t i = 0; i < n; ++i) {
       const double gi = g[i] + 0.01 * w_ref[i];
@@ -62,7 +62,7 @@ TEST(AdamW, MatchesScalarLoop) {
   auto w = random_vec(n, 2);
   std::vector<double> wr(w.begin(), w.end()), m(n, 0.0), v(n, 0.0);
   for (int t = 1; t <= 6; ++t) {
-    const auto g = random_vec(n, 200 + t);
+    auto g = random_vec(n, 200 + t);
     opt->step(w, g);
     for (std::size_t i = 0; i < n; ++i) {
       wr[i] *= 1.0 - 0.01 * 0.1;

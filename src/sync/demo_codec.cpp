@@ -208,10 +208,11 @@ void sparse_inverse_chunk(const TensorPlan& plan, const Bases& bs, const std::in
 // Top-k of one chunk's coefficients [n]; idx/val [k] ascending by index. Each candidate is one
 // u64 key: high half |x|'s bit pattern + 1 (monotonic for non-negative floats; NaN gets 0 so it
 // ranks lowest), low half ~index (so on equal magnitude the lower index has the larger key).
-// Larger key = preferred, a strict total order, so the selected set is unique. Partial selection:
-// the high halves are computed in one vectorised pass, then one scan keeps a min-heap of the k
-// best keys so far; a candidate whose high half is below the root's is rejected on one u32
-// compare, which is what nearly all of them are.
+// Larger key = preferred, a strict total order, so the selected set is unique. Selection: the
+// maxima of blocks of 16 give a bound, the k-th largest block maximum (std::nth_element over
+// n/16 values), that is <= the k-th largest magnitude (k blocks each hold a value >= it); only
+// the values >= the bound become candidate keys (a few times k), and std::nth_element over them
+// picks the k largest keys. Any selection of the k largest keys gives the same set.
 inline std::uint32_t topk_high(float x) {
   const std::uint32_t m = std::bit_cast<std::uint32_t>(x) & 0x7fffffffu;
   return m > 0x7f800000u ? 0u : m + 1u;  // NaN lowest
@@ -220,37 +221,40 @@ inline std::uint64_t topk_key(std::uint32_t high, std::int64_t i) {
   return (std::uint64_t{high} << 32) | (0xffffffffu - static_cast<std::uint32_t>(i));
 }
 
+constexpr std::int64_t kTopkBlock = 16;
+
 template <typename Index>
 void topk_chunk(const float* coeffs, std::int64_t n, std::int64_t k, Index* idx, float* val,
-                std::vector<std::uint64_t>& heap, std::vector<std::uint32_t>& high) {
-  if (high.size() < static_cast<std::size_t>(n)) high.resize(static_cast<std::size_t>(n));
+                std::vector<std::uint64_t>& keys, std::vector<std::uint32_t>& high) {
+  const std::int64_t blocks = (n + kTopkBlock - 1) / kTopkBlock;
+  if (high.size() < static_cast<std::size_t>(n + 2 * blocks)) high.resize(static_cast<std::size_t>(n + 2 * blocks));
+  if (keys.size() < static_cast<std::size_t>(n)) keys.resize(static_cast<std::size_t>(n));
   std::uint32_t* h = high.data();
+  std::uint32_t* block_max = h + n;       // [blocks]
+  std::uint32_t* order = block_max + blocks;  // [blocks] scratch for nth_element
   for (std::int64_t i = 0; i < n; ++i) h[i] = topk_high(coeffs[i]);
-  heap.resize(static_cast<std::size_t>(k));
-  for (std::int64_t i = 0; i < k; ++i) heap[static_cast<std::size_t>(i)] = topk_key(h[i], i);
-  std::make_heap(heap.begin(), heap.end(), std::greater<>());  // root = smallest kept key
-  auto root_high = static_cast<std::uint32_t>(heap.front() >> 32);
-  auto consider = [&](std::int64_t i) {
-    if (h[i] < root_high) return;  // cannot beat the root, whatever the index
-    const std::uint64_t key = topk_key(h[i], i);
-    if (key > heap.front()) {
-      std::pop_heap(heap.begin(), heap.end(), std::greater<>());
-      heap.back() = key;
-      std::push_heap(heap.begin(), heap.end(), std::greater<>());
-      root_high = static_cast<std::uint32_t>(heap.front() >> 32);
+  std::uint32_t bound = 0;  // every value >= 0: all candidates unless the blocks give a bound
+  if (blocks >= k) {
+    for (std::int64_t b = 0; b < blocks; ++b) {
+      const std::int64_t first = b * kTopkBlock, last = std::min(n, first + kTopkBlock);
+      std::uint32_t m = 0;
+      for (std::int64_t i = first; i < last; ++i) m = std::max(m, h[i]);
+      block_max[b] = order[b] = m;
     }
-  };
-  std::int64_t i = k;
-  for (; i < n && i % 16 != 0; ++i) consider(i);
-  for (; i + 16 <= n; i += 16) {  // a block of 16 whose largest cannot beat the root: skip it
-    std::uint32_t largest = 0;
-    for (int j = 0; j < 16; ++j) largest = std::max(largest, h[i + j]);
-    if (largest < root_high) continue;
-    for (int j = 0; j < 16; ++j) consider(i + j);
+    std::nth_element(order, order + (k - 1), order + blocks, std::greater<>());
+    bound = order[k - 1];
   }
-  for (; i < n; ++i) consider(i);
+  std::int64_t m = 0;
+  std::uint64_t* cand = keys.data();
+  for (std::int64_t b = 0; b < blocks; ++b) {
+    if (blocks >= k && block_max[b] < bound) continue;
+    const std::int64_t first = b * kTopkBlock, last = std::min(n, first + kTopkBlock);
+    for (std::int64_t i = first; i < last; ++i)
+      if (h[i] >= bound) cand[m++] = topk_key(h[i], i);
+  }
+  std::nth_element(cand, cand + (k - 1), cand + m, std::greater<>());
   for (std::int64_t s = 0; s < k; ++s)
-    idx[s] = static_cast<Index>(0xffffffffu - static_cast<std::uint32_t>(heap[static_cast<std::size_t>(s)] & 0xffffffffu));
+    idx[s] = static_cast<Index>(0xffffffffu - static_cast<std::uint32_t>(cand[s] & 0xffffffffu));
   std::sort(idx, idx + k);
   for (std::int64_t s = 0; s < k; ++s) val[s] = coeffs[idx[s]];
 }
@@ -621,8 +625,8 @@ Codec::Codec(const std::vector<std::vector<std::int64_t>>& shapes, std::int64_t 
   chunk_.resize(static_cast<std::size_t>(largest_chunk));
   block_work_.resize(static_cast<std::size_t>(largest_block));
   block_coeffs_.resize(static_cast<std::size_t>(largest_block));
-  high_.resize(static_cast<std::size_t>(largest_chunk));
-  heap_.reserve(static_cast<std::size_t>(largest_k));
+  high_.resize(static_cast<std::size_t>(largest_chunk + 2 * (largest_chunk / kTopkBlock + 1)));
+  heap_.resize(static_cast<std::size_t>(largest_chunk));
   idx_.resize(static_cast<std::size_t>(largest_k));
   val_.resize(static_cast<std::size_t>(largest_k));
   // Decode scratch for any world size up to what the first decode asks for (grown there once).

@@ -149,8 +149,8 @@ class Codec {
   std::vector<float> block_coeffs_;     // [a, cols] one row block's coefficients, tensor layout
   std::vector<std::int32_t> idx_;       // one chunk's kept indices
   std::vector<float> val_;              // one chunk's kept values
-  std::vector<std::uint64_t> heap_;     // top-k selection scratch
-  std::vector<std::uint32_t> high_;     // [chunk elems] top-k: |coefficient| keys of one chunk
+  std::vector<std::uint64_t> heap_;     // [chunk elems] top-k: candidate keys of one chunk
+  std::vector<std::uint32_t> high_;     // [chunk elems + blocks] top-k: |coefficient| keys, block maxima
   DecodeScratch scratch_;
 };
 

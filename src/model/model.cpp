@@ -130,76 +130,104 @@ Model::Plan& Model::plan_for(int batch, bool backward) {
   return *plans_.back();
 }
 
+// Plans are made first to last, each given the layout the previous one writes (the batch's plain
+// [N, C, H, W] for the first), so convolutions hand blocked activations to the pooling after them
+// and only the layers that need plain data reorder (layers::Layer::make_layout_plan); every
+// buffer is sized by its layout. The logits must come out plain for the loss.
 void Model::build_plan(Plan& plan) {
   const int batch = plan.batch;
+  const auto n = static_cast<std::size_t>(batch);
   // acts[0] is the caller's input; every non-aliasing layer owns its output and its input gradient.
   plan.acts.assign(layers_.size() + 1, nullptr);
   plan.diffs.assign(layers_.size() + 1, nullptr);
-  for (std::size_t i = 0; i < layers_.size(); ++i) {
-    if (layers_[i]->aliases_input()) {
-      plan.acts[i + 1] = plan.acts[i];  // patched at run time for i == 0
-    } else {
-      const std::size_t n = static_cast<std::size_t>(batch) * layers::shape_size(layers_[i]->output_shape());
-      plan.owned.emplace_back(fmt::format("model.act{}", i), n);
-      plan.acts[i + 1] = plan.owned.back().data();
-      if (plan.backward) {
-        plan.owned.emplace_back(fmt::format("model.diff{}", i), n);
-        plan.diffs[i + 1] = plan.owned.back().data();
-      }
-    }
-  }
-  // Flatten after a real layer aliases that layer's diff too.
-  for (std::size_t i = 0; i < layers_.size(); ++i)
-    if (layers_[i]->aliases_input()) plan.diffs[i + 1] = plan.diffs[i];
+  layers::Layout in = layers::plain_layout(batch, arch_spec_->input_shape, dnnl::memory::data_type::f32);
   std::size_t info = 0;
-  layers::Shape in_shape = arch_spec_->input_shape;
-  for (const auto& layer : layers_) {
+  for (std::size_t i = 0; i < layers_.size(); ++i) {
+    const auto& layer = layers_[i];
     std::vector<float*> ps, gs;
     const std::size_t first = info;
     for (std::size_t k = 0; k < layer->param_specs().size(); ++k, ++info) {
       ps.push_back(params_.data() + infos_[info].offset);
       gs.push_back(grads_.data() + infos_[info].offset);
     }
-    const auto n = static_cast<std::size_t>(batch);
+    const std::size_t in_floats = in.get_size() / sizeof(float);
     if (compute_ == Compute::fp8 && !ps.empty()) {
-      // The primitive reads the fake-quantized weight (param 0); the bias stays fp32.
+      // The primitive reads the fake-quantized weight (param 0); the bias stays fp32. The wrapper
+      // works elementwise, so it takes the inner plan's layouts as they are.
       const ParamInfo& w = infos_[first];
       ps[0] = params_fp8_.data() + w.offset;
-      auto inner = layer->make_plan(batch, exec_, ps, gs);
+      auto inner = layer->make_layout_plan(batch, exec_, ps, gs, in);
       plan.layer_plans.push_back(layers::make_fp8_plan(
-          std::move(inner), n * static_cast<std::size_t>(layers::shape_size(in_shape)),
-          n * static_cast<std::size_t>(layers::shape_size(layer->output_shape())),
+          std::move(inner.plan), in_floats, inner.out.get_size() / sizeof(float),
           {{params_.data() + w.offset, w.count}, {params_fp8_.data() + w.offset, w.count},
            {grads_.data() + w.offset, w.count}}));
+      in = inner.out;
     } else if (is_16bit(compute_) && !layer->aliases_input()) {
       std::vector<std::span<float>> grad_spans;
       for (std::size_t k = first; k < info; ++k) grad_spans.push_back({grads_.data() + infos_[k].offset, infos_[k].count});
-      plan.layer_plans.push_back(layers::make_half_plan(
-          layer->make_plan(batch, exec_, ps, gs), n * static_cast<std::size_t>(layers::shape_size(in_shape)),
-          n * static_cast<std::size_t>(layers::shape_size(layer->output_shape())), compute_ == Compute::bf16,
-          std::move(grad_spans)));
+      auto inner = layer->make_layout_plan(batch, exec_, ps, gs, in);
+      plan.layer_plans.push_back(layers::make_half_plan(std::move(inner.plan), in_floats,
+                                                        inner.out.get_size() / sizeof(float),
+                                                        compute_ == Compute::bf16, std::move(grad_spans)));
+      in = inner.out;
     } else {
-      plan.layer_plans.push_back(layer->make_plan(batch, exec_, ps, gs));
+      auto planned = layer->make_layout_plan(batch, exec_, ps, gs, in);
+      plan.layer_plans.push_back(std::move(planned.plan));
+      in = planned.out;
     }
-    in_shape = layer->output_shape();
+    if (layer->aliases_input()) {
+      plan.acts[i + 1] = plan.acts[i];  // patched at run time for i == 0
+      plan.diffs[i + 1] = plan.diffs[i];  // Flatten after a real layer aliases its diff too
+      continue;
+    }
+    const std::size_t floats = in.get_size() / sizeof(float);
+    plan.owned.emplace_back(fmt::format("model.act{}", i), floats);
+    plan.acts[i + 1] = plan.owned.back().data();
+    if (plan.backward) {
+      plan.owned.emplace_back(fmt::format("model.diff{}", i), floats);
+      plan.diffs[i + 1] = plan.owned.back().data();
+    }
   }
+  LOWSYNC_ASSERT(layers::is_plain(in) && in.get_size() == n * arch_spec_->num_classes * sizeof(float),
+                 "the last layer of {} does not write plain [N, classes] logits", arch_);
   if (is_16bit(compute_))
-    plan.input16 = memory::TrackedBuffer<float>("model.input16", static_cast<std::size_t>(batch) * layers::shape_size(arch_spec_->input_shape));
+    plan.input16 = memory::TrackedBuffer<float>("model.input16", n * layers::shape_size(arch_spec_->input_shape));
 }
 
 void Model::build_plan16(Plan& plan) {
   const auto n = static_cast<std::size_t>(plan.batch);
+  const bool bf16 = compute_ == Compute::bf16;
   plan.owned16.emplace_back("model.input16", n * layers::shape_size(arch_spec_->input_shape));
   plan.acts16.assign(layers_.size() + 1, nullptr);
   plan.diffs16.assign(layers_.size() + 1, nullptr);
   plan.acts16[0] = plan.owned16.back().data();
+  plan.logits = memory::TrackedBuffer<float>("model.logits", n * arch_spec_->num_classes);
+  if (plan.backward) plan.dlogits = memory::TrackedBuffer<float>("model.dlogits", n * arch_spec_->num_classes);
+
+  using dt = dnnl::memory::data_type;
+  layers::Layout in = layers::plain_layout(plan.batch, arch_spec_->input_shape, bf16 ? dt::bf16 : dt::f16);
+  std::size_t info = 0;
   for (std::size_t i = 0; i < layers_.size(); ++i) {
-    if (layers_[i]->aliases_input()) {
+    const auto& layer = layers_[i];
+    layers::Native16Tensors t;
+    t.bf16 = bf16;
+    for (std::size_t k = 0; k < layer->param_specs().size(); ++k, ++info) {
+      t.params.push_back(params16_.data() + infos_[info].offset);
+      t.grads.push_back(grads16_.data() + infos_[info].offset);
+    }
+    if (layer->aliases_input()) {  // the layout passes through, as does the buffer
+      plan.layer_plans16.push_back(nullptr);
       plan.acts16[i + 1] = plan.acts16[i];
       plan.diffs16[i + 1] = plan.diffs16[i];
       continue;
     }
-    const std::size_t size = n * layers::shape_size(layers_[i]->output_shape());
+    const std::size_t stage_floats = layer->stage16_floats(plan.batch, t.bf16 && t.bf16_primitives);
+    LOWSYNC_ASSERT(stage_floats <= stage16_.size(), "16-bit staging of {} floats, {} allocated", stage_floats,
+                   stage16_.size());
+    auto planned = layer->make_layout_plan16(plan.batch, exec_, t, stage16_.span(), in);
+    plan.layer_plans16.push_back(std::move(planned.plan));
+    in = planned.out;
+    const std::size_t size = in.get_size() / sizeof(std::uint16_t);
     plan.owned16.emplace_back(fmt::format("model.act{}", i), size);
     plan.acts16[i + 1] = plan.owned16.back().data();
     if (plan.backward) {
@@ -207,26 +235,8 @@ void Model::build_plan16(Plan& plan) {
       plan.diffs16[i + 1] = plan.owned16.back().data();
     }
   }
-  plan.logits = memory::TrackedBuffer<float>("model.logits", n * arch_spec_->num_classes);
-  if (plan.backward) plan.dlogits = memory::TrackedBuffer<float>("model.dlogits", n * arch_spec_->num_classes);
-
-  std::size_t info = 0;
-  for (const auto& layer : layers_) {
-    layers::Native16Tensors t;
-    t.bf16 = compute_ == Compute::bf16;
-    for (std::size_t k = 0; k < layer->param_specs().size(); ++k, ++info) {
-      t.params.push_back(params16_.data() + infos_[info].offset);
-      t.grads.push_back(grads16_.data() + infos_[info].offset);
-    }
-    if (layer->aliases_input()) {
-      plan.layer_plans16.push_back(nullptr);
-      continue;
-    }
-    const std::size_t stage_floats = layer->stage16_floats(plan.batch, t.bf16 && t.bf16_primitives);
-    LOWSYNC_ASSERT(stage_floats <= stage16_.size(), "16-bit staging of {} floats, {} allocated", stage_floats,
-                   stage16_.size());
-    plan.layer_plans16.push_back(layer->make_plan16(plan.batch, exec_, t, stage16_.span()));
-  }
+  LOWSYNC_ASSERT(layers::is_plain(in) && in.get_size() == n * arch_spec_->num_classes * sizeof(std::uint16_t),
+                 "the last layer of {} does not write plain [N, classes] logits", arch_);
 }
 
 const float* Model::run_forward(Plan& plan, const data::Batch& batch, bool training) {

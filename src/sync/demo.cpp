@@ -152,14 +152,8 @@ bool DemoStrategy::step(comm::Communicator& comm, std::span<const model::ParamIn
   // Steps 7-8: identical decode on every rank, then the sign step (sign(0) = 0: no move).
   for (std::size_t t = 0; t < infos_.size(); ++t) {
     const model::ParamInfo& info = infos_[t];
-    float* p = params.data() + info.offset;
-    const float* q = q_.data();
-    codec_->decode(t, std::span<const std::uint8_t>(recv_.data(), recv_.size()), world_size_,
-                   {q_.data(), info.count});
-    Kokkos::parallel_for("demo_sign_step", HostRange(0, info.count), [=](std::size_t i) {
-      const float sign = static_cast<float>((q[i] > 0.0f) - (q[i] < 0.0f));
-      p[i] -= lr_f * sign;
-    });
+    codec_->decode_sign_step(t, std::span<const std::uint8_t>(recv_.data(), recv_.size()), world_size_,
+                             {q_.data(), info.count}, params.subspan(info.offset, info.count), lr_f);
   }
 
   if (options_.check_every > 0 && step_number % options_.check_every == 0)

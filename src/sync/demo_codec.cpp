@@ -17,6 +17,7 @@
 #include <mutex>
 #include <numeric>
 #include <numbers>
+#include <type_traits>
 
 namespace lowsync::sync::demo {
 namespace {
@@ -63,20 +64,23 @@ std::int64_t chunk_origin(const TensorPlan& plan, std::int64_t c) {
 // C is ((0 + a_0 b_0) + a_1 b_1) + ... in kk order, each a multiply then an add (the build uses
 // -ffp-contract=off), whatever the tile it falls in: the bits depend neither on the tiling nor on
 // the vector width, so ranks on different ISAs still decode the same Q. Register tiles of up to
-// 4 rows x 32 columns reuse each loaded row of B four times.
+// 4 rows x 64 columns (four 16-float vectors: one AVX-512 register each, two AVX2 halves where
+// the build has no AVX-512) reuse each loaded row of B four times.
 using V8 = float __attribute__((vector_size(32)));
+using V16 = float __attribute__((vector_size(64)));
 
 enum class Store { assign, subtract };
 
-template <int MR, int NV>
+template <class V, int MR, int NV>
 inline void gemm_tile(std::int64_t kk, const float* a, std::int64_t lda, const float* b,
                       std::int64_t ldb, float* c, std::int64_t ldc, Store store) {
-  V8 acc[MR][NV];
+  constexpr int kLanes = static_cast<int>(sizeof(V) / sizeof(float));
+  V acc[MR][NV];
   for (int r = 0; r < MR; ++r)
-    for (int j = 0; j < NV; ++j) acc[r][j] = V8{};
+    for (int j = 0; j < NV; ++j) acc[r][j] = V{};
   for (std::int64_t k = 0; k < kk; ++k) {
-    V8 brow[NV];
-    for (int j = 0; j < NV; ++j) std::memcpy(&brow[j], b + k * ldb + 8 * j, sizeof(V8));
+    V brow[NV];
+    for (int j = 0; j < NV; ++j) std::memcpy(&brow[j], b + k * ldb + kLanes * j, sizeof(V));
     for (int r = 0; r < MR; ++r) {
       const float ar = a[r * lda + k];
       for (int j = 0; j < NV; ++j) acc[r][j] += ar * brow[j];
@@ -84,14 +88,14 @@ inline void gemm_tile(std::int64_t kk, const float* a, std::int64_t lda, const f
   }
   for (int r = 0; r < MR; ++r)
     for (int j = 0; j < NV; ++j) {
-      float* dst = c + r * ldc + 8 * j;
+      float* dst = c + r * ldc + kLanes * j;
       if (store == Store::assign) {
-        std::memcpy(dst, &acc[r][j], sizeof(V8));
+        std::memcpy(dst, &acc[r][j], sizeof(V));
       } else {
-        V8 old;
-        std::memcpy(&old, dst, sizeof(V8));
+        V old;
+        std::memcpy(&old, dst, sizeof(V));
         old -= acc[r][j];
-        std::memcpy(dst, &old, sizeof(V8));
+        std::memcpy(dst, &old, sizeof(V));
       }
     }
 }
@@ -100,13 +104,17 @@ template <int MR>
 void gemm_rows(std::int64_t n, std::int64_t kk, const float* a, std::int64_t lda, const float* b,
                std::int64_t ldb, float* c, std::int64_t ldc, Store store) {
   std::int64_t j = 0;
-  for (; j + 32 <= n; j += 32) gemm_tile<MR, 4>(kk, a, lda, b + j, ldb, c + j, ldc, store);
+  for (; j + 64 <= n; j += 64) gemm_tile<V16, MR, 4>(kk, a, lda, b + j, ldb, c + j, ldc, store);
+  if (j + 32 <= n) {
+    gemm_tile<V16, MR, 2>(kk, a, lda, b + j, ldb, c + j, ldc, store);
+    j += 32;
+  }
   if (j + 16 <= n) {
-    gemm_tile<MR, 2>(kk, a, lda, b + j, ldb, c + j, ldc, store);
+    gemm_tile<V16, MR, 1>(kk, a, lda, b + j, ldb, c + j, ldc, store);
     j += 16;
   }
   if (j + 8 <= n) {
-    gemm_tile<MR, 1>(kk, a, lda, b + j, ldb, c + j, ldc, store);
+    gemm_tile<V8, MR, 1>(kk, a, lda, b + j, ldb, c + j, ldc, store);
     j += 8;
   }
   for (; j < n; ++j)  // scalar tail, same summation order
@@ -147,6 +155,19 @@ void forward_chunk(const TensorPlan& plan, const Bases& bs, const float* x, std:
   gemm(a, b, a, bs.ba, a, work, b, out, b, Store::assign);                                 // Ba (.)
 }
 
+// Y = Ba X Bb^T for every chunk of row block `block` (tensor rows block*a .. block*a + a - 1) as
+// two batched products: the block [a, cols] read as [a*cols/b, b] rows times Bb^T (all its chunks
+// in one GEMM), then Ba times the whole [a, cols] result. work, coeffs: [a, cols] in tensor layout
+// (coefficient (u, v) of chunk j at row u, column j*b + v). Each coefficient is summed in the
+// same order as forward_chunk's, so the bits are those of the chunk-by-chunk transform.
+void forward_row_block(const TensorPlan& plan, const Bases& bs, const float* x, std::int64_t block, float* work,
+                       float* coeffs) {
+  const std::int64_t a = plan.chunk_rows, b = plan.chunk_cols, cols = plan.cols;
+  const float* xb = x + block * a * cols;
+  gemm(a * cols / b, b, b, xb, b, bs.bbt, b, work, b, Store::assign);  // every chunk's X Bb^T
+  gemm(a, cols, a, bs.ba, a, work, cols, coeffs, cols, Store::assign);  // Ba (.) for the whole block
+}
+
 // X = Ba^T Y Bb for one chunk: Y [a*b] -> the tensor block of chunk c in x (dense Y).
 void inverse_chunk(const TensorPlan& plan, const Bases& bs, const float* coeffs, std::int64_t c, float* x,
                    float* work) {
@@ -164,9 +185,11 @@ void sparse_inverse_chunk(const TensorPlan& plan, const Bases& bs, const std::in
                           std::int32_t* rows, Store store) {
   const std::int64_t a = plan.chunk_rows, b = plan.chunk_cols;
   std::int64_t nu = 0, last_u = -1;
+  std::int64_t u = 0, row_start = 0;  // positions ascend: walk the rows instead of dividing
   float* w = work;
   for (std::int64_t s = 0; s < m; ++s) {
-    const std::int64_t u = pos[s] / b, v = pos[s] % b;
+    while (pos[s] >= row_start + b) ++u, row_start += b;
+    const std::int64_t v = pos[s] - row_start;
     if (u != last_u) {
       w = work + nu * b;
       std::fill(w, w + b, 0.0f);
@@ -185,30 +208,53 @@ void sparse_inverse_chunk(const TensorPlan& plan, const Bases& bs, const std::in
 // Top-k of one chunk's coefficients [n]; idx/val [k] ascending by index. Each candidate is one
 // u64 key: high half |x|'s bit pattern + 1 (monotonic for non-negative floats; NaN gets 0 so it
 // ranks lowest), low half ~index (so on equal magnitude the lower index has the larger key).
-// Larger key = preferred, a strict total order, so the selected set is unique. One pass with a
-// min-heap of the k best keys so far; most candidates fail the cheap magnitude test at the root.
-inline std::uint64_t topk_key(float x, std::int64_t i) {
-  const float m = std::fabs(x);
-  const std::uint64_t high = std::isnan(m) ? 0u : std::uint64_t{std::bit_cast<std::uint32_t>(m)} + 1u;
-  return (high << 32) | (0xffffffffu - static_cast<std::uint32_t>(i));
+// Larger key = preferred, a strict total order, so the selected set is unique. Selection: the
+// maxima of blocks of 16 give a bound, the k-th largest block maximum (std::nth_element over
+// n/16 values), that is <= the k-th largest magnitude (k blocks each hold a value >= it); only
+// the values >= the bound become candidate keys (a few times k), and std::nth_element over them
+// picks the k largest keys. Any selection of the k largest keys gives the same set.
+inline std::uint32_t topk_high(float x) {
+  const std::uint32_t m = std::bit_cast<std::uint32_t>(x) & 0x7fffffffu;
+  return m > 0x7f800000u ? 0u : m + 1u;  // NaN lowest
 }
+inline std::uint64_t topk_key(std::uint32_t high, std::int64_t i) {
+  return (std::uint64_t{high} << 32) | (0xffffffffu - static_cast<std::uint32_t>(i));
+}
+
+constexpr std::int64_t kTopkBlock = 16;
 
 template <typename Index>
 void topk_chunk(const float* coeffs, std::int64_t n, std::int64_t k, Index* idx, float* val,
-                std::vector<std::uint64_t>& heap) {
-  heap.resize(static_cast<std::size_t>(k));
-  for (std::int64_t i = 0; i < k; ++i) heap[static_cast<std::size_t>(i)] = topk_key(coeffs[i], i);
-  std::make_heap(heap.begin(), heap.end(), std::greater<>());  // root = smallest kept key
-  for (std::int64_t i = k; i < n; ++i) {
-    const std::uint64_t key = topk_key(coeffs[i], i);
-    if (key > heap.front()) {
-      std::pop_heap(heap.begin(), heap.end(), std::greater<>());
-      heap.back() = key;
-      std::push_heap(heap.begin(), heap.end(), std::greater<>());
+                std::vector<std::uint64_t>& keys, std::vector<std::uint32_t>& high) {
+  const std::int64_t blocks = (n + kTopkBlock - 1) / kTopkBlock;
+  if (high.size() < static_cast<std::size_t>(n + 2 * blocks)) high.resize(static_cast<std::size_t>(n + 2 * blocks));
+  if (keys.size() < static_cast<std::size_t>(n)) keys.resize(static_cast<std::size_t>(n));
+  std::uint32_t* h = high.data();
+  std::uint32_t* block_max = h + n;       // [blocks]
+  std::uint32_t* order = block_max + blocks;  // [blocks] scratch for nth_element
+  for (std::int64_t i = 0; i < n; ++i) h[i] = topk_high(coeffs[i]);
+  std::uint32_t bound = 0;  // every value >= 0: all candidates unless the blocks give a bound
+  if (blocks >= k) {
+    for (std::int64_t b = 0; b < blocks; ++b) {
+      const std::int64_t first = b * kTopkBlock, last = std::min(n, first + kTopkBlock);
+      std::uint32_t m = 0;
+      for (std::int64_t i = first; i < last; ++i) m = std::max(m, h[i]);
+      block_max[b] = order[b] = m;
     }
+    std::nth_element(order, order + (k - 1), order + blocks, std::greater<>());
+    bound = order[k - 1];
   }
+  std::int64_t m = 0;
+  std::uint64_t* cand = keys.data();
+  for (std::int64_t b = 0; b < blocks; ++b) {
+    if (blocks >= k && block_max[b] < bound) continue;
+    const std::int64_t first = b * kTopkBlock, last = std::min(n, first + kTopkBlock);
+    for (std::int64_t i = first; i < last; ++i)
+      if (h[i] >= bound) cand[m++] = topk_key(h[i], i);
+  }
+  std::nth_element(cand, cand + (k - 1), cand + m, std::greater<>());
   for (std::int64_t s = 0; s < k; ++s)
-    idx[s] = static_cast<Index>(0xffffffffu - static_cast<std::uint32_t>(heap[static_cast<std::size_t>(s)] & 0xffffffffu));
+    idx[s] = static_cast<Index>(0xffffffffu - static_cast<std::uint32_t>(cand[s] & 0xffffffffu));
   std::sort(idx, idx + k);
   for (std::int64_t s = 0; s < k; ++s) val[s] = coeffs[idx[s]];
 }
@@ -334,9 +380,10 @@ void topk_encode(const TensorPlan& plan, std::span<const float> coeffs, std::spa
   check_size("topk_encode indices", idx.size(), kept);
   check_size("topk_encode values", val.size(), kept);
   std::vector<std::uint64_t> keys;
+  std::vector<std::uint32_t> high;
   for (std::int64_t c = 0; c < plan.num_chunks(); ++c)
     topk_chunk(coeffs.data() + c * plan.chunk_elems(), plan.chunk_elems(), plan.k,
-               idx.data() + c * plan.k, val.data() + c * plan.k, keys);
+               idx.data() + c * plan.k, val.data() + c * plan.k, keys, high);
 }
 
 void subtract_sparse_inverse(const TensorPlan& plan, std::span<const std::int64_t> idx,
@@ -426,19 +473,38 @@ void check_decode(const TensorPlan& plan, WireFormat wire, std::span<const std::
   check_size("decode output", q.size(), static_cast<std::size_t>(plan.numel()));
 }
 
+// Wire element types as C++ types, so the decode's inner loop has no per-element type switch.
+template <typename T>
+inline T load(const std::uint8_t* src) {
+  T v;
+  std::memcpy(&v, src, sizeof v);
+  return v;
+}
+template <typename V>
+inline float value_of(const std::uint8_t* src) {
+  if constexpr (std::is_same_v<V, tensor::Bf16Bits>)
+    return tensor::bf16_decode(load<tensor::Bf16Bits>(src));
+  else
+    return load<float>(src);
+}
+
 // Step 7 of a sparse tensor, chunk by chunk: sums per position in rank order 0..K-1 over the
 // positions some rank chose (only those are touched), divided by their contributor count, then
 // the sparse inverse DCT over the touched positions in ascending order. Arguments checked.
-void decode_sparse(const TensorPlan& plan, WireFormat wire, std::span<const std::uint8_t> gathered,
-                   std::size_t block_bytes, std::size_t offset, int world_size, std::span<float> q,
-                   DecodeScratch& sc) {
-  const std::size_t ib = dtype_bytes(wire.index), vb = dtype_bytes(wire.value);
+// on_chunk(c) runs right after chunk c's block of q is written (the fused sign step).
+template <typename I, typename V, typename OnChunk>
+void decode_sparse_typed(const TensorPlan& plan, std::span<const std::uint8_t> gathered, std::size_t block_bytes,
+                         std::size_t offset, int world_size, std::span<float> q, DecodeScratch& sc,
+                         OnChunk&& on_chunk) {
+  constexpr std::size_t ib = sizeof(I), vb = sizeof(V);
   const std::int64_t n = plan.chunk_elems(), k = plan.k;
   const auto kept = static_cast<std::size_t>(plan.coeffs_sent());
   const Bases bs = bases_for(plan);
   float* sum = sc.sum.data();
   std::int32_t* count = sc.count.data();
   std::int32_t* pos = sc.pos.data();
+  std::uint64_t* mask = sc.mask.data();  // all zero between chunks, like sum and count
+  const std::int64_t words = (n + 63) / 64;
   for (std::int64_t c = 0; c < plan.num_chunks(); ++c) {
     std::int64_t m = 0;
     for (int r = 0; r < world_size; ++r) {
@@ -446,24 +512,57 @@ void decode_sparse(const TensorPlan& plan, WireFormat wire, std::span<const std:
       const std::uint8_t* indices = base + static_cast<std::size_t>(c * k) * ib;
       const std::uint8_t* values = base + kept * ib + static_cast<std::size_t>(c * k) * vb;
       for (std::int64_t s = 0; s < k; ++s) {
-        const std::int64_t p = read_index(wire.index, indices + s * ib);
+        const auto p = static_cast<std::int64_t>(load<I>(indices + s * ib));
         if (p < 0 || p >= n) {
-          for (std::int64_t t = 0; t < m; ++t) sum[pos[t]] = 0.0f, count[pos[t]] = 0;  // keep the invariant
+          std::fill(sc.sum.begin(), sc.sum.end(), 0.0f);  // keep the all-zero invariant
+          std::fill(sc.count.begin(), sc.count.end(), 0);
+          std::fill(sc.mask.begin(), sc.mask.end(), 0);
           fail("DeMo: rank {} sent coefficient index {} outside chunk of {}", r, p, n);
         }
-        if (count[p]++ == 0) pos[m++] = static_cast<std::int32_t>(p);
-        sum[p] += read_value(wire.value, values + s * vb);
+        if (count[p]++ == 0) mask[p >> 6] |= std::uint64_t{1} << (p & 63), ++m;
+        sum[p] += value_of<V>(values + s * vb);
       }
     }
-    std::sort(pos, pos + m);
-    for (std::int64_t t = 0; t < m; ++t) {
-      const std::int32_t p = pos[t];
-      sc.y[static_cast<std::size_t>(t)] = sum[p] / static_cast<float>(count[p]);
-      sum[p] = 0.0f;
-      count[p] = 0;
+    // The touched positions in ascending order from the bitmap (no sort), averaged and reset.
+    std::int64_t t = 0;
+    for (std::int64_t word = 0; word < words && t < m; ++word) {
+      for (std::uint64_t bits = mask[word]; bits != 0; bits &= bits - 1) {
+        const auto p = static_cast<std::int32_t>(word * 64 + std::countr_zero(bits));
+        pos[t] = p;
+        sc.y[static_cast<std::size_t>(t++)] = sum[p] / static_cast<float>(count[p]);
+        sum[p] = 0.0f;
+        count[p] = 0;
+      }
+      mask[word] = 0;
     }
     sparse_inverse_chunk(plan, bs, pos, sc.y.data(), m, c, q.data(), sc.work.data(), sc.at.data(),
                          sc.rows.data(), Store::assign);
+    on_chunk(c);
+  }
+}
+
+template <typename OnChunk>
+void decode_sparse(const TensorPlan& plan, WireFormat wire, std::span<const std::uint8_t> gathered,
+                   std::size_t block_bytes, std::size_t offset, int world_size, std::span<float> q,
+                   DecodeScratch& sc, OnChunk&& on_chunk) {
+  const bool u16 = wire.index == DType::u16, bf16 = wire.value == DType::bf16;
+  if (u16 && bf16)
+    decode_sparse_typed<std::uint16_t, tensor::Bf16Bits>(plan, gathered, block_bytes, offset, world_size, q, sc, on_chunk);
+  else if (u16)
+    decode_sparse_typed<std::uint16_t, float>(plan, gathered, block_bytes, offset, world_size, q, sc, on_chunk);
+  else if (bf16)
+    decode_sparse_typed<std::int64_t, tensor::Bf16Bits>(plan, gathered, block_bytes, offset, world_size, q, sc, on_chunk);
+  else
+    decode_sparse_typed<std::int64_t, float>(plan, gathered, block_bytes, offset, world_size, q, sc, on_chunk);
+}
+
+void no_op(std::int64_t) {}
+
+// Step 8 on n values: p -= lr * sign(q), sign(0) = 0 (no move); the strategy's formula.
+inline void sign_step(float* p, const float* q, std::int64_t n, float lr) {
+  for (std::int64_t i = 0; i < n; ++i) {
+    const float sign = static_cast<float>((q[i] > 0.0f) - (q[i] < 0.0f));
+    p[i] -= lr * sign;
   }
 }
 
@@ -475,6 +574,7 @@ void DecodeScratch::reserve(std::int64_t chunk_elems, std::int64_t chunk_rows, s
   };
   grow(sum, chunk_elems);
   grow(count, chunk_elems);
+  grow(mask, (chunk_elems + 63) / 64);
   grow(work, chunk_elems);
   grow(pos, touched);
   grow(y, touched);
@@ -501,13 +601,13 @@ void decode_average(const TensorPlan& plan, WireFormat wire, std::span<const std
 
   DecodeScratch scratch;
   scratch.reserve(plan.chunk_elems(), plan.chunk_rows, plan.k * world_size);
-  decode_sparse(plan, wire, gathered, block_bytes, offset, world_size, q, scratch);
+  decode_sparse(plan, wire, gathered, block_bytes, offset, world_size, q, scratch, no_op);
 }
 
 Codec::Codec(const std::vector<std::vector<std::int64_t>>& shapes, std::int64_t chunk_target,
              std::int64_t topk, WireFormat wire)
     : wire_(wire) {
-  std::int64_t largest_chunk = 1, largest_rows = 1, largest_k = 1;
+  std::int64_t largest_chunk = 1, largest_rows = 1, largest_k = 1, largest_block = 1;
   for (const auto& shape : shapes) {
     const TensorPlan plan = plan_tensor(shape, chunk_target, topk);
     check_wire(plan, wire);
@@ -519,9 +619,14 @@ Codec::Codec(const std::vector<std::vector<std::int64_t>>& shapes, std::int64_t 
       largest_chunk = std::max(largest_chunk, plan.chunk_elems());
       largest_rows = std::max(largest_rows, plan.chunk_rows);
       largest_k = std::max(largest_k, plan.k);
+      largest_block = std::max(largest_block, plan.chunk_rows * plan.cols);
     }
   }
   chunk_.resize(static_cast<std::size_t>(largest_chunk));
+  block_work_.resize(static_cast<std::size_t>(largest_block));
+  block_coeffs_.resize(static_cast<std::size_t>(largest_block));
+  high_.resize(static_cast<std::size_t>(largest_chunk + 2 * (largest_chunk / kTopkBlock + 1)));
+  heap_.resize(static_cast<std::size_t>(largest_chunk));
   idx_.resize(static_cast<std::size_t>(largest_k));
   val_.resize(static_cast<std::size_t>(largest_k));
   // Decode scratch for any world size up to what the first decode asks for (grown there once).
@@ -546,9 +651,15 @@ void Codec::encode(std::size_t t, std::span<float> delta, std::span<std::uint8_t
   }
 
   const Bases bs = bases_for(p);
+  const std::int64_t a = p.chunk_rows, b = p.chunk_cols, per_row_block = p.cols / b;
   for (std::int64_t c = 0; c < p.num_chunks(); ++c) {
-    forward_chunk(p, bs, delta.data(), c, chunk_.data(), scratch_.work.data());
-    topk_chunk(chunk_.data(), p.chunk_elems(), p.k, idx_.data(), val_.data(), heap_);
+    const std::int64_t j = c % per_row_block;
+    // Each row block's chunks are transformed together when its first chunk comes up; the
+    // subtractions below touch only chunks already transformed.
+    if (j == 0) forward_row_block(p, bs, delta.data(), c / per_row_block, block_work_.data(), block_coeffs_.data());
+    for (std::int64_t u = 0; u < a; ++u)  // chunk j into chunk layout [a, b]
+      std::memcpy(chunk_.data() + u * b, block_coeffs_.data() + u * p.cols + j * b, static_cast<std::size_t>(b) * sizeof(float));
+    topk_chunk(chunk_.data(), p.chunk_elems(), p.k, idx_.data(), val_.data(), heap_, high_);
     std::uint8_t* indices = base + static_cast<std::size_t>(c * p.k) * ib;
     std::uint8_t* values = base + kept * ib + static_cast<std::size_t>(c * p.k) * vb;
     for (std::int64_t s = 0; s < p.k; ++s) {
@@ -572,7 +683,27 @@ void Codec::decode(std::size_t t, std::span<const std::uint8_t> gathered, int wo
   }
   check_decode(p, wire_, gathered, block_bytes_, offsets_.at(t), world_size, q);
   scratch_.reserve(p.chunk_elems(), p.chunk_rows, p.k * world_size);
-  decode_sparse(p, wire_, gathered, block_bytes_, offsets_.at(t), world_size, q, scratch_);
+  decode_sparse(p, wire_, gathered, block_bytes_, offsets_.at(t), world_size, q, scratch_, no_op);
+}
+
+void Codec::decode_sign_step(std::size_t t, std::span<const std::uint8_t> gathered, int world_size,
+                             std::span<float> q, std::span<float> params, float lr) {
+  const TensorPlan& p = plan(t);
+  check_size("DeMo sign step parameters", params.size(), static_cast<std::size_t>(p.numel()));
+  if (p.dense) {
+    decode(t, gathered, world_size, q);
+    sign_step(params.data(), q.data(), p.numel(), lr);
+    return;
+  }
+  check_decode(p, wire_, gathered, block_bytes_, offsets_.at(t), world_size, q);
+  scratch_.reserve(p.chunk_elems(), p.chunk_rows, p.k * world_size);
+  const std::int64_t a = p.chunk_rows, b = p.chunk_cols;
+  // Each chunk's block of q is still in cache when its rows are applied.
+  decode_sparse(p, wire_, gathered, block_bytes_, offsets_.at(t), world_size, q, scratch_, [&](std::int64_t c) {
+    const std::int64_t origin = chunk_origin(p, c);
+    for (std::int64_t u = 0; u < a; ++u)
+      sign_step(params.data() + origin + u * p.cols, q.data() + origin + u * p.cols, b, lr);
+  });
 }
 
 }  // namespace lowsync::sync::demo

@@ -1,7 +1,8 @@
 // Layer interface. A Layer describes shapes and parameters; a LayerPlan holds the oneDNN
 // primitives and buffers for one batch size, created once and reused every step (no allocation
-// on the hot path). Tensors are row-major fp32 (LayerPlan16, native 16-bit storage: u16 bf16 or
-// fp16 bit patterns): activations [N, C, H, W] or [N, F].
+// on the hot path). Tensors are fp32 (LayerPlan16, native 16-bit storage: u16 bf16 or fp16 bit
+// patterns): activations [N, C, H, W] or [N, F], row-major through make_plan, in a layout the
+// plans negotiate (oneDNN blocked formats between convolutions) through make_layout_plan.
 #pragma once
 
 #include "lowsync/core/memory.hpp"
@@ -77,6 +78,32 @@ struct Native16Tensors {
   bool bf16_primitives = true;
 };
 
+// The layout of a whole batch of activations as the plans exchange it: a oneDNN memory descriptor
+// ([N, C, H, W] or [N, F]; f32 for LayerPlan, bf16/f16 for LayerPlan16). Plain = dense row-major.
+using Layout = dnnl::memory::desc;
+Layout plain_layout(int batch, const Shape& shape, dnnl::memory::data_type type);
+bool is_plain(const Layout& layout);
+// The plain layout with the same dimensions as `layout` (same bytes as [N, shape_size] row-major).
+Layout plain_like(const Layout& layout);
+
+// A plan and the layout its forward writes y in (and its backward reads dy in).
+template <class Plan>
+struct Planned {
+  std::unique_ptr<Plan> plan;
+  Layout out;
+};
+
+// Wraps `inner`, which reads x / writes dx in `inner_in` and writes y / reads dy in `inner_out`,
+// into a plan that reads x in `outer_in` and writes y in `outer_out` (same dimensions each):
+// oneDNN reorders into plan-owned buffers where the two differ. Backward reorders x (and y, dy)
+// again rather than trusting what the last forward left, so it holds for any call order.
+std::unique_ptr<LayerPlan> make_reordered_plan(std::unique_ptr<LayerPlan> inner, Executor& exec,
+                                               const Layout& outer_in, const Layout& inner_in,
+                                               const Layout& inner_out, const Layout& outer_out);
+std::unique_ptr<LayerPlan16> make_reordered_plan16(std::unique_ptr<LayerPlan16> inner, Executor& exec,
+                                                   const Layout& outer_in, const Layout& inner_in,
+                                                   const Layout& inner_out, const Layout& outer_out);
+
 class Layer {
  public:
   virtual ~Layer() = default;
@@ -90,6 +117,17 @@ class Layer {
   // params[i] / grads[i] point into the flat buffers, one per param_specs() entry.
   virtual std::unique_ptr<LayerPlan> make_plan(int batch, Executor& exec, std::vector<float*> params,
                                                std::vector<float*> grads) = 0;
+  // Layout-aware plan (the Model's path): x arrives in layout `in` (f32, dimensions [N, input_shape]
+  // or any with the same row-major bytes); the plan writes y in the layout it reports in .out.
+  // Convolutions take blocked layouts (oneDNN format_tag::any) and pass them on; pooling, ReLU
+  // and Flatten keep the layout they receive. Default: make_plan behind a reorder of x and dx to
+  // plain when `in` is not plain; y plain.
+  virtual Planned<LayerPlan> make_layout_plan(int batch, Executor& exec, std::vector<float*> params,
+                                              std::vector<float*> grads, const Layout& in);
+  // The same for native 16-bit storage (layouts of data type bf16 or f16); default: make_plan16
+  // behind reorders when `in` is not plain.
+  virtual Planned<LayerPlan16> make_layout_plan16(int batch, Executor& exec, const Native16Tensors& t,
+                                                  std::span<float> stage, const Layout& in);
   // Forward multiply-adds x 2 for one sample.
   virtual double flops_per_sample() const { return 0.0; }
 

@@ -99,7 +99,8 @@ void decode_average(const TensorPlan& plan, WireFormat wire, std::span<const std
 struct DecodeScratch {
   std::vector<float> sum;           // [chunk elems] per-position sums of the ranks' values
   std::vector<std::int32_t> count;  // [chunk elems] contributors per position
-  std::vector<std::int32_t> pos;    // [K*k] positions touched in the chunk, then sorted
+  std::vector<std::uint64_t> mask;  // [chunk elems / 64] bitmap of the touched positions
+  std::vector<std::int32_t> pos;    // [K*k] positions touched in the chunk, ascending
   std::vector<float> y;             // [K*k] their averages
   std::vector<float> work;          // [chunk elems] transform intermediate
   std::vector<float> at;            // [a*a] rows of the basis the sparse inverse needs
@@ -131,6 +132,11 @@ class Codec {
   // Step 7 for tensor t over world_size gathered blocks; q: [numel] in tensor layout.
   void decode(std::size_t t, std::span<const std::uint8_t> gathered, int world_size,
               std::span<float> q);
+  // Steps 7-8 fused: decode as above and apply params -= lr * sign(q) (sign(0) = 0) chunk by
+  // chunk while each block of q is in cache; the same bits as decode then a separate pass.
+  // params: [numel] in tensor layout; q: [numel] scratch (holds the decoded q afterwards).
+  void decode_sign_step(std::size_t t, std::span<const std::uint8_t> gathered, int world_size,
+                        std::span<float> q, std::span<float> params, float lr);
 
  private:
   std::vector<TensorPlan> plans_;
@@ -139,9 +145,12 @@ class Codec {
   std::size_t block_bytes_ = 0;
   std::int64_t coeffs_sent_ = 0;
   std::vector<float> chunk_;            // one chunk's coefficients
+  std::vector<float> block_work_;       // [a, cols] one row block's X Bb^T (batched forward DCT)
+  std::vector<float> block_coeffs_;     // [a, cols] one row block's coefficients, tensor layout
   std::vector<std::int32_t> idx_;       // one chunk's kept indices
   std::vector<float> val_;              // one chunk's kept values
-  std::vector<std::uint64_t> heap_;     // top-k selection scratch
+  std::vector<std::uint64_t> heap_;     // [chunk elems] top-k: candidate keys of one chunk
+  std::vector<std::uint32_t> high_;     // [chunk elems + blocks] top-k: |coefficient| keys, block maxima
   DecodeScratch scratch_;
 };
 

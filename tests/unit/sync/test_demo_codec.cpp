@@ -387,5 +387,62 @@ TEST(DemoCodec, EncodeEqualsTransformTopkPackSubtractAndLaysOutBlocks) {
   EXPECT_THROW(Codec({Shape{300, 300}}, 300, 8, WireFormat{DType::u16, DType::f32}), Error);
 }
 
+// Model-sized chunks (a = 64, b = 56 as fc1 of the MLP gets; b = 64; a = 10): the batched
+// row-block transform of encode gives the bits of the chunk-by-chunk dct_forward + top-k +
+// error feedback, through the 64-, 32-, 16- and 8-column tiles and the scalar tail.
+TEST(DemoCodec, BatchedEncodeEqualsChunkByChunkOnModelSizedChunks) {
+  const std::vector<Shape> shapes = {Shape{128, 112}, Shape{10, 256}, Shape{64, 3, 5, 5}, Shape{64, 60}};
+  const WireFormat wire{DType::u16, DType::bf16};
+  Codec codec(shapes, 64, 32, wire);
+  std::vector<std::uint8_t> block(codec.block_bytes());
+  for (std::size_t t = 0; t < shapes.size(); ++t) {
+    const TensorPlan& plan = codec.plan(t);
+    ASSERT_FALSE(plan.dense);
+    const auto n = static_cast<std::size_t>(plan.numel());
+    const std::vector<float> delta0 = random_floats(n, 40 + static_cast<std::uint32_t>(t));
+    std::vector<float> delta = delta0, want_delta = delta0, coeffs(n);
+    codec.encode(t, delta, block);
+    const auto kept = static_cast<std::size_t>(plan.coeffs_sent());
+    std::vector<std::int64_t> idx(kept);
+    std::vector<float> val(kept);
+    dct_forward(plan, delta0, coeffs);
+    topk_encode(plan, coeffs, idx, val);
+    for (float& v : val) v = wire_round(v, DType::bf16);
+    subtract_sparse_inverse(plan, idx, val, want_delta);
+    std::vector<std::uint8_t> want_bytes(tensor_payload_bytes(plan, wire));
+    pack_tensor(plan, wire, idx, val, want_bytes);
+    EXPECT_EQ(std::memcmp(block.data() + codec.offset(t), want_bytes.data(), want_bytes.size()), 0) << "tensor " << t;
+    EXPECT_EQ(delta, want_delta) << "tensor " << t;
+  }
+}
+
+// The fused decode + sign step gives the bits of decode followed by the strategy's separate
+// p -= lr * sign(q), for sparse and dense tensors, both value types, 4 ranks' blocks.
+TEST(DemoCodec, FusedSignStepEqualsDecodeThenSign) {
+  const std::vector<Shape> shapes = {Shape{128, 112}, Shape{20}, Shape{2, 11}, Shape{10, 256}};
+  for (const DType value : {DType::f32, DType::bf16}) {
+    Codec codec(shapes, 64, 8, WireFormat{DType::u16, value});
+    const int ranks = 4;
+    const std::size_t bb = codec.block_bytes();
+    std::vector<std::uint8_t> gathered(bb * ranks);
+    for (int r = 0; r < ranks; ++r)
+      for (std::size_t t = 0; t < shapes.size(); ++t) {
+        std::vector<float> delta = random_floats(static_cast<std::size_t>(codec.plan(t).numel()),
+                                                 60 + static_cast<std::uint32_t>(10 * r + t));
+        codec.encode(t, delta, {gathered.data() + r * bb, bb});
+      }
+    for (std::size_t t = 0; t < shapes.size(); ++t) {
+      const auto n = static_cast<std::size_t>(codec.plan(t).numel());
+      const std::vector<float> p0 = random_floats(n, 90 + static_cast<std::uint32_t>(t));
+      std::vector<float> q(n), want = p0, got = p0, q2(n);
+      codec.decode(t, gathered, ranks, q);
+      for (std::size_t i = 0; i < n; ++i) want[i] -= 1e-3f * static_cast<float>((q[i] > 0.0f) - (q[i] < 0.0f));
+      codec.decode_sign_step(t, gathered, ranks, q2, got, 1e-3f);
+      EXPECT_EQ(got, want) << "tensor " << t;
+      EXPECT_EQ(q2, q) << "tensor " << t;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace lowsync::sync::demo

@@ -1,15 +1,20 @@
 // Per-tensor scaled FP8 quantizer, fake quantization, straight-through backward and the
-// ServerOptimize scale search (ALGORITHMS.md section 1), as Kokkos kernels over the scalar
-// codecs of include/lowsync/tensor/fp8.hpp.
+// ServerOptimize scale search (ALGORITHMS.md section 1). The span kernels are Kokkos loops over
+// the branchless codecs of include/lowsync/tensor/fp8.hpp (one instantiation per format, so the
+// format's constants fold and the loops vectorise); the 16-candidate scale search runs the
+// candidates as the lanes of one vector, one pass over the tensor (ALGORITHMS.md §1 "Cost").
 #include "lowsync/tensor/fp8.hpp"
 
 #include <Kokkos_Core.hpp>
 
+#include <algorithm>
 #include <array>
+#include <bit>
 #include <cfloat>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 
 #include "lowsync/core/error.hpp"
@@ -42,10 +47,22 @@ void check_scale(std::string_view what, float scale) {
 
 // y = clamp(x / s, -Fmax, Fmax). The clamp matters when x / s overflows to inf for a finite x
 // (tiny explicit scale): the encoder would map inf to NaN in E4M3. Non-finite x passes through.
-inline float scaled_clamped(float x, float scale, float max_value) {
-  const float y = x / scale;
-  if (!std::isfinite(x)) return y;
-  return std::fmin(std::fmax(y, -max_value), max_value);
+// On the bit patterns: for finite x and a finite scale > 0, y is never NaN, so min(|y|, Fmax)
+// as integers with y's sign is fmin(fmax(y, -Fmax), Fmax), -0.0 included. Float compares or
+// fminf here keep loops from vectorising (libm calls, or branches GCC will not if-convert).
+KOKKOS_INLINE_FUNCTION float scaled_clamped(float x, float scale, float max_value) {
+  const auto y_bits = std::bit_cast<std::uint32_t>(x / scale);
+  const std::uint32_t y_abs = y_bits & 0x7fffffffu, max_bits = std::bit_cast<std::uint32_t>(max_value);
+  const std::uint32_t clamped = (y_abs < max_bits ? y_abs : max_bits) | (y_bits & 0x80000000u);
+  const std::uint32_t finite = 0u - static_cast<std::uint32_t>((std::bit_cast<std::uint32_t>(x) & 0x7fffffffu) < 0x7f800000u);
+  return std::bit_cast<float>((clamped & finite) | (y_bits & ~finite));
+}
+
+// Runs body.template operator()<F>() with F the run-time format as a template argument.
+template <class Body>
+decltype(auto) with_format(Fp8Format format, Body&& body) {
+  if (format == Fp8Format::e4m3) return body.template operator()<Fp8Format::e4m3>();
+  return body.template operator()<Fp8Format::e5m2>();
 }
 
 // decoded[c] * scale for every code: dequantizing is then one table load per element.
@@ -64,19 +81,29 @@ float fp8_scale_from_amax(float amax, Fp8Format format) {
   return std::fmax(amax / fp8_max(format), FLT_MIN);
 }
 
-float amax_abs(std::span<const float> x, std::string_view what) {
+float amax_abs_or_inf(std::span<const float> x) {
+  // On the bit patterns: |x| as an unsigned integer orders like the float for every finite
+  // value and puts inf and NaN (>= 0x7f800000) above them all; an integer max reduction
+  // vectorises where a float one (NaN semantics) does not.
   const float* in = x.data();
-  float amax = 0.0f;
-  // Non-finite elements reduce as +inf, so one pass both finds amax and detects them.
-  Kokkos::parallel_reduce(
-      "lowsync::amax_abs", range(x.size()),
-      KOKKOS_LAMBDA(const std::int64_t i, float& acc) {
-        float v = std::fabs(in[i]);
-        if (!(v <= FLT_MAX)) v = std::numeric_limits<float>::infinity();
-        if (v > acc) acc = v;
-      },
-      Kokkos::Max<float>(amax));
-  if (x.empty()) return 0.0f;
+  std::uint32_t lanes[16] = {};
+  const std::size_t n = x.size(), body = n - n % 16;
+  for (std::size_t i = 0; i < body; i += 16)
+    for (std::size_t l = 0; l < 16; ++l) {
+      const std::uint32_t a = std::bit_cast<std::uint32_t>(in[i + l]) & 0x7fffffffu;
+      lanes[l] = a > lanes[l] ? a : lanes[l];
+    }
+  std::uint32_t amax = 0;
+  for (std::size_t i = body; i < n; ++i) {
+    const std::uint32_t a = std::bit_cast<std::uint32_t>(in[i]) & 0x7fffffffu;
+    amax = a > amax ? a : amax;
+  }
+  for (std::uint32_t l : lanes) amax = l > amax ? l : amax;
+  return amax >= 0x7f800000u ? std::numeric_limits<float>::infinity() : std::bit_cast<float>(amax);
+}
+
+float amax_abs(std::span<const float> x, std::string_view what) {
+  const float amax = amax_abs_or_inf(x);
   if (!(amax <= FLT_MAX)) {
     for (std::size_t i = 0; i < x.size(); ++i)
       if (!std::isfinite(x[i])) fail("{}: non-finite input x[{}] = {}", what, i, x[i]);
@@ -96,30 +123,50 @@ float quantize(std::span<const float> x, std::span<std::uint8_t> q, Fp8Format fo
   return scale;
 }
 
+namespace {
+
+// Plain loops over the branchless codecs, restrict-qualified so the compiler needs no overlap
+// check: each vectorises (checked with -fopt-info-vec; AVX-512 and AVX2 both have the per-lane
+// shifts and selects they use).
+template <Fp8Format F>
+void encode_rne_loop(const float* __restrict in, std::uint8_t* __restrict out, std::size_t n, float scale) {
+  const float max_value = fp8_max(F);
+  for (std::size_t i = 0; i < n; ++i) out[i] = detail::fp8_encode_rne_lanes<F>(scaled_clamped(in[i], scale, max_value));
+}
+
+// lowsync::uniform01 with the 24-bit integer converted as int32: the same float (every value
+// below 2^24 is exact either way), but the u64 -> float conversion GCC emits has a branch.
+KOKKOS_INLINE_FUNCTION float uniform01_lanes(std::uint64_t key, std::uint64_t i) {
+  return static_cast<float>(static_cast<std::int32_t>(random_bits(key, i) >> 40)) * (1.0f / 16777216.0f);
+}
+
+template <Fp8Format F>
+void encode_sr_loop(const float* __restrict in, std::uint8_t* __restrict out, std::size_t n, float scale,
+                    std::uint64_t rng_key) {
+  const float max_value = fp8_max(F);
+  for (std::size_t i = 0; i < n; ++i)
+    out[i] = detail::fp8_encode_sr_lanes<F>(scaled_clamped(in[i], scale, max_value),
+                                            uniform01_lanes(rng_key, static_cast<std::uint64_t>(i)));
+}
+
+void table_loop(const std::uint8_t* __restrict in, float* __restrict out, std::size_t n, const float* __restrict table) {
+  for (std::size_t i = 0; i < n; ++i) out[i] = table[in[i]];
+}
+
+}  // namespace
+
 void quantize_with_scale(std::span<const float> x, std::span<std::uint8_t> q, Fp8Format format,
                          Rounding rounding, std::uint64_t rng_key, float scale) {
   check_sizes("quantize_with_scale", x.size(), q.size());
   check_scale("quantize_with_scale", scale);
-  const float* in = x.data();
-  std::uint8_t* out = q.data();
-  const float max_value = fp8_max(format);
-  const bool stochastic = rounding == Rounding::stochastic;
-  std::int64_t non_finite = 0;
-  // Writes q and counts non-finite inputs in the same pass; the count decides the error.
-  Kokkos::parallel_reduce(
-      "lowsync::quantize", range(x.size()),
-      KOKKOS_LAMBDA(const std::int64_t i, std::int64_t& bad) {
-        if (!std::isfinite(in[i])) {
-          ++bad;
-          return;
-        }
-        const float y = scaled_clamped(in[i], scale, max_value);
-        out[i] = stochastic
-                     ? fp8_encode_sr(y, format, uniform01(rng_key, static_cast<std::uint64_t>(i)))
-                     : fp8_encode_rne(y, format);
-      },
-      non_finite);
-  if (non_finite > 0) fail_non_finite("quantize", x, format);
+  // Finiteness first (one vectorised pass), so the encoding loops carry no exit branch.
+  if (!(amax_abs_or_inf(x) <= FLT_MAX)) fail_non_finite("quantize", x, format);
+  with_format(format, [&]<Fp8Format F>() {
+    if (rounding == Rounding::stochastic)
+      encode_sr_loop<F>(x.data(), q.data(), x.size(), scale, rng_key);
+    else
+      encode_rne_loop<F>(x.data(), q.data(), x.size(), scale);
+  });
 }
 
 void dequantize(std::span<const std::uint8_t> q, float scale, Fp8Format format,
@@ -127,10 +174,7 @@ void dequantize(std::span<const std::uint8_t> q, float scale, Fp8Format format,
   check_sizes("dequantize", q.size(), out.size());
   check_scale("dequantize", scale);
   const std::array<float, 256> table = dequant_table(format, scale);
-  const std::uint8_t* in = q.data();
-  float* dst = out.data();
-  Kokkos::parallel_for("lowsync::dequantize", range(q.size()),
-                       KOKKOS_LAMBDA(const std::int64_t i) { dst[i] = table[in[i]]; });
+  table_loop(q.data(), out.data(), q.size(), table.data());
 }
 
 void fake_quantize(std::span<const float> x, std::span<float> out, Fp8Format format,
@@ -138,29 +182,30 @@ void fake_quantize(std::span<const float> x, std::span<float> out, Fp8Format for
   check_sizes("fake_quantize", x.size(), out.size());
   check_scale("fake_quantize", scale);
   const std::array<float, 256> table = dequant_table(format, scale);
-  const float* in = x.data();
-  float* dst = out.data();
-  const float max_value = fp8_max(format);
-  Kokkos::parallel_for(
-      "lowsync::fake_quantize", range(x.size()), KOKKOS_LAMBDA(const std::int64_t i) {
-        dst[i] = table[fp8_encode_rne(scaled_clamped(in[i], scale, max_value), format)];
-      });
+  // Through a small code buffer, so that out may alias x and both loops still vectorise.
+  constexpr std::size_t kBlock = 1024;
+  std::uint8_t codes[kBlock];
+  with_format(format, [&]<Fp8Format F>() {
+    for (std::size_t first = 0; first < x.size(); first += kBlock) {
+      const std::size_t n = std::min(kBlock, x.size() - first);
+      encode_rne_loop<F>(x.data() + first, codes, n, scale);
+      table_loop(codes, out.data() + first, n, table.data());
+    }
+  });
 }
 
 void ste_backward(std::span<const float> x, float scale, Fp8Format format,
                   std::span<float> grad) {
   check_sizes("ste_backward", x.size(), grad.size());
   check_scale("ste_backward", scale);
-  const float* in = x.data();
-  float* g = grad.data();
+  const float* __restrict in = x.data();
+  float* __restrict g = grad.data();
   const float max_value = fp8_max(format);
   // Same y = x / s as the forward, so the clamped set matches it element for element.
-  Kokkos::parallel_for(
-      "lowsync::ste_backward", range(x.size()), KOKKOS_LAMBDA(const std::int64_t i) {
-        if (std::fabs(in[i] / scale) > max_value) g[i] = 0.0f;
-      });
+  for (std::size_t i = 0; i < x.size(); ++i) g[i] = std::fabs(in[i] / scale) > max_value ? 0.0f : g[i];
 }
 
+// The scalar reference of quantize_sq_errors (one candidate, the constexpr codec per element).
 double quantize_sq_error(std::span<const float> w, Fp8Format format, float scale) {
   check_scale("quantize_sq_error", scale);
   const std::array<float, 256> table = dequant_table(format, scale);
@@ -184,21 +229,103 @@ float best_scale_candidate(float s0, int j) {
   return std::fmax(static_cast<float>(s), FLT_MIN);
 }
 
+std::array<float, kBestScaleCandidates> best_scale_candidates(float s0) {
+  std::array<float, kBestScaleCandidates> out{};
+  for (int j = 0; j < kBestScaleCandidates; ++j) out[static_cast<std::size_t>(j)] = best_scale_candidate(s0, j);
+  return out;
+}
+
+int best_scale_index(std::span<const double, kBestScaleCandidates> errors) {
+  int best = 0;
+  for (int j = 1; j < kBestScaleCandidates; ++j)
+    if (errors[static_cast<std::size_t>(j)] < errors[static_cast<std::size_t>(best)]) best = j;  // strict: ties keep the smaller j
+  return best;
+}
+
+namespace {
+
+// GCC vector extensions: the 16 candidates of one element are one vector of 16 floats (and two
+// of 8 doubles for the sums), whatever SIMD width the target has; the compiler splits or fuses.
+using F32x16 = float __attribute__((vector_size(64)));
+using I32x16 = std::int32_t __attribute__((vector_size(64)));
+using U32x16 = std::uint32_t __attribute__((vector_size(64)));
+using F32x8 = float __attribute__((vector_size(32)));
+using F64x8 = double __attribute__((vector_size(64)));
+static_assert(kBestScaleCandidates == 16, "the candidates fill one 16-lane vector");
+
+// For every candidate j (lane j): w_hat = fp8 grid value of clamp(x / s_j) (nearest-even) times
+// s_j, and err_j += (w_hat - x)^2 in double. The rounding works on the float itself: in the FP8
+// normal range by the add-half-and-mask rule on the bit pattern (a carry moves into the
+// exponent, which is right), below 2^emin by counting units of 2^(emin - M) with an integer
+// shift; the result equals fp8_decode(fp8_encode_rne(y)) exactly, and w_hat = q * s_j rounds once
+// as the scalar table does, so the sums have the scalar quantize_sq_error's bits.
+template <Fp8Format F>
+void sq_errors_lanes(const float* w, std::size_t n, const float* scales, double* errors) {
+  using L = detail::Fp8Lanes<F>;
+  constexpr int M = L::spec.mantissa_bits, drop = L::kDrop;
+  constexpr float kSubSpacing = std::bit_cast<float>(static_cast<std::uint32_t>(L::spec.min_exponent - M + 127) << 23);
+  F32x16 s;
+  std::memcpy(&s, scales, sizeof s);
+  F64x8 acc_lo, acc_hi;
+  std::memcpy(&acc_lo, errors, sizeof acc_lo);
+  std::memcpy(&acc_hi, errors + 8, sizeof acc_hi);
+  const F32x16 fmax = F32x16{} + L::spec.max_value;
+  const U32x16 one = U32x16{} + 1u;
+  for (std::size_t i = 0; i < n; ++i) {
+    const float x = w[i];
+    F32x16 y = x / s;
+    y = y > fmax ? fmax : y;
+    y = y < -fmax ? -fmax : y;
+    const auto bits = std::bit_cast<U32x16>(y);
+    const U32x16 sign = bits & 0x80000000u;
+    const U32x16 a = bits & 0x7fffffffu;
+    const I32x16 exponent = std::bit_cast<I32x16>(a >> 23u) - 127;
+    // Normal range: round the float to M mantissa bits, ties to even.
+    const U32x16 rounded = (a + ((1u << (drop - 1)) - 1u) + ((a >> static_cast<unsigned>(drop)) & 1u)) &
+                           ~((1u << drop) - 1u);
+    // Subnormal range: units of 2^(emin - M), nearest-even, from the mantissa with its implicit bit.
+    I32x16 shift_i = L::kSubShift0 - exponent;
+    shift_i = shift_i > 25 ? I32x16{} + 25 : shift_i;
+    shift_i = shift_i < 1 ? I32x16{} + 1 : shift_i;
+    const auto shift = std::bit_cast<U32x16>(shift_i);
+    const U32x16 m = (a & 0x7fffffu) | 0x800000u;
+    U32x16 units = m >> shift;
+    const U32x16 rest = m & ((one << shift) - 1u), half = one << (shift - 1u);
+    units += rest + (units & 1u) > half ? one : U32x16{};  // ties to even
+    const F32x16 sub = __builtin_convertvector(std::bit_cast<I32x16>(units), F32x16) * kSubSpacing;
+    const auto normal = std::bit_cast<F32x16>(rounded);
+    const F32x16 q_abs = exponent >= L::spec.min_exponent ? normal : sub;
+    const U32x16 q_bits = std::bit_cast<U32x16>(q_abs) | sign;
+    const F32x16 w_hat = std::bit_cast<F32x16>(q_bits) * s;
+    F32x8 lo, hi;
+    std::memcpy(&lo, &w_hat, sizeof lo);
+    std::memcpy(&hi, reinterpret_cast<const char*>(&w_hat) + sizeof lo, sizeof hi);
+    const double xd = static_cast<double>(x);
+    const F64x8 d_lo = __builtin_convertvector(lo, F64x8) - xd, d_hi = __builtin_convertvector(hi, F64x8) - xd;
+    acc_lo += d_lo * d_lo;
+    acc_hi += d_hi * d_hi;
+  }
+  std::memcpy(errors, &acc_lo, sizeof acc_lo);
+  std::memcpy(errors + 8, &acc_hi, sizeof acc_hi);
+}
+
+}  // namespace
+
+void quantize_sq_errors(std::span<const float> w, Fp8Format format,
+                        std::span<const float, kBestScaleCandidates> scales,
+                        std::span<double, kBestScaleCandidates> errors) {
+  for (float s : scales) check_scale("quantize_sq_errors", s);
+  std::fill(errors.begin(), errors.end(), 0.0);
+  with_format(format, [&]<Fp8Format F>() { sq_errors_lanes<F>(w.data(), w.size(), scales.data(), errors.data()); });
+}
+
 float best_scale(std::span<const float> w, Fp8Format format) {
   const float amax = amax_abs(w, "best_scale");
   if (amax == 0.0f) return 1.0f;
-  const float s0 = fp8_scale_from_amax(amax, format);
-  float best = s0;
-  double best_error = quantize_sq_error(w, format, s0);
-  for (int j = 1; j < kBestScaleCandidates; ++j) {
-    const float s = best_scale_candidate(s0, j);
-    const double error = quantize_sq_error(w, format, s);
-    if (error < best_error) {  // strict: ties keep the smaller j
-      best_error = error;
-      best = s;
-    }
-  }
-  return best;
+  const auto candidates = best_scale_candidates(fp8_scale_from_amax(amax, format));
+  std::array<double, kBestScaleCandidates> errors{};
+  quantize_sq_errors(w, format, candidates, errors);
+  return candidates[static_cast<std::size_t>(best_scale_index(errors))];
 }
 
 }  // namespace lowsync::tensor

@@ -120,22 +120,28 @@ bool wire_encode(std::span<const float> x, std::span<const std::size_t> counts, 
                  tensor::Rounding rounding, bool search_scale, std::uint64_t seed, std::int64_t round,
                  int rank, std::span<std::uint8_t> out) {
   check_layout(counts, x.size(), out.size(), wire_bytes_per_contribution(format, counts), "wire_encode");
-  const bool finite = all_finite(x);
   switch (format) {
     case WireFormat::fp32:
       std::memcpy(out.data(), x.data(), x.size_bytes());
-      return finite;
+      return all_finite(x);
     case WireFormat::bf16:
     case WireFormat::fp16:
       // 16-bit formats carry inf/NaN themselves; the receiver's finiteness check catches them.
       encode16_to_bytes(x, out.data(), format == WireFormat::bf16);
-      return finite;
+      return all_finite(x);
     case WireFormat::fp8_e4m3:
     case WireFormat::fp8_e5m2: break;
   }
   const auto f = fp8_format(format);
   const std::size_t num_tensors = counts.size();
   std::uint8_t* codes = out.data() + 4 * num_tensors;
+  // One pass per tensor gives both its amax (the scale) and whether the upload is finite.
+  std::vector<float> amax(num_tensors);
+  bool finite = true;
+  for (std::size_t t = 0, offset = 0; t < num_tensors; offset += counts[t], ++t) {
+    amax[t] = tensor::amax_abs_or_inf(x.subspan(offset, counts[t]));
+    finite = finite && amax[t] <= std::numeric_limits<float>::max();
+  }
   if (!finite) {
     const float nan = std::numeric_limits<float>::quiet_NaN();
     for (std::size_t t = 0; t < num_tensors; ++t) std::memcpy(out.data() + 4 * t, &nan, 4);
@@ -145,7 +151,7 @@ bool wire_encode(std::span<const float> x, std::span<const std::size_t> counts, 
   std::size_t offset = 0;
   for (std::size_t t = 0; t < num_tensors; ++t) {
     const auto xt = x.subspan(offset, counts[t]);
-    const float scale = search_scale ? tensor::best_scale(xt, f) : tensor::fp8_scale(xt, f);
+    const float scale = search_scale ? tensor::best_scale(xt, f) : tensor::fp8_scale_from_amax(amax[t], f);
     const std::uint64_t key = stream_key({seed, static_cast<std::uint64_t>(round), static_cast<std::uint64_t>(rank),
                                           static_cast<std::uint64_t>(t)});
     tensor::quantize_with_scale(xt, {codes + offset, counts[t]}, f, rounding, key, scale);

@@ -115,14 +115,6 @@ float fp8_scale(std::span<const float> x, Fp8Format format) {
   return fp8_scale_from_amax(amax_abs(x, "fp8_scale"), format);
 }
 
-float quantize(std::span<const float> x, std::span<std::uint8_t> q, Fp8Format format,
-               Rounding rounding, std::uint64_t rng_key) {
-  check_sizes("quantize", x.size(), q.size());
-  const float scale = fp8_scale_from_amax(amax_abs(x, "quantize"), format);
-  quantize_with_scale(x, q, format, rounding, rng_key, scale);
-  return scale;
-}
-
 namespace {
 
 // Plain loops over the branchless codecs, restrict-qualified so the compiler needs no overlap
@@ -153,7 +145,26 @@ void table_loop(const std::uint8_t* __restrict in, float* __restrict out, std::s
   for (std::size_t i = 0; i < n; ++i) out[i] = table[in[i]];
 }
 
+// x known finite, sizes and scale checked.
+void encode_with_scale(std::span<const float> x, std::span<std::uint8_t> q, Fp8Format format, Rounding rounding,
+                       std::uint64_t rng_key, float scale) {
+  with_format(format, [&]<Fp8Format F>() {
+    if (rounding == Rounding::stochastic)
+      encode_sr_loop<F>(x.data(), q.data(), x.size(), scale, rng_key);
+    else
+      encode_rne_loop<F>(x.data(), q.data(), x.size(), scale);
+  });
+}
+
 }  // namespace
+
+float quantize(std::span<const float> x, std::span<std::uint8_t> q, Fp8Format format,
+               Rounding rounding, std::uint64_t rng_key) {
+  check_sizes("quantize", x.size(), q.size());
+  const float scale = fp8_scale_from_amax(amax_abs(x, "quantize"), format);  // refuses non-finite x
+  encode_with_scale(x, q, format, rounding, rng_key, scale);
+  return scale;
+}
 
 void quantize_with_scale(std::span<const float> x, std::span<std::uint8_t> q, Fp8Format format,
                          Rounding rounding, std::uint64_t rng_key, float scale) {
@@ -161,12 +172,7 @@ void quantize_with_scale(std::span<const float> x, std::span<std::uint8_t> q, Fp
   check_scale("quantize_with_scale", scale);
   // Finiteness first (one vectorised pass), so the encoding loops carry no exit branch.
   if (!(amax_abs_or_inf(x) <= FLT_MAX)) fail_non_finite("quantize", x, format);
-  with_format(format, [&]<Fp8Format F>() {
-    if (rounding == Rounding::stochastic)
-      encode_sr_loop<F>(x.data(), q.data(), x.size(), scale, rng_key);
-    else
-      encode_rne_loop<F>(x.data(), q.data(), x.size(), scale);
-  });
+  encode_with_scale(x, q, format, rounding, rng_key, scale);
 }
 
 void dequantize(std::span<const std::uint8_t> q, float scale, Fp8Format format,
@@ -244,66 +250,161 @@ int best_scale_index(std::span<const double, kBestScaleCandidates> errors) {
 
 namespace {
 
-// GCC vector extensions: the 16 candidates of one element are one vector of 16 floats (and two
-// of 8 doubles for the sums), whatever SIMD width the target has; the compiler splits or fuses.
-using F32x16 = float __attribute__((vector_size(64)));
-using I32x16 = std::int32_t __attribute__((vector_size(64)));
-using U32x16 = std::uint32_t __attribute__((vector_size(64)));
-using F32x8 = float __attribute__((vector_size(32)));
-using F64x8 = double __attribute__((vector_size(64)));
-static_assert(kBestScaleCandidates == 16, "the candidates fill one 16-lane vector");
+// GCC vector extensions, whatever SIMD width the target has (the compiler splits or fuses).
+// (Spelled out per width: GCC 12 drops vector_size with a size that depends on a template
+// parameter.)
+template <int N>
+struct Lanes;
+template <>
+struct Lanes<4> {
+  using F32 = float __attribute__((vector_size(16)));
+  using I32 = std::int32_t __attribute__((vector_size(16)));
+  using U32 = std::uint32_t __attribute__((vector_size(16)));
+  using F64 = double __attribute__((vector_size(32)));
+};
+template <>
+struct Lanes<8> {
+  using F32 = float __attribute__((vector_size(32)));
+  using I32 = std::int32_t __attribute__((vector_size(32)));
+  using U32 = std::uint32_t __attribute__((vector_size(32)));
+  using F64 = double __attribute__((vector_size(64)));
+};
+using F32x4 = Lanes<4>::F32;
+using U32x4 = Lanes<4>::U32;
+using I32x4 = Lanes<4>::I32;
+using F64x4 = Lanes<4>::F64;
+using F32x8 = Lanes<8>::F32;
+using F64x8 = Lanes<8>::F64;
+static_assert(kBestScaleCandidates == 16, "the candidates fill two 8-lane vectors");
 
-// For every candidate j (lane j): w_hat = fp8 grid value of clamp(x / s_j) (nearest-even) times
-// s_j, and err_j += (w_hat - x)^2 in double. The rounding works on the float itself: in the FP8
-// normal range by the add-half-and-mask rule on the bit pattern (a carry moves into the
-// exponent, which is right), below 2^emin by counting units of 2^(emin - M) with an integer
-// shift; the result equals fp8_decode(fp8_encode_rne(y)) exactly, and w_hat = q * s_j rounds once
-// as the scalar table does, so the sums have the scalar quantize_sq_error's bits.
-template <Fp8Format F>
-void sq_errors_lanes(const float* w, std::size_t n, const float* scales, double* errors) {
+// For N candidates (lane j: y_j = x / s_j, already divided): w_hat = fp8 grid value of
+// clamp(y_j) (nearest-even) times s_j; returns (w_hat - x)^2 in double. The rounding works on the
+// float itself: in the FP8 normal range by the add-half-and-mask rule on the bit pattern (a
+// carry moves into the exponent, which is right), below 2^emin by counting units of
+// 2^(emin - M) with an integer shift; the result equals fp8_decode(fp8_encode_rne(y)) exactly,
+// and w_hat = q * s_j rounds once as the scalar table does.
+template <Fp8Format F, int N>
+inline typename Lanes<N>::F64 sq_error_lanes(typename Lanes<N>::F32 y, typename Lanes<N>::F32 s, double x) {
+  using F32 = typename Lanes<N>::F32;
+  using I32 = typename Lanes<N>::I32;
+  using U32 = typename Lanes<N>::U32;
+  using F64 = typename Lanes<N>::F64;
   using L = detail::Fp8Lanes<F>;
   constexpr int M = L::spec.mantissa_bits, drop = L::kDrop;
   constexpr float kSubSpacing = std::bit_cast<float>(static_cast<std::uint32_t>(L::spec.min_exponent - M + 127) << 23);
-  F32x16 s;
-  std::memcpy(&s, scales, sizeof s);
-  F64x8 acc_lo, acc_hi;
-  std::memcpy(&acc_lo, errors, sizeof acc_lo);
-  std::memcpy(&acc_hi, errors + 8, sizeof acc_hi);
-  const F32x16 fmax = F32x16{} + L::spec.max_value;
-  const U32x16 one = U32x16{} + 1u;
-  for (std::size_t i = 0; i < n; ++i) {
-    const float x = w[i];
-    F32x16 y = x / s;
-    y = y > fmax ? fmax : y;
-    y = y < -fmax ? -fmax : y;
-    const auto bits = std::bit_cast<U32x16>(y);
-    const U32x16 sign = bits & 0x80000000u;
-    const U32x16 a = bits & 0x7fffffffu;
-    const I32x16 exponent = std::bit_cast<I32x16>(a >> 23u) - 127;
-    // Normal range: round the float to M mantissa bits, ties to even.
-    const U32x16 rounded = (a + ((1u << (drop - 1)) - 1u) + ((a >> static_cast<unsigned>(drop)) & 1u)) &
-                           ~((1u << drop) - 1u);
-    // Subnormal range: units of 2^(emin - M), nearest-even, from the mantissa with its implicit bit.
-    I32x16 shift_i = L::kSubShift0 - exponent;
-    shift_i = shift_i > 25 ? I32x16{} + 25 : shift_i;
-    shift_i = shift_i < 1 ? I32x16{} + 1 : shift_i;
-    const auto shift = std::bit_cast<U32x16>(shift_i);
-    const U32x16 m = (a & 0x7fffffu) | 0x800000u;
-    U32x16 units = m >> shift;
-    const U32x16 rest = m & ((one << shift) - 1u), half = one << (shift - 1u);
-    units += rest + (units & 1u) > half ? one : U32x16{};  // ties to even
-    const F32x16 sub = __builtin_convertvector(std::bit_cast<I32x16>(units), F32x16) * kSubSpacing;
-    const auto normal = std::bit_cast<F32x16>(rounded);
-    const F32x16 q_abs = exponent >= L::spec.min_exponent ? normal : sub;
-    const U32x16 q_bits = std::bit_cast<U32x16>(q_abs) | sign;
-    const F32x16 w_hat = std::bit_cast<F32x16>(q_bits) * s;
-    F32x8 lo, hi;
-    std::memcpy(&lo, &w_hat, sizeof lo);
-    std::memcpy(&hi, reinterpret_cast<const char*>(&w_hat) + sizeof lo, sizeof hi);
-    const double xd = static_cast<double>(x);
-    const F64x8 d_lo = __builtin_convertvector(lo, F64x8) - xd, d_hi = __builtin_convertvector(hi, F64x8) - xd;
-    acc_lo += d_lo * d_lo;
-    acc_hi += d_hi * d_hi;
+  const F32 fmax = F32{} + L::spec.max_value;
+  const U32 one = U32{} + 1u;
+  y = y > fmax ? fmax : y;
+  y = y < -fmax ? -fmax : y;
+  const auto bits = std::bit_cast<U32>(y);
+  const U32 sign = bits & 0x80000000u;
+  const U32 a = bits & 0x7fffffffu;
+  const I32 exponent = std::bit_cast<I32>(a >> 23u) - 127;
+  // Normal range: round the float to M mantissa bits, ties to even.
+  const U32 rounded = (a + ((1u << (drop - 1)) - 1u) + ((a >> static_cast<unsigned>(drop)) & 1u)) & ~((1u << drop) - 1u);
+  // Subnormal range: units of 2^(emin - M), nearest-even, from the mantissa with its implicit bit.
+  I32 shift_i = L::kSubShift0 - exponent;
+  shift_i = shift_i > 25 ? I32{} + 25 : shift_i;
+  shift_i = shift_i < 1 ? I32{} + 1 : shift_i;
+  const auto shift = std::bit_cast<U32>(shift_i);
+  const U32 m = (a & 0x7fffffu) | 0x800000u;
+  U32 units = m >> shift;
+  const U32 rest = m & ((one << shift) - 1u), half = one << (shift - 1u);
+  units += rest + (units & 1u) > half ? one : U32{};  // ties to even
+  const F32 sub = __builtin_convertvector(std::bit_cast<I32>(units), F32) * kSubSpacing;
+  const F32 q_abs = exponent >= L::spec.min_exponent ? std::bit_cast<F32>(rounded) : sub;
+  const F32 w_hat = std::bit_cast<F32>(std::bit_cast<U32>(q_abs) | sign) * s;
+  const F64 d = __builtin_convertvector(w_hat, F64) - x;
+  return d * d;
+}
+
+// sq_error_lanes for lanes known to be in the FP8 normal range (|y| >= 2^emin, clamped to
+// Fmax, which is on the grid) or to round to zero (|y| <= half the smallest step, kZeroMax):
+// nearest-even on the float's mantissa, no clamp or subnormal work.
+template <Fp8Format F, int N>
+inline typename Lanes<N>::F64 normal_or_zero_lanes(typename Lanes<N>::F32 y, typename Lanes<N>::F32 s, double x) {
+  using U32 = typename Lanes<N>::U32;
+  using L = detail::Fp8Lanes<F>;
+  constexpr std::uint32_t drop = L::kDrop;
+  constexpr std::uint32_t kNormalMin = static_cast<std::uint32_t>(L::spec.min_exponent + 127) << 23;
+  const auto bits = std::bit_cast<U32>(y);
+  const U32 a = bits & 0x7fffffffu;
+  const U32 rounded = (a + ((1u << (drop - 1)) - 1u) + ((a >> drop) & 1u)) & ~((1u << drop) - 1u);
+  const U32 q_abs = a >= kNormalMin ? rounded : U32{};
+  const auto w_hat = std::bit_cast<typename Lanes<N>::F32>(q_abs | (bits & 0x80000000u)) * s;
+  const typename Lanes<N>::F64 d = __builtin_convertvector(w_hat, typename Lanes<N>::F64) - x;
+  return d * d;
+}
+
+// The 16 candidates are the lanes of two 8-lane sums; each lane adds its terms over the elements
+// in order, so errors[j] has the bits of the scalar quantize_sq_error.
+//
+// best_scale's candidates halve every 4 steps (s_{j+4} = s_j / 2 exactly, checked: "halving"),
+// which saves most of the work. Then x / s_{j+4k} = 2^k (x / s_j) exactly, and where
+// 2^emin <= |x / s_j| and 8 |x / s_j| <= Fmax (the FP8 normal range for every k = 0..3, no clamp)
+// rounding to the grid commutes with the factor 2^k, so w_hat_{j+4k} = (2^k q) (2^-k s_j) is the
+// same real product as q s_j: the 16 terms are the 4 terms of j = 0..3 repeated, computed once on
+// 4 lanes. The same holds where 8 |x / s_j| <= half the smallest FP8 step (every k rounds to a
+// zero of x's sign). An element with a lane in neither range (about 1 in 40 for Gaussian
+// weights: the ends of the clamp, the FP8 subnormals) takes the 16-lane path.
+template <Fp8Format F>
+void sq_errors_lanes(const float* w, std::size_t n, const float* scales, double* errors) {
+  using L = detail::Fp8Lanes<F>;
+  F32x8 s_lo, s_hi;
+  std::memcpy(&s_lo, scales, sizeof s_lo);
+  std::memcpy(&s_hi, scales + 8, sizeof s_hi);
+  F64x8 acc_lo = F64x8{}, acc_hi = F64x8{};
+  bool halving = true;
+  // A normal half is exact (a subnormal scale could be a rounded half).
+  for (int j = 0; j + 4 < kBestScaleCandidates; ++j)
+    halving = halving && scales[j + 4] == scales[j] * 0.5f && scales[j + 4] >= FLT_MIN;
+  if (!halving) {
+    for (std::size_t i = 0; i < n; ++i) {
+      const float x = w[i];
+      acc_lo += sq_error_lanes<F, 8>(x / s_lo, s_lo, static_cast<double>(x));
+      acc_hi += sq_error_lanes<F, 8>(x / s_hi, s_hi, static_cast<double>(x));
+    }
+  } else {
+    constexpr std::uint32_t kNormalMin = static_cast<std::uint32_t>(L::spec.min_exponent + 127) << 23;
+    constexpr std::uint32_t kNormalMax = std::bit_cast<std::uint32_t>(L::spec.max_value * 0.125f);
+    constexpr std::uint32_t kZeroMax = static_cast<std::uint32_t>(L::spec.min_exponent - L::spec.mantissa_bits - 1 - 3 + 127) << 23;
+    F32x4 s4;
+    std::memcpy(&s4, scales, sizeof s4);
+    const F32x8 k_lo = {1.0f, 1.0f, 1.0f, 1.0f, 2.0f, 2.0f, 2.0f, 2.0f};
+    const F32x8 k_hi = {4.0f, 4.0f, 4.0f, 4.0f, 8.0f, 8.0f, 8.0f, 8.0f};
+    const auto all_lanes = [](I32x4 m) {
+      const I32x4 pairs = m & __builtin_shufflevector(m, m, 2, 3, 0, 1);
+      return (pairs & __builtin_shufflevector(pairs, pairs, 1, 0, 3, 2))[0] != 0;
+    };
+    const F32x8 fmax = F32x8{} + L::spec.max_value;
+    for (std::size_t i = 0; i < n; ++i) {
+      const float x = w[i];
+      const F32x4 y4 = x / s4;
+      const U32x4 a = std::bit_cast<U32x4>(y4) & 0x7fffffffu;
+      const I32x4 zero = a <= kZeroMax;
+      if (all_lanes((a >= kNormalMin && a <= kNormalMax) || zero)) {
+        // The 4 terms repeat for k = 0..3.
+        const F64x4 t = normal_or_zero_lanes<F, 4>(y4, s4, static_cast<double>(x));
+        const F64x8 t8 = __builtin_shufflevector(t, t, 0, 1, 2, 3, 0, 1, 2, 3);
+        acc_lo += t8;
+        acc_hi += t8;
+      } else {
+        const F32x8 y8 = __builtin_shufflevector(y4, y4, 0, 1, 2, 3, 0, 1, 2, 3);
+        F32x8 y_lo = y8 * k_lo, y_hi = y8 * k_hi;
+        if (all_lanes(a >= kNormalMin || zero)) {
+          // No lane in the FP8 subnormal range for any k: clamp, then the normal rounding.
+          y_lo = y_lo > fmax ? fmax : y_lo;
+          y_lo = y_lo < -fmax ? -fmax : y_lo;
+          y_hi = y_hi > fmax ? fmax : y_hi;
+          y_hi = y_hi < -fmax ? -fmax : y_hi;
+          acc_lo += normal_or_zero_lanes<F, 8>(y_lo, s_lo, static_cast<double>(x));
+          acc_hi += normal_or_zero_lanes<F, 8>(y_hi, s_hi, static_cast<double>(x));
+        } else {
+          acc_lo += sq_error_lanes<F, 8>(y_lo, s_lo, static_cast<double>(x));
+          acc_hi += sq_error_lanes<F, 8>(y_hi, s_hi, static_cast<double>(x));
+        }
+      }
+    }
   }
   std::memcpy(errors, &acc_lo, sizeof acc_lo);
   std::memcpy(errors + 8, &acc_hi, sizeof acc_hi);
@@ -315,7 +416,6 @@ void quantize_sq_errors(std::span<const float> w, Fp8Format format,
                         std::span<const float, kBestScaleCandidates> scales,
                         std::span<double, kBestScaleCandidates> errors) {
   for (float s : scales) check_scale("quantize_sq_errors", s);
-  std::fill(errors.begin(), errors.end(), 0.0);
   with_format(format, [&]<Fp8Format F>() { sq_errors_lanes<F>(w.data(), w.size(), scales.data(), errors.data()); });
 }
 

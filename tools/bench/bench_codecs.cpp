@@ -80,6 +80,20 @@ void bm_best_scale(benchmark::State& state) {
   set_rate(state, w.size());
 }
 
+// The same search with scales that do not halve every 4 steps (the last one moved by an ulp):
+// one division per candidate instead of one per 4.
+void bm_sq_errors_general_scales(benchmark::State& state) {
+  const auto& w = weights();
+  auto scales = tensor::best_scale_candidates(tensor::fp8_scale(w, Fp8Format::e4m3));
+  scales[15] = std::nextafter(scales[15], 1.0f);
+  std::array<double, tensor::kBestScaleCandidates> errors{};
+  for (auto _ : state) {
+    tensor::quantize_sq_errors(w, Fp8Format::e4m3, scales, errors);
+    benchmark::DoNotOptimize(errors.data());
+  }
+  set_rate(state, w.size());
+}
+
 // What best_scale did before: one scalar quantize_sq_error pass per candidate.
 void bm_scalar_best_scale(benchmark::State& state) {
   const auto& w = weights();
@@ -124,6 +138,7 @@ BENCHMARK(bm_scalar_quantize_sr)->Unit(benchmark::kMillisecond);
 BENCHMARK(bm_quantize_rne)->Unit(benchmark::kMillisecond);
 BENCHMARK(bm_dequantize)->Unit(benchmark::kMillisecond);
 BENCHMARK(bm_best_scale)->Unit(benchmark::kMillisecond);
+BENCHMARK(bm_sq_errors_general_scales)->Unit(benchmark::kMillisecond);
 BENCHMARK(bm_scalar_best_scale)->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(bm_encode_16bit, bf16, true)->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(bm_encode_16bit, fp16, false)->Unit(benchmark::kMillisecond);

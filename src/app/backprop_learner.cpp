@@ -51,13 +51,14 @@ Json state_bytes_json(model::Model& model, optim::Optimizer& optimizer) {
 // Bytes of the model-sized buffers a strategy keeps besides parameters, gradients and optimizer
 // state, as stored: "per_rank" its checkpoint buffers on every rank (FDA w0, w0_prev at 2 bytes a
 // value under native storage, 4 otherwise, and xi, fp32, for the linear estimator; DeMo's delta)
-// plus DeMo's fp32 master of 16-bit compute; "rank0" the fp32 server model of a low-precision
-// wire under float storage (rank 0 only); "tables" FDA's sketch hash tables.
+// plus DeMo's fp32 master of 16-bit compute; "rank0" rank 0's slice of the fp32 server model of a
+// low-precision wire under float storage (sharded 1/K over the ranks); "tables" FDA's sketch
+// hash tables.
 Json strategy_state_bytes_json(sync::Strategy& strategy, std::int64_t fp32_master_values) {
   std::int64_t per_rank = 4 * fp32_master_values, root = 0;
   for (const auto& b : strategy.state_buffers())
     per_rank += static_cast<std::int64_t>(b.data.bytes_per_value() * b.data.size());
-  for (const auto& b : strategy.root_state_buffers()) root += 4 * static_cast<std::int64_t>(b.size);
+  for (const auto& b : strategy.root_state_buffers()) root += 4 * static_cast<std::int64_t>(b.data.size());
   return {{"per_rank", per_rank}, {"rank0", root}, {"tables", strategy.extra_state_bytes()}};
 }
 

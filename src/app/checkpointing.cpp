@@ -51,6 +51,33 @@ std::string ledger_json(const comm::ByteLedger& ledger) {
 
 using LedgerMap = std::map<std::pair<comm::Collective, std::string>, comm::LedgerEntry>;
 
+// The whole of a strategy's sliced global buffer on every rank (RootStateBuffer: rank r holds
+// [offset_r, offset_r + size_r)): one allgather of the (offset, size) pairs, one allgatherv of
+// the slices, placed by offset. The slices must tile the buffer.
+std::vector<float> gather_root_state(comm::Communicator& comm, const sync::RootStateBuffer& b) {
+  const auto ranks = static_cast<std::size_t>(comm.size());
+  const std::int64_t mine[2] = {static_cast<std::int64_t>(b.offset), static_cast<std::int64_t>(b.data.size())};
+  std::vector<std::int64_t> slices(2 * ranks);
+  comm.allgather(std::span<const std::int64_t>(mine, 2), std::span<std::int64_t>(slices), comm::kCheckpointTraffic);
+  std::vector<std::int64_t> sizes(ranks);
+  std::size_t covered = 0;
+  for (std::size_t r = 0; r < ranks; ++r) {
+    sizes[r] = slices[2 * r + 1];
+    covered += static_cast<std::size_t>(sizes[r]);
+    if (static_cast<std::size_t>(slices[2 * r] + sizes[r]) > b.size)
+      fail("strategy state '{}': rank {} holds [{}, {}) of {} values", b.name, r, slices[2 * r], slices[2 * r] + sizes[r], b.size);
+  }
+  if (covered != b.size) fail("strategy state '{}': the ranks hold {} of its {} values", b.name, covered, b.size);
+  std::vector<float> packed(b.size), whole(b.size);
+  comm.allgatherv(std::span<const float>(b.data), std::span<float>(packed), sizes, comm::kCheckpointTraffic);
+  std::size_t at = 0;
+  for (std::size_t r = 0; r < ranks; ++r) {
+    std::copy_n(packed.data() + at, sizes[r], whole.data() + slices[2 * r]);
+    at += static_cast<std::size_t>(sizes[r]);
+  }
+  return whole;
+}
+
 LedgerMap parse_ledger(const fs::path& path, std::span<const std::uint8_t> bytes) {
   const auto end = std::find(bytes.begin(), bytes.end(), std::uint8_t{0});
   const std::string text(bytes.begin(), end);
@@ -237,12 +264,8 @@ void save_checkpoint(const fs::path& path, TrainState& s) {
   write_store("model/params", s.model.param_store());
   for (const auto& b : s.optimizer.state()) write_store("optim/" + b.name, b.data);
   for (const auto& b : s.strategy.state_buffers()) write_store("strategy/" + b.name, b.data);
-  for (const auto& b : s.strategy.root_state_buffers()) {
-    // Rank 0's buffer; the other ranks pass a stand-in of the same size (ignored by the writer).
-    std::vector<float> stand_in(s.comm.rank() == 0 ? 0 : b.size);
-    const std::span<const float> data = s.comm.rank() == 0 ? std::span<const float>(b.data) : stand_in;
-    w.write_global<float>("strategy/root/" + b.name, data, {b.size});
-  }
+  for (const auto& b : s.strategy.root_state_buffers())
+    w.write_global<float>("strategy/root/" + b.name, gather_root_state(s.comm, b), {b.size});
   for (const auto& c : s.strategy.state_counters())
     w.write_per_rank<std::int64_t>("strategy/counters/" + c.name, std::span<const std::int64_t>(&c.value, 1));
 
@@ -342,10 +365,13 @@ std::vector<std::string> load_checkpoint(const fs::path& path, TrainState& s) {
   s.optimizer.set_step_count(reader.attribute_int("optimizer_step_count"));
   for (auto& b : s.strategy.state_buffers()) read_store("strategy/" + b.name, b.data);
   for (auto& b : s.strategy.root_state_buffers()) {
+    // The whole buffer (a global dataset, whatever the saving run's rank count); each rank keeps
+    // its slice of this run's layout.
     const std::string ds = "strategy/root/" + b.name;
     if (!reader.has_dataset(ds)) fail("checkpoint {}: no dataset '{}' (needed by this run)", path.string(), ds);
-    std::vector<float> stand_in(s.comm.rank() == 0 ? 0 : b.size);
-    reader.read_global<float>(ds, s.comm.rank() == 0 ? b.data : std::span<float>(stand_in), {b.size});
+    std::vector<float> whole(b.size);
+    reader.read_global<float>(ds, std::span<float>(whole), {b.size});
+    std::copy_n(whole.data() + b.offset, b.data.size(), b.data.data());
   }
   std::vector<sync::StateCounter> counters = s.strategy.state_counters();
   for (auto& c : counters) c.value = r.read_ints("strategy/counters/" + c.name, 1)[0];

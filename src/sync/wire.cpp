@@ -10,6 +10,7 @@
 #include "lowsync/tensor/half.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -27,7 +28,51 @@ std::size_t total(std::span<const std::size_t> counts) {
 }
 
 bool all_finite(std::span<const float> x) {
-  return std::all_of(x.begin(), x.end(), [](float v) { return std::isfinite(v); });
+  return tensor::amax_abs_or_inf(x) <= std::numeric_limits<float>::max();
+}
+
+// 16-bit patterns in a byte buffer (no alignment or aliasing assumption): staged through a small
+// u16 block so the vectorised span codecs of tensor/half.hpp apply.
+constexpr std::size_t kStage16 = 2048;
+
+void encode16_to_bytes(std::span<const float> x, std::uint8_t* out, bool bf16) {
+  std::uint16_t stage[kStage16];
+  for (std::size_t first = 0; first < x.size(); first += kStage16) {
+    const std::size_t n = std::min(kStage16, x.size() - first);
+    tensor::encode_16bit(x.subspan(first, n), std::span<std::uint16_t>(stage, n), bf16);
+    std::memcpy(out + 2 * first, stage, 2 * n);
+  }
+}
+
+// Decodes into out; returns whether every pattern was finite (out is fully written either way).
+bool decode16_from_bytes(const std::uint8_t* in, std::span<float> out, bool bf16) {
+  std::uint16_t stage[kStage16];
+  bool finite = true;
+  for (std::size_t first = 0; first < out.size(); first += kStage16) {
+    const std::size_t n = std::min(kStage16, out.size() - first);
+    std::memcpy(stage, in + 2 * first, 2 * n);
+    const std::span<const std::uint16_t> bits(stage, n);
+    finite = tensor::all_finite_16bit(bits, bf16) && finite;
+    tensor::decode_16bit(bits, out.subspan(first, n), bf16);
+  }
+  return finite;
+}
+
+bool all_finite_16bit_bytes(const std::uint8_t* in, std::size_t n, bool bf16) {
+  std::uint16_t stage[kStage16];
+  bool finite = true;
+  for (std::size_t first = 0; first < n; first += kStage16) {
+    const std::size_t m = std::min(kStage16, n - first);
+    std::memcpy(stage, in + 2 * first, 2 * m);
+    finite = tensor::all_finite_16bit(std::span<const std::uint16_t>(stage, m), bf16) && finite;
+  }
+  return finite;
+}
+
+void add_into(std::span<float> sum, std::span<const float> x) {
+  float* __restrict s = sum.data();
+  const float* __restrict v = x.data();
+  for (std::size_t i = 0; i < sum.size(); ++i) s[i] += v[i];
 }
 
 void check_layout(std::span<const std::size_t> counts, std::size_t elements, std::size_t bytes,
@@ -75,26 +120,28 @@ bool wire_encode(std::span<const float> x, std::span<const std::size_t> counts, 
                  tensor::Rounding rounding, bool search_scale, std::uint64_t seed, std::int64_t round,
                  int rank, std::span<std::uint8_t> out) {
   check_layout(counts, x.size(), out.size(), wire_bytes_per_contribution(format, counts), "wire_encode");
-  const bool finite = all_finite(x);
   switch (format) {
     case WireFormat::fp32:
       std::memcpy(out.data(), x.data(), x.size_bytes());
-      return finite;
+      return all_finite(x);
     case WireFormat::bf16:
-    case WireFormat::fp16: {
+    case WireFormat::fp16:
       // 16-bit formats carry inf/NaN themselves; the receiver's finiteness check catches them.
-      for (std::size_t i = 0; i < x.size(); ++i) {
-        const std::uint16_t h = tensor::encode_16bit(x[i], format == WireFormat::bf16);
-        std::memcpy(out.data() + 2 * i, &h, 2);
-      }
-      return finite;
-    }
+      encode16_to_bytes(x, out.data(), format == WireFormat::bf16);
+      return all_finite(x);
     case WireFormat::fp8_e4m3:
     case WireFormat::fp8_e5m2: break;
   }
   const auto f = fp8_format(format);
   const std::size_t num_tensors = counts.size();
   std::uint8_t* codes = out.data() + 4 * num_tensors;
+  // One pass per tensor gives both its amax (the scale) and whether the upload is finite.
+  std::vector<float> amax(num_tensors);
+  bool finite = true;
+  for (std::size_t t = 0, offset = 0; t < num_tensors; offset += counts[t], ++t) {
+    amax[t] = tensor::amax_abs_or_inf(x.subspan(offset, counts[t]));
+    finite = finite && amax[t] <= std::numeric_limits<float>::max();
+  }
   if (!finite) {
     const float nan = std::numeric_limits<float>::quiet_NaN();
     for (std::size_t t = 0; t < num_tensors; ++t) std::memcpy(out.data() + 4 * t, &nan, 4);
@@ -104,7 +151,7 @@ bool wire_encode(std::span<const float> x, std::span<const std::size_t> counts, 
   std::size_t offset = 0;
   for (std::size_t t = 0; t < num_tensors; ++t) {
     const auto xt = x.subspan(offset, counts[t]);
-    const float scale = search_scale ? tensor::best_scale(xt, f) : tensor::fp8_scale(xt, f);
+    const float scale = search_scale ? tensor::best_scale(xt, f) : tensor::fp8_scale_from_amax(amax[t], f);
     const std::uint64_t key = stream_key({seed, static_cast<std::uint64_t>(round), static_cast<std::uint64_t>(rank),
                                           static_cast<std::uint64_t>(t)});
     tensor::quantize_with_scale(xt, {codes + offset, counts[t]}, f, rounding, key, scale);
@@ -125,16 +172,11 @@ bool wire_decode(std::span<const std::uint8_t> in, std::span<const std::size_t> 
       return true;
     }
     case WireFormat::bf16:
-    case WireFormat::fp16: {
-      for (std::size_t i = 0; i < out.size(); ++i) {
-        std::uint16_t h;
-        std::memcpy(&h, in.data() + 2 * i, 2);
-        const float v = tensor::decode_16bit(h, format == WireFormat::bf16);
-        if (!std::isfinite(v)) return false;
-        out[i] = v;
-      }
+    case WireFormat::fp16:
+      // Excluded contributions leave out untouched: check first, then decode.
+      if (!all_finite_16bit_bytes(in.data(), out.size(), format == WireFormat::bf16)) return false;
+      decode16_from_bytes(in.data(), out, format == WireFormat::bf16);
       return true;
-    }
     case WireFormat::fp8_e4m3:
     case WireFormat::fp8_e5m2: break;
   }
@@ -175,7 +217,7 @@ int average_via_wire(comm::Communicator& comm, std::span<float> data, std::span<
     if (!wire_decode(recv.span().subspan(static_cast<std::size_t>(r) * bytes, bytes), counts, format, decoded.span()))
       continue;
     ++contributors;
-    for (std::size_t i = 0; i < data.size(); ++i) data[i] += decoded[i];
+    add_into(data, decoded.span());
   }
   if (contributors == 0) fail("{} average: every rank's contribution is non-finite ({} wire)", traffic, wire_format_name(format));
   const float inv = 1.0f / static_cast<float>(contributors);
@@ -251,23 +293,136 @@ void ServerAverager::begin(const comm::Communicator& comm, std::span<const float
     fail("server averager: tensor counts cover {} elements, the model has {}", total(counts_), params.size());
   excluded_ = 0;
   if (format_ == WireFormat::fp32) return;
-  const std::size_t bytes = wire_bytes_per_contribution(format_, counts_);
-  send_ = memory::TrackedBuffer<std::uint8_t>("server.send", bytes);
-  if (comm.rank() == 0) {
-    master_ = memory::TrackedBuffer<float>("server.master_fp32", params.size());
-    broadcast_ = memory::TrackedBuffer<float>("server.broadcast", params.size());
-    decoded_ = memory::TrackedBuffer<float>("server.decoded", params.size());
-    recv_ = memory::TrackedBuffer<std::uint8_t>("server.recv", bytes * static_cast<std::size_t>(comm.size()));
-    std::copy(params.begin(), params.end(), master_.data());
-    std::copy(params.begin(), params.end(), broadcast_.data());
-  }
+  const std::size_t d = params.size(), num_tensors = counts_.size();
+  tensor_first_.assign(num_tensors + 1, 0);
+  for (std::size_t t = 0; t < num_tensors; ++t) tensor_first_[t + 1] = tensor_first_[t] + counts_[t];
+  world_ = comm.size();
+  const auto ranks = static_cast<std::size_t>(world_);
+  shard_ = std::max<std::size_t>(1, (d + ranks - 1) / ranks);
+  first_ = std::min(d, static_cast<std::size_t>(comm.rank()) * shard_);
+  count_ = std::min(shard_, d - first_);
+  header_bytes_ = is_fp8(format_) ? 4 * num_tensors : 4;
+  value_bytes_ = is_fp8(format_) ? 1 : 2;
+  block_bytes_ = header_bytes_ + shard_ * value_bytes_;
+  scales_.assign(num_tensors, 1.0f);
+  master_ = memory::TrackedBuffer<float>("server.master_fp32", count_);
+  broadcast_ = memory::TrackedBuffer<float>("server.broadcast", count_);
+  mean_ = memory::TrackedBuffer<float>("server.mean", count_);
+  decoded_ = memory::TrackedBuffer<float>("server.decoded", count_);
+  upload_ = memory::TrackedBuffer<std::uint8_t>("server.upload", wire_bytes_per_contribution(format_, counts_));
+  send_ = memory::TrackedBuffer<std::uint8_t>("server.send", ranks * block_bytes_);
+  recv_ = memory::TrackedBuffer<std::uint8_t>("server.recv", ranks * block_bytes_);
+  mine_ = memory::TrackedBuffer<std::uint8_t>("server.shard", shard_ * value_bytes_);
+  gathered_ = memory::TrackedBuffer<std::uint8_t>("server.gathered", ranks * shard_ * value_bytes_);
+  std::copy_n(params.data() + first_, count_, master_.data());
+  std::copy_n(params.data() + first_, count_, broadcast_.data());
 }
 
 std::vector<RootStateBuffer> ServerAverager::root_state(std::string_view prefix) {
   if (format_ == WireFormat::fp32 || counts_.empty()) return {};
   const std::size_t d = total(counts_);
   const std::string p(prefix);
-  return {{p + "server_master", d, master_.span()}, {p + "server_broadcast", d, broadcast_.span()}};
+  return {{p + "server_master", d, master_.span(), first_}, {p + "server_broadcast", d, broadcast_.span(), first_}};
+}
+
+bool ServerAverager::block_excluded(std::span<const std::uint8_t> block) const {
+  if (!is_fp8(format_)) {
+    std::uint32_t finite = 0;
+    std::memcpy(&finite, block.data(), 4);
+    return finite == 0;
+  }
+  for (std::size_t t = 0; t < counts_.size(); ++t) {
+    float scale;
+    std::memcpy(&scale, block.data() + 4 * t, 4);
+    if (!(std::isfinite(scale) && scale > 0.0f)) return true;  // wire_encode's "excluded" mark
+  }
+  return false;
+}
+
+// Decodes this rank's shard from one sender's block (header + encoded shard) into out [count].
+void ServerAverager::decode_shard(std::span<const std::uint8_t> block, std::span<float> out) const {
+  const std::uint8_t* values = block.data() + header_bytes_;
+  if (!is_fp8(format_)) {
+    decode16_from_bytes(values, out, format_ == WireFormat::bf16);
+    return;
+  }
+  const auto f = fp8_format(format_);
+  const std::size_t last = first_ + count_;
+  for (std::size_t t = 0; t < counts_.size(); ++t) {
+    const std::size_t lo = std::max(first_, tensor_first_[t]), hi = std::min(last, tensor_first_[t + 1]);
+    if (lo >= hi) continue;
+    float scale;
+    std::memcpy(&scale, block.data() + 4 * t, 4);
+    tensor::dequantize({values + (lo - first_), hi - lo}, scale, f, out.subspan(lo - first_, hi - lo));
+  }
+}
+
+// The broadcast's per-tensor scale: best_scale over the whole tensor, computed from the shards.
+void ServerAverager::choose_scales(comm::Communicator& comm, std::int64_t round, std::string_view traffic) {
+  constexpr std::size_t J = tensor::kBestScaleCandidates;
+  const auto f = fp8_format(format_);
+  const std::size_t num_tensors = counts_.size(), last = first_ + count_;
+  const auto piece = [&](std::size_t t) {
+    const std::size_t lo = std::max(first_, tensor_first_[t]), hi = std::min(last, tensor_first_[t + 1]);
+    return lo < hi ? master_.span().subspan(lo - first_, hi - lo) : std::span<float>();
+  };
+  // amax per tensor (+inf marks a non-finite W), one max allreduce: exact in any order.
+  std::vector<float> amax(num_tensors);
+  for (std::size_t t = 0; t < num_tensors; ++t) amax[t] = tensor::amax_abs_or_inf(piece(t));
+  comm.allreduce(std::span<float>(amax), comm::ReduceOp::max, traffic);
+  for (float a : amax)
+    if (!(a <= std::numeric_limits<float>::max()))
+      fail("{} averaging at round {}: the fp32 server model is non-finite ({} wire)", traffic, round,
+           wire_format_name(format_));
+  // The squared error of every candidate over this shard's piece of every tensor; one allgather,
+  // then every rank adds the partial sums in rank order: all ranks choose the same scales.
+  std::vector<std::array<float, J>> candidates(num_tensors);
+  std::vector<double> partial(num_tensors * J, 0.0);
+  for (std::size_t t = 0; t < num_tensors; ++t) {
+    candidates[t] = tensor::best_scale_candidates(tensor::fp8_scale_from_amax(amax[t], f));
+    const auto w = piece(t);
+    if (!w.empty())
+      tensor::quantize_sq_errors(w, f, candidates[t], std::span<double, J>(partial.data() + t * J, J));
+  }
+  std::vector<double> all(partial.size() * static_cast<std::size_t>(world_));
+  comm.allgather(std::span<const double>(partial), std::span<double>(all), traffic);
+  for (std::size_t t = 0; t < num_tensors; ++t) {
+    if (amax[t] == 0.0f) {  // best_scale of an all-zero tensor
+      scales_[t] = 1.0f;
+      continue;
+    }
+    std::array<double, J> error{};
+    for (int r = 0; r < world_; ++r)
+      for (std::size_t j = 0; j < J; ++j) error[j] += all[(static_cast<std::size_t>(r) * num_tensors + t) * J + j];
+    scales_[t] = candidates[t][static_cast<std::size_t>(tensor::best_scale_index(error))];
+  }
+}
+
+// mine = enc_det(W shard), zero-padded to S values.
+void ServerAverager::encode_shard() {
+  std::fill(mine_.data(), mine_.data() + mine_.size(), std::uint8_t{0});
+  if (!is_fp8(format_)) {
+    encode16_to_bytes(master_.span(), mine_.data(), format_ == WireFormat::bf16);
+    return;
+  }
+  const auto f = fp8_format(format_);
+  const std::size_t last = first_ + count_;
+  for (std::size_t t = 0; t < counts_.size(); ++t) {
+    const std::size_t lo = std::max(first_, tensor_first_[t]), hi = std::min(last, tensor_first_[t + 1]);
+    if (lo >= hi) continue;
+    // Nearest-even ignores the stream key; element by element the codes are those of the whole tensor.
+    tensor::quantize_with_scale(master_.span().subspan(lo - first_, hi - lo), {mine_.data() + (lo - first_), hi - lo},
+                                f, tensor::Rounding::nearest_even, 0, scales_[t]);
+  }
+}
+
+// params = dec(the gathered fp8 broadcast): the shards lie back to back, so its first d codes
+// are the model in order.
+void ServerAverager::decode_all(std::span<float> params) {
+  const auto f = fp8_format(format_);
+  for (std::size_t t = 0; t < counts_.size(); ++t)
+    tensor::dequantize({gathered_.data() + tensor_first_[t], counts_[t]}, scales_[t], f,
+                       params.subspan(tensor_first_[t], counts_[t]));
 }
 
 void ServerAverager::average(comm::Communicator& comm, std::span<float> params, std::int64_t round,
@@ -276,42 +431,63 @@ void ServerAverager::average(comm::Communicator& comm, std::span<float> params, 
     average_in_place(comm, params, traffic);
     return;
   }
-  if (send_.size() == 0 || total(counts_) != params.size())
-    fail("server averager: round {} on {} parameters before begin() for them", round, params.size());
-  const std::size_t bytes = send_.size();
-  const int world = comm.size();
-  // Uplink: unbiased (SR) for fp8; 16-bit formats round to nearest.
-  wire_encode(params, counts_, format_, tensor::Rounding::stochastic, false, seed_, round, comm.rank(), send_.span());
-  comm.gather(std::span<const std::uint8_t>(send_.span()), recv_.span(), 0, traffic);
-  if (comm.rank() == 0) {
-    float* mean = params.data();  // rank 0's params are overwritten by the broadcast below anyway
-    std::fill(params.begin(), params.end(), 0.0f);
-    int contributors = 0;
-    for (int r = 0; r < world; ++r) {
-      if (!wire_decode(recv_.span().subspan(static_cast<std::size_t>(r) * bytes, bytes), counts_, format_,
-                       decoded_.span()))
-        continue;
-      ++contributors;
-      for (std::size_t i = 0; i < params.size(); ++i) mean[i] += decoded_[i];
-    }
-    excluded_ += world - contributors;
-    bool ok = contributors > 0;
-    if (ok) {
-      const float inv = 1.0f / static_cast<float>(contributors);
-      // W += mean - B: the fp32 master moves by the clients' mean update.
-      for (std::size_t i = 0; i < params.size(); ++i) master_[i] += mean[i] * inv - broadcast_[i];
-      ok = wire_encode(master_.span(), counts_, format_, tensor::Rounding::nearest_even, true, seed_, round, 0,
-                       send_.span());
-    }
-    // A failed round still broadcasts, with the excluded mark, so every rank fails at this point.
-    if (!ok) wire_encode(std::vector<float>(params.size(), NAN), counts_, format_, tensor::Rounding::nearest_even,
-                         false, seed_, round, 0, send_.span());
+  if (send_.size() == 0 || total(counts_) != params.size() || comm.size() != world_)
+    fail("server averager: round {} on {} parameters and {} ranks before begin() for them", round, params.size(),
+         comm.size());
+  const auto ranks = static_cast<std::size_t>(world_);
+  const std::size_t d = params.size(), num_tensors = counts_.size();
+  // Uplink: unbiased (SR) for fp8; 16-bit formats round to nearest. Block r carries the header and
+  // the encoded shard r (zero-padded), so rank r can decode its shard of every upload.
+  wire_encode(params, counts_, format_, tensor::Rounding::stochastic, false, seed_, round, comm.rank(), upload_.span());
+  const std::size_t header_in_upload = is_fp8(format_) ? 4 * num_tensors : 0;
+  std::uint8_t header[4];
+  if (!is_fp8(format_)) {
+    const std::uint32_t finite = all_finite_16bit_bytes(upload_.data(), d, format_ == WireFormat::bf16) ? 1 : 0;
+    std::memcpy(header, &finite, 4);
   }
-  comm.broadcast(send_.span(), 0, traffic);
-  if (!wire_decode(send_.span(), counts_, format_, params))
+  std::fill(send_.data(), send_.data() + send_.size(), std::uint8_t{0});
+  for (std::size_t r = 0; r < ranks; ++r) {
+    std::uint8_t* block = send_.data() + r * block_bytes_;
+    std::memcpy(block, is_fp8(format_) ? upload_.data() : header, header_bytes_);
+    const std::size_t lo = std::min(d, r * shard_), n = std::min(shard_, d - lo);
+    std::memcpy(block + header_bytes_, upload_.data() + header_in_upload + lo * value_bytes_, n * value_bytes_);
+  }
+  comm.alltoall(std::span<const std::uint8_t>(send_.span()), recv_.span(), traffic);
+
+  // Server work on this rank's shard: the rank-order fp32 mean of the uploads, then W += mean - B.
+  std::fill(mean_.data(), mean_.data() + count_, 0.0f);
+  int contributors = 0;
+  for (std::size_t k = 0; k < ranks; ++k) {
+    const auto block = recv_.span().subspan(k * block_bytes_, block_bytes_);
+    if (block_excluded(block)) continue;
+    ++contributors;
+    decode_shard(block, decoded_.span());
+    add_into(mean_.span(), decoded_.span());
+  }
+  excluded_ += world_ - contributors;
+  if (contributors == 0)
     fail("{} averaging at round {}: no finite upload or a non-finite server model ({} wire)", traffic, round,
          wire_format_name(format_));
-  if (comm.rank() == 0) std::copy(params.begin(), params.end(), broadcast_.data());
+  const float inv = 1.0f / static_cast<float>(contributors);
+  {
+    float* __restrict w = master_.data();
+    const float* __restrict m = mean_.data();
+    const float* __restrict b = broadcast_.data();
+    for (std::size_t i = 0; i < count_; ++i) w[i] += m[i] * inv - b[i];
+  }
+
+  // Downlink: deterministic, scales chosen together, shards all-gathered.
+  if (is_fp8(format_)) choose_scales(comm, round, traffic);
+  encode_shard();
+  comm.allgather(std::span<const std::uint8_t>(mine_.span()), gathered_.span(), traffic);
+  if (is_fp8(format_)) {
+    decode_all(params);
+  } else if (!decode16_from_bytes(gathered_.data(), params, format_ == WireFormat::bf16)) {
+    // Every rank decodes the same bytes, so all fail here together.
+    fail("{} averaging at round {}: no finite upload or a non-finite server model ({} wire)", traffic, round,
+         wire_format_name(format_));
+  }
+  std::copy_n(params.data() + first_, count_, broadcast_.data());
 }
 
 }  // namespace lowsync::sync

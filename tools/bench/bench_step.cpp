@@ -52,10 +52,7 @@ void bm_train_step(benchmark::State& state, const std::string& arch, bool bf16) 
   auto step = [&] {
     const auto b = loader.next();
     model.forward_backward(b);
-    if (bf16)
-      opt->step16(model.params16(), model.grads16());
-    else
-      opt->step(model.params(), model.grads());
+    opt->step(model.param_store(), model.grad_store());
   };
   for (int i = 0; i < 20; ++i) step();  // warm-up: JIT kernels, first touch
 

@@ -24,15 +24,19 @@ struct StateCounter {
   std::int64_t value = 0;
 };
 
-// A float buffer only rank 0 holds (the fp32 server model of a low-precision wire format):
-// checkpointed once, as the global dataset "strategy/root/<name>", and restored on rank 0, also
-// across a reshard (the server is not a replica) unless the strategy's reshard() replaces it and
-// says so: FDA starts a new round there, with the server model = the averaged parameters.
-// `size` is the same on every rank; `data` is rank 0's buffer and empty elsewhere.
+// A float buffer of global state spread over the ranks (the fp32 server model of a low-precision
+// wire format, sharded 1/K per rank): checkpointed once, as the global dataset
+// "strategy/root/<name>" (the slices gathered), and restored slice by slice, also across a
+// reshard (the server is not a replica; each rank takes its slice of the new layout) unless the
+// strategy's reshard() replaces it and says so: FDA starts a new round there, with the server
+// model = the averaged parameters. `size` is the same on every rank; `data` is this rank's
+// slice, elements [offset, offset + data.size()) of the buffer (the slices of all ranks tile
+// it; a buffer held whole by rank 0 is the slice [0, size) there and empty elsewhere).
 struct RootStateBuffer {
   std::string name;
   std::size_t size = 0;
   std::span<float> data;
+  std::size_t offset = 0;
 };
 
 struct StepContext {
@@ -73,7 +77,7 @@ class Strategy {
   //                    are saved widened to float like the model, exactly, and narrowed back),
   //                    restored by writing into them (after on_start)
   //   state_counters   integer counters, given back to restore_counters by name
-  //   root_state_buffers  rank 0's server state (same names and sizes on every rank)
+  //   root_state_buffers  the server state, sliced over the ranks (same names and sizes everywhere)
   //   reshard          called after a resume on a different rank count, once params, buffers
   //                    (averaged over the old ranks) and counters are restored; fixes whatever
   //                    the average does not and returns what it did, for the log line

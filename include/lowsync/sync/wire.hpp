@@ -1,9 +1,11 @@
 // Wire formats of what strategies send (precision.wire; ALGORITHMS.md §1 and "How these
 // combine"): fp32, bf16, fp16, fp8_e4m3, fp8_e5m2. Two shared paths every strategy calls:
 //   average_via_wire  gradient-style mean: encode -> allgather -> decode in rank order, fp32 sum.
-//   ServerAverager    model averaging with an fp32 server model on rank 0 (§1 per-round algorithm):
-//                     SR uplink (gather), fp32 accumulation in rank order, deterministic downlink
-//                     (best_scale search for fp8) broadcast, every rank adopts the same decoded model.
+//   ServerAverager    model averaging with an fp32 server model (§1 per-round algorithm) sharded
+//                     over the ranks: SR uplink reduce-scattered (alltoall of encoded shards, fp32
+//                     accumulation in rank order), each rank updates its 1/K of W, a collective
+//                     best_scale search for fp8, the deterministic downlink all-gathered; every rank
+//                     adopts the same decoded model.
 // Nothing is ever summed in 8 or 16 bits. The ledger sees the real encoded bytes (u8 buffers).
 #pragma once
 
@@ -70,45 +72,75 @@ int average_native16(comm::Communicator& comm, std::span<std::uint16_t> data, bo
                      std::string_view traffic);
 
 // Model averaging with an fp32 server model (ALGORITHMS.md §1, proposal "FP8-FedAvg with unbiased
-// uplink"), the server living on rank 0. Per round:
-//   client k: upload enc(w_k) (fp8: SR, amax scale; 16-bit: nearest-even)      -> gather to rank 0
-//   server:   mean = (1/K') sum_k dec(upload_k), fp32, rank order (K' = non-excluded uploads)
-//             W += mean - B         (B = the decoded model clients started this round from; the
-//                                    fp32 master W keeps what the quantized broadcast rounded away,
-//                                    and is never replaced by its quantized copy)
-//             Q = enc_det(W)        (fp8: per-tensor best_scale search, nearest-even)
-//   broadcast Q; every rank sets w = B = dec(Q): all ranks hold bitwise the same model.
-// fp32 wire: a plain sum allreduce and mean (the baseline), no server state.
+// uplink"), the server's fp32 work spread over the ranks (§1 "Cost"): rank r owns the shard
+// [r S, min((r + 1) S, d)) of W and B, S = ceil(d / K). Per round:
+//   every rank: upload enc(w_k) (fp8: SR, amax scale; 16-bit: nearest-even), cut into K blocks,
+//               block r = a header (fp8: the T tensor scales; 16-bit: a 4-byte "all finite" flag)
+//               + the encoded shard r; one alltoall (the reduce-scatter of the uploads)
+//   rank r:     mean = (1/K') sum_k dec(block from k), fp32, rank order, over its shard (K' =
+//               uploads whose header is not the excluded mark: every rank sees the same headers)
+//               W += mean - B   (B = the decoded model clients started this round from; the fp32
+//                                master keeps what the quantized broadcast rounded away)
+//   fp8 scales: per tensor, amax of W by one max allreduce (T floats), then the 16 best_scale
+//               candidates' squared errors over each shard (one pass, tensor::quantize_sq_errors),
+//               one allgather of the partial sums (16 T doubles), summed in rank order by every
+//               rank: all pick the same scale (with K = 1 exactly best_scale's choice; with K > 1
+//               the sums are added shard by shard, so a candidate within rounding of another may
+//               be picked instead, docs/precision.md)
+//   rank r:     Q_r = enc_det(W shard) (fp8: the chosen scales, nearest-even); one allgather of
+//               the shards; every rank sets w = dec(Q) and rank r keeps B shard = its part of it.
+// All ranks hold bitwise the same model. A failure (no finite upload, a non-finite W) is seen by
+// every rank at the same point, so all throw together. fp32 wire: a plain sum allreduce and mean
+// (the baseline), no server state.
 class ServerAverager {
  public:
   ServerAverager() = default;
   ServerAverager(WireFormat format, std::uint64_t seed) : format_(format), seed_(seed) {}
 
   WireFormat format() const { return format_; }
-  // The replicas are identical (after the start broadcast): W = B = params on rank 0.
+  // The replicas are identical (after the start broadcast): W = B = params, sharded.
   void begin(const comm::Communicator& comm, std::span<const float> params, std::span<const std::size_t> counts);
   // One round; every rank calls it at the same point. `round` keys the SR streams.
   void average(comm::Communicator& comm, std::span<float> params, std::int64_t round, std::string_view traffic);
-  // Rank 0: the fp32 server model W (empty elsewhere and for fp32 wire).
+  // This rank's shard of the fp32 server model W: elements [server_offset(), server_offset() +
+  // server_model().size()) of W (empty for fp32 wire and on ranks past the end of a small model).
   std::span<const float> server_model() const { return master_.span(); }
-  // Uploads the server excluded so far (non-finite), known on rank 0.
+  std::size_t server_offset() const { return first_; }
+  // Uploads excluded so far (non-finite), the same count on every rank.
   std::int64_t excluded() const { return excluded_; }
   void set_excluded(std::int64_t n) { excluded_ = n; }
   // Checkpoint state (after begin; empty for fp32 wire): W ("server_master") and B
-  // ("server_broadcast"), rank 0's buffers, sized on every rank. With the SR streams keyed by
-  // (seed, round, rank, tensor) there is no RNG state; `excluded` is the only counter.
+  // ("server_broadcast"), d values each, this rank holding its shard (RootStateBuffer.offset).
+  // With the SR streams keyed by (seed, round, rank, tensor) there is no RNG state; `excluded`
+  // is the only counter.
   std::vector<RootStateBuffer> root_state(std::string_view prefix);
   const std::vector<std::size_t>& counts() const { return counts_; }
 
  private:
+  void decode_shard(std::span<const std::uint8_t> block, std::span<float> out) const;
+  bool block_excluded(std::span<const std::uint8_t> block) const;
+  void choose_scales(comm::Communicator& comm, std::int64_t round, std::string_view traffic);
+  void encode_shard();
+  void decode_all(std::span<float> params);  // fp8
+
   WireFormat format_ = WireFormat::fp32;
   std::uint64_t seed_ = 0;
   std::vector<std::size_t> counts_;
-  memory::TrackedBuffer<float> master_;      // [d] W, rank 0
-  memory::TrackedBuffer<float> broadcast_;   // [d] B = dec(last broadcast), rank 0
-  memory::TrackedBuffer<float> decoded_;     // [d] one decoded upload, rank 0
-  memory::TrackedBuffer<std::uint8_t> send_; // [bytes] this rank's upload / the broadcast
-  memory::TrackedBuffer<std::uint8_t> recv_; // [K * bytes] the gathered uploads, rank 0
+  std::vector<std::size_t> tensor_first_;    // [T + 1] offsets of the tensors in the flat model
+  int world_ = 1;
+  std::size_t shard_ = 0;                    // S = ceil(d / K)
+  std::size_t first_ = 0, count_ = 0;        // this rank's shard of W, B
+  std::size_t header_bytes_ = 0, value_bytes_ = 1, block_bytes_ = 0;
+  std::vector<float> scales_;                // [T] the broadcast's fp8 scales of this round
+  memory::TrackedBuffer<float> master_;      // [count] W shard
+  memory::TrackedBuffer<float> broadcast_;   // [count] B shard = dec(last broadcast)
+  memory::TrackedBuffer<float> mean_;        // [count] sum of the decoded uploads
+  memory::TrackedBuffer<float> decoded_;     // [count] one decoded upload shard
+  memory::TrackedBuffer<std::uint8_t> upload_;   // [bytes] this rank's whole encoded upload
+  memory::TrackedBuffer<std::uint8_t> send_;     // [K * block] the upload cut into blocks
+  memory::TrackedBuffer<std::uint8_t> recv_;     // [K * block] every rank's block for this shard
+  memory::TrackedBuffer<std::uint8_t> mine_;     // [S * value bytes] the encoded W shard
+  memory::TrackedBuffer<std::uint8_t> gathered_; // [K * S * value bytes] the whole broadcast
   std::int64_t excluded_ = 0;
 };
 

@@ -4,6 +4,7 @@
 // Scalar codecs are header-only (kernels inline them); span kernels live in src/tensor/fp8.cpp.
 #pragma once
 
+#include <array>
 #include <bit>
 #include <cstdint>
 #include <span>
@@ -139,6 +140,95 @@ constexpr std::uint8_t fp8_encode_sr(float y, Fp8Format format, float uniform01)
   return static_cast<std::uint8_t>(sign | (uniform01 < p_hi ? lo + 1 : lo));
 }
 
+namespace detail {
+
+// Branchless forms of fp8_encode_rne / fp8_encode_sr for the span kernels: no data-dependent
+// branch or library call, so loops over them vectorise (variable per-lane shifts and selects).
+// Bit-exact with the scalar codecs above for every float (tests/unit/tensor/test_fp8.cpp sweeps
+// the float patterns); the scalar codecs stay the readable reference.
+//
+// Truncation toward zero on the grid, per lane, for finite |x| < Fmax given as abs_bits: the FP8
+// normal range keeps the float's exponent and drops 23 - M mantissa bits (the code is the
+// shifted pattern minus the exponent rebias); below 2^emin the value is counted in units of
+// 2^(emin - M) from the mantissa with its implicit bit, the shift capped at 25 (a shift > 24
+// leaves code 0 with rest < half, as fp8_truncate's early return does).
+template <Fp8Format F>
+struct Fp8Lanes {
+  static constexpr Fp8Spec spec = fp8_spec(F);
+  static constexpr int kDrop = 23 - spec.mantissa_bits;
+  static constexpr std::uint32_t kRebias = static_cast<std::uint32_t>(127 - spec.bias) << spec.mantissa_bits;
+  static constexpr std::uint32_t kMaxBits = std::bit_cast<std::uint32_t>(spec.max_value);
+  static constexpr std::uint8_t kInfCode = spec.has_inf ? 0x7c : spec.nan_code;
+  static constexpr int kSubShift0 = 23 + spec.min_exponent - spec.mantissa_bits;  // shift = this - exponent
+
+  struct Truncated {
+    std::uint32_t code, rest, half;
+    bool normal;
+    std::int32_t exponent;
+  };
+  static constexpr Truncated truncate(std::uint32_t abs_bits) {
+    const std::int32_t exponent = static_cast<std::int32_t>(abs_bits >> 23) - 127;
+    const bool normal = exponent >= spec.min_exponent;
+    std::int32_t sub_shift = kSubShift0 - exponent;
+    sub_shift = sub_shift > 25 ? 25 : sub_shift;
+    sub_shift = sub_shift < 1 ? 1 : sub_shift;  // only in lanes that take the normal path
+    const std::uint32_t shift = normal ? static_cast<std::uint32_t>(kDrop) : static_cast<std::uint32_t>(sub_shift);
+    const std::uint32_t source = normal ? abs_bits : ((abs_bits & 0x7fffffu) | 0x800000u);
+    const std::uint32_t code = (source >> shift) - (normal ? kRebias : 0u);
+    return {code, source & ((1u << shift) - 1u), 1u << (shift - 1u), normal, exponent};
+  }
+  // Specials and saturation, as the scalar codecs order them: NaN, inf, then |x| >= Fmax.
+  // Blended by bit masks, not ?:, so GCC cannot turn the rounding work into a branch taken only
+  // for ordinary values (which it then refuses to vectorise: the float work might trap).
+  static constexpr std::uint32_t blend(bool take, std::uint32_t value, std::uint32_t otherwise) {
+    const std::uint32_t mask = 0u - static_cast<std::uint32_t>(take);
+    return (value & mask) | (otherwise & ~mask);
+  }
+  static constexpr std::uint32_t special(std::uint32_t abs_bits, std::uint32_t code) {
+    code = blend(abs_bits >= kMaxBits, spec.max_code, code);
+    code = blend(abs_bits == 0x7f800000u, kInfCode, code);
+    return blend(abs_bits > 0x7f800000u, spec.nan_code, code);
+  }
+};
+
+template <Fp8Format F>
+constexpr std::uint8_t fp8_encode_rne_lanes(float x) {
+  using L = Fp8Lanes<F>;
+  const std::uint32_t bits = std::bit_cast<std::uint32_t>(x);
+  const std::uint32_t abs_bits = bits & 0x7fffffffu;
+  const auto t = L::truncate(abs_bits);
+  // rest > half, or rest == half with an odd code (ties to even), as one comparison: a mix of
+  // bool operators here keeps GCC 12 from vectorising the loops.
+  const std::uint32_t up = t.rest + (t.code & 1u) > t.half ? 1u : 0u;
+  return static_cast<std::uint8_t>(((bits >> 24) & 0x80u) | L::special(abs_bits, t.code + up));
+}
+
+// p_hi = (|y| - lo) / D as fp8_encode_sr computes it: both are exact, and D is a power of two
+// (2^(max(e, emin) - M)), so the division is the exact product with 2^(M - max(e, emin)).
+template <Fp8Format F>
+constexpr std::uint8_t fp8_encode_sr_lanes(float y, float uniform01) {
+  using L = Fp8Lanes<F>;
+  constexpr int M = L::spec.mantissa_bits;
+  constexpr float kSubSpacing = std::bit_cast<float>(
+      static_cast<std::uint32_t>(L::spec.min_exponent - M + 127) << 23);
+  const std::uint32_t bits = std::bit_cast<std::uint32_t>(y);
+  const std::uint32_t abs_bits = bits & 0x7fffffffu;
+  const auto t = L::truncate(abs_bits);
+  // Both candidates computed, then blended by a bit mask: with a ?: GCC sinks the product into
+  // one arm, where a float operation may trap (-ftrapping-math), and will not vectorise.
+  const std::uint32_t lo_normal = abs_bits & ~((1u << L::kDrop) - 1u);
+  const auto lo_subnormal = std::bit_cast<std::uint32_t>(static_cast<float>(static_cast<std::int32_t>(t.code)) * kSubSpacing);
+  const float lo_value = std::bit_cast<float>(L::blend(t.normal, lo_normal, lo_subnormal));
+  const std::int32_t e = t.exponent > L::spec.min_exponent ? t.exponent : L::spec.min_exponent;
+  // 127 + M - e >= 2 for every exponent field, so the reciprocal spacing is a normal float.
+  const float inv_spacing = std::bit_cast<float>(static_cast<std::uint32_t>(127 + M - e) << 23);
+  const float p_hi = (std::bit_cast<float>(abs_bits) - lo_value) * inv_spacing;
+  const std::uint32_t up = uniform01 < p_hi ? 1u : 0u;
+  return static_cast<std::uint8_t>(((bits >> 24) & 0x80u) | L::special(abs_bits, t.code + up));
+}
+
+}  // namespace detail
+
 // Scale for a tensor whose largest |x| is amax: amax / Fmax, 1 when amax == 0, never below
 // FLT_MIN (so it is finite, > 0 and normal even when amax / Fmax underflows). amax must be
 // finite and >= 0, else lowsync::Error.
@@ -147,6 +237,10 @@ float fp8_scale_from_amax(float amax, Fp8Format format);
 // max |x| over the span (Kokkos reduction); 0 for an empty span. Non-finite x -> lowsync::Error
 // naming the first such element.
 float amax_abs(std::span<const float> x, std::string_view what = "amax_abs");
+
+// max |x| over the span, +inf when some element is NaN or inf; never throws. For callers that
+// decide about non-finite input together (the sharded server search, sync/wire.cpp).
+float amax_abs_or_inf(std::span<const float> x);
 
 // fp8_scale_from_amax(amax_abs(x)): the per-tensor scale; refuses non-finite x.
 float fp8_scale(std::span<const float> x, Fp8Format format);
@@ -180,13 +274,28 @@ void ste_backward(std::span<const float> x, float scale, Fp8Format format,
 // sum_i (dequantize(quantize_det(w; scale))[i] - w[i])^2, accumulated in double.
 double quantize_sq_error(std::span<const float> w, Fp8Format format, float scale);
 
+inline constexpr int kBestScaleCandidates = 16;
+
+// errors[j] = quantize_sq_error(w, format, scales[j]) for all 16 candidates in one pass over w:
+// the candidates are the SIMD lanes, each summed over the elements in order from 0.0, so every
+// errors[j] has the bits of the scalar quantize_sq_error. w must be finite (unchecked: callers
+// check it once); scales finite and > 0, else lowsync::Error.
+void quantize_sq_errors(std::span<const float> w, Fp8Format format,
+                        std::span<const float, kBestScaleCandidates> scales,
+                        std::span<double, kBestScaleCandidates> errors);
+
 // ServerOptimize scale search: argmin over s_j = fp8_scale(w) * 2^(-j/4), j = 0..15, of
-// quantize_sq_error(w, s_j); ties go to the smaller j. 1 for an all-zero w.
+// quantize_sq_error(w, s_j); ties go to the smaller j. 1 for an all-zero w. One pass over w
+// (quantize_sq_errors); chooses exactly what 16 quantize_sq_error calls would.
 float best_scale(std::span<const float> w, Fp8Format format);
 
 // The j-th candidate of best_scale for a tensor of scale s0 (never below FLT_MIN).
 float best_scale_candidate(float s0, int j);
 
-inline constexpr int kBestScaleCandidates = 16;
+// All candidates of a tensor of scale s0, j = 0..15.
+std::array<float, kBestScaleCandidates> best_scale_candidates(float s0);
+
+// The j of the smallest error, the first on ties (best_scale's rule).
+int best_scale_index(std::span<const double, kBestScaleCandidates> errors);
 
 }  // namespace lowsync::tensor

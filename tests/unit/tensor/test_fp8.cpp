@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <array>
 #include <bit>
 #include <cfloat>
 #include <cmath>
@@ -401,6 +403,206 @@ TEST_P(Fp8, BestScaleLeavesAmaxWhenTheBulkFitsASmallerGrid) {
     if (e < naive_error(w, f, best_scale_candidate(s0, best_j))) best_j = j;
   }
   EXPECT_EQ(s, best_scale_candidate(s0, best_j));
+}
+
+// ---- The vectorised paths against the scalar reference (bit-exact) ----
+
+std::uint32_t bits_of(float x) { return std::bit_cast<std::uint32_t>(x); }
+float from_bits(std::uint32_t b) { return std::bit_cast<float>(b); }
+
+std::uint8_t rne_lanes(float x, Fp8Format f) {
+  return f == Fp8Format::e4m3 ? detail::fp8_encode_rne_lanes<Fp8Format::e4m3>(x)
+                              : detail::fp8_encode_rne_lanes<Fp8Format::e5m2>(x);
+}
+std::uint8_t sr_lanes(float x, Fp8Format f, float u) {
+  return f == Fp8Format::e4m3 ? detail::fp8_encode_sr_lanes<Fp8Format::e4m3>(x, u)
+                              : detail::fp8_encode_sr_lanes<Fp8Format::e5m2>(x, u);
+}
+
+// Float patterns where an encoder can go wrong: a stride through all 2^32 patterns (both signs,
+// NaN payloads, float subnormals), every pattern within 3 ulps of each FP8 grid value and each
+// midpoint between neighbours, zeros, FLT_MIN/FLT_MAX, Fmax's neighbours and the infinities.
+std::vector<float> edge_patterns(Fp8Format f) {
+  std::vector<float> out;
+  for (std::uint64_t b = 0; b < (std::uint64_t{1} << 32); b += 4099) out.push_back(from_bits(static_cast<std::uint32_t>(b)));
+  const auto near = [&](float v) {
+    for (int d = -3; d <= 3; ++d)
+      for (float sign : {1.0f, -1.0f}) out.push_back(sign * from_bits(static_cast<std::uint32_t>(static_cast<std::int64_t>(bits_of(v)) + d)));
+  };
+  const std::vector<std::uint8_t> codes = finite_codes(f);
+  for (std::size_t k = 0; k < codes.size(); ++k) {
+    const float v = fp8_decode(codes[k], f);
+    if (v > 0.0f) near(v);
+    if (k + 1 < codes.size()) near(0.5f * (v + fp8_decode(codes[k + 1], f)));  // exact in float
+  }
+  for (float v : {FLT_MIN, FLT_MAX, std::nextafter(0.0f, 1.0f), 1e-40f, 1.0f}) near(v);
+  for (float v : {0.0f, -0.0f, kInf, -kInf, kNaN, -kNaN, from_bits(0x7f800001u), from_bits(0xffa00000u)}) out.push_back(v);
+  return out;
+}
+
+TEST_P(Fp8, LanesCodecsMatchScalarCodecsBitwise) {
+  const Fp8Format f = GetParam();
+  const std::uint64_t key = stream_key({8, static_cast<std::uint64_t>(f)});
+  const std::vector<float> xs = edge_patterns(f);
+  ASSERT_GT(xs.size(), 1000000u);
+  std::size_t i = 0, thresholds = 0;
+  for (float x : xs) {
+    ASSERT_EQ(rne_lanes(x, f), fp8_encode_rne(x, f)) << std::hex << bits_of(x);
+    std::vector<float> us = {0.0f, 0x1p-24f, 0.5f, 1.0f - 0x1p-24f, uniform01(key, i)};
+    // The reference bracket scans all codes: every 8th value keeps the test at a second or two.
+    if (i++ % 8 == 0 && std::isfinite(x) && std::fabs(x) < fp8_max(f)) {
+      // The uniform at the threshold itself and one step below: p_hi is k / 2^n, exact here.
+      const float p_hi = static_cast<float>(reference::fp8_bracket(x, f).p_hi);
+      if (p_hi > 0.0f) {
+        us.push_back(p_hi);
+        us.push_back(std::nextafter(p_hi, 0.0f));
+        ++thresholds;
+      }
+    }
+    for (float u : us) ASSERT_EQ(sr_lanes(x, f, u), fp8_encode_sr(x, f, u)) << std::hex << bits_of(x) << " u " << u;
+  }
+  EXPECT_GT(thresholds, 1000u);
+}
+
+// y = clamp(x / s) as the scalar reference writes it (non-finite x passes through unclamped).
+float reference_scaled(float x, float s, Fp8Format f) {
+  const float y = x / s;
+  return std::isfinite(x) ? std::fmin(std::fmax(y, -fp8_max(f)), fp8_max(f)) : y;
+}
+
+// Inputs for the span kernels: log-uniform magnitudes over the whole float range (float
+// subnormals included), zeros of both signs, values near Fmax * s; sizes that leave every
+// possible remainder after the vector body.
+std::vector<float> edge_tensor(Fp8Format f, std::size_t n, std::uint64_t salt) {
+  const std::uint64_t key = stream_key({9, static_cast<std::uint64_t>(f), salt});
+  std::vector<float> x(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    switch (i % 5) {
+      case 0: x[i] = random_float(key, i, -149, 127); break;
+      case 1: x[i] = random_float(key, i, -12, 6); break;
+      case 2: x[i] = (i % 2 ? -1.0f : 1.0f) * fp8_max(f) * (0.99f + 0.02f * uniform01(key, i)); break;
+      case 3: x[i] = i % 2 ? -0.0f : 0.0f; break;
+      default: x[i] = random_float(key, i, -130, -120); break;  // float subnormals and just above
+    }
+  }
+  return x;
+}
+
+TEST_P(Fp8, SpanKernelsMatchScalarLoopsOnEdgeInputs) {
+  const Fp8Format f = GetParam();
+  const std::uint64_t key = stream_key({10, static_cast<std::uint64_t>(f)});
+  for (std::size_t n : {std::size_t{1}, std::size_t{15}, std::size_t{16}, std::size_t{17}, std::size_t{64}, std::size_t{1003}, std::size_t{4099}}) {
+    const std::vector<float> x = edge_tensor(f, n, n);
+    for (float s : {1.0f, 1e-30f, FLT_MIN, 1e30f, 3.7e-3f, 0.5f}) {
+      std::vector<std::uint8_t> q(n), q_sr(n);
+      quantize_with_scale(x, q, f, Rounding::nearest_even, 0, s);
+      quantize_with_scale(x, q_sr, f, Rounding::stochastic, key, s);
+      std::vector<float> fq(n), grad(n, 1.0f), deq(n);
+      fake_quantize(x, fq, f, s);
+      ste_backward(x, s, f, grad);
+      dequantize(q, s, f, deq);
+      for (std::size_t i = 0; i < n; ++i) {
+        const float y = reference_scaled(x[i], s, f);
+        ASSERT_EQ(q[i], fp8_encode_rne(y, f)) << "n " << n << " s " << s << " x " << x[i];
+        ASSERT_EQ(q_sr[i], fp8_encode_sr(y, f, uniform01(key, i))) << "n " << n << " s " << s << " x " << x[i];
+        ASSERT_EQ(bits_of(fq[i]), bits_of(fp8_decode(q[i], f) * s)) << "n " << n << " s " << s << " x " << x[i];
+        ASSERT_EQ(bits_of(deq[i]), bits_of(fp8_decode(q[i], f) * s));
+        ASSERT_EQ(grad[i], std::fabs(x[i] / s) > fp8_max(f) ? 0.0f : 1.0f);
+      }
+    }
+  }
+  // fake_quantize passes NaN and inf through the codec; in the body and in the tail.
+  std::vector<float> special(37, 0.25f);
+  for (std::size_t i : {std::size_t{3}, std::size_t{20}, std::size_t{35}}) special[i] = kNaN;
+  special[4] = kInf;
+  special[36] = -kInf;
+  std::vector<float> out(special.size());
+  fake_quantize(special, out, f, 0.5f);
+  for (std::size_t i = 0; i < special.size(); ++i) {
+    const float want = fp8_decode(fp8_encode_rne(reference_scaled(special[i], 0.5f, f), f), f) * 0.5f;
+    if (std::isnan(want)) ASSERT_TRUE(std::isnan(out[i])) << i;
+    else ASSERT_EQ(bits_of(out[i]), bits_of(want)) << i;
+  }
+  // Every code decodes through the table exactly as the scalar codec (NaN as NaN).
+  std::vector<std::uint8_t> all(256);
+  for (int c = 0; c < 256; ++c) all[static_cast<std::size_t>(c)] = static_cast<std::uint8_t>(c);
+  std::vector<float> decoded(256);
+  dequantize(all, 0.75f, f, decoded);
+  for (int c = 0; c < 256; ++c) {
+    const float want = fp8_decode(static_cast<std::uint8_t>(c), f) * 0.75f;
+    if (std::isnan(want)) EXPECT_TRUE(std::isnan(decoded[static_cast<std::size_t>(c)]));
+    else EXPECT_EQ(bits_of(decoded[static_cast<std::size_t>(c)]), bits_of(want)) << c;
+  }
+}
+
+TEST_P(Fp8, QuantizeSqErrorsMatchesScalarPerCandidateBitwise) {
+  const Fp8Format f = GetParam();
+  const std::uint64_t key = stream_key({11, static_cast<std::uint64_t>(f)});
+  std::vector<std::vector<float>> tensors;
+  std::vector<float> w(1007);
+  for (std::size_t i = 0; i < w.size(); ++i) w[i] = 0.05f * normal01(key, i);
+  tensors.push_back(w);
+  w[3] = 40.0f;  // an outlier: most values fall in the subnormal range of the small candidates
+  tensors.push_back(w);
+  for (float& v : w) v *= 1e-38f;  // amax / Fmax underflows: candidates clamped to FLT_MIN
+  tensors.push_back(w);
+  tensors.push_back(edge_tensor(f, 333, 1));
+  std::vector<float> huge(50);
+  for (std::size_t i = 0; i < huge.size(); ++i) huge[i] = random_float(key, i, 100, 127);
+  tensors.push_back(huge);
+  tensors.push_back({-0.0f, 0.0f, 1e-45f});
+  tensors.push_back({2.5f});
+  for (std::size_t k = 0; k < tensors.size(); ++k) {
+    const auto& t = tensors[k];
+    const auto candidates = best_scale_candidates(fp8_scale(t, f));
+    std::array<double, kBestScaleCandidates> errors{};
+    quantize_sq_errors(t, f, candidates, errors);
+    int best_j = 0;
+    for (int j = 0; j < kBestScaleCandidates; ++j) {
+      const double scalar = quantize_sq_error(t, f, candidates[static_cast<std::size_t>(j)]);
+      EXPECT_EQ(errors[static_cast<std::size_t>(j)], scalar) << "tensor " << k << " j " << j;
+      if (scalar < quantize_sq_error(t, f, candidates[static_cast<std::size_t>(best_j)])) best_j = j;
+    }
+    EXPECT_EQ(best_scale_index(errors), best_j) << "tensor " << k;
+    EXPECT_EQ(best_scale(t, f), candidates[static_cast<std::size_t>(best_j)]) << "tensor " << k;
+  }
+  // Arbitrary scales, far from the amax one: saturation everywhere, or everything below the grid.
+  const std::vector<float> t = tensors[0];
+  std::array<float, kBestScaleCandidates> scales{};
+  for (int j = 0; j < kBestScaleCandidates; ++j) scales[static_cast<std::size_t>(j)] = std::ldexp(1.3f, 8 * j - 64);
+  scales[0] = FLT_MIN;
+  std::array<double, kBestScaleCandidates> errors{};
+  quantize_sq_errors(t, f, scales, errors);
+  for (int j = 0; j < kBestScaleCandidates; ++j)
+    EXPECT_EQ(errors[static_cast<std::size_t>(j)], quantize_sq_error(t, f, scales[static_cast<std::size_t>(j)])) << j;
+  std::array<double, kBestScaleCandidates> empty_errors{};
+  empty_errors.fill(7.0);
+  quantize_sq_errors(std::span<const float>(), f, scales, empty_errors);
+  for (double e : empty_errors) EXPECT_EQ(e, 0.0);
+  scales[5] = 0.0f;
+  EXPECT_THROW(quantize_sq_errors(t, f, scales, errors), lowsync::Error);
+}
+
+TEST(Fp8Amax, OrInfMatchesTheScalarMaximumAndFlagsNonFinite) {
+  const std::uint64_t key = stream_key({12});
+  for (std::size_t n : {std::size_t{0}, std::size_t{1}, std::size_t{16}, std::size_t{37}, std::size_t{1000}}) {
+    std::vector<float> x(n);
+    for (std::size_t i = 0; i < n; ++i) x[i] = random_float(key, i, -149, 127);
+    float want = 0.0f;
+    for (float v : x) want = std::max(want, std::fabs(v));
+    EXPECT_EQ(amax_abs_or_inf(x), want) << n;
+    EXPECT_EQ(amax_abs(x), want) << n;
+    for (std::size_t at : {std::size_t{0}, n / 2, n > 0 ? n - 1 : 0}) {
+      if (n == 0) break;
+      for (float bad : {kNaN, -kNaN, kInf, -kInf}) {
+        std::vector<float> y = x;
+        y[at] = bad;
+        EXPECT_EQ(amax_abs_or_inf(y), kInf) << n << " at " << at;
+        EXPECT_THROW(amax_abs(y), lowsync::Error);
+      }
+    }
+  }
+  EXPECT_EQ(bits_of(amax_abs_or_inf(std::vector<float>{-0.0f})), 0u);
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <span>
 #include <vector>
 
 #include "lowsync/core/error.hpp"
@@ -251,6 +252,47 @@ TEST(Half, SpanKernelsMatchScalarLoops) {
   EXPECT_THROW(bf16_encode(x, short_out), lowsync::Error);
   EXPECT_THROW(fp16_decode(h, short_float), lowsync::Error);
   EXPECT_THROW(bf16_decode(b, short_float), lowsync::Error);
+}
+
+// The span kernels (vectorised: F16C blocks for fp16, restrict loops for bf16) against the scalar
+// codecs: every 16-bit pattern decoded, a stride through all float patterns encoded and rounded
+// (NaN payloads, subnormals, overflow), all_finite_16bit with one special at every offset of a
+// short span, and sizes that leave every remainder after an 8-wide block.
+TEST(Half, SpanCodecsMatchScalarOnEveryPatternAndAFloatSweep) {
+  std::vector<std::uint16_t> patterns(65536);
+  for (std::size_t h = 0; h < patterns.size(); ++h) patterns[h] = static_cast<std::uint16_t>(h);
+  for (const bool bf16 : {true, false}) {
+    std::vector<float> decoded(patterns.size());
+    decode_16bit(patterns, decoded, bf16);
+    for (std::size_t h = 0; h < patterns.size(); ++h) {
+      const float want = decode_16bit(patterns[h], bf16);
+      ASSERT_EQ(bits_of(decoded[h]), bits_of(want)) << (bf16 ? "bf16 " : "fp16 ") << std::hex << h;
+      const std::uint16_t exponent = bf16 ? 0x7f80 : 0x7c00;
+      ASSERT_EQ(all_finite_16bit(std::span<const std::uint16_t>(&patterns[h], 1), bf16), (patterns[h] & exponent) != exponent);
+    }
+    std::vector<float> xs;
+    for (std::uint64_t b = 0; b < (std::uint64_t{1} << 32); b += 4099) xs.push_back(float_of(static_cast<std::uint32_t>(b)));
+    for (std::size_t n : {xs.size(), std::size_t{1}, std::size_t{7}, std::size_t{9}, std::size_t{2053}}) {
+      const std::span<const float> x(xs.data(), n);
+      std::vector<std::uint16_t> encoded(n);
+      encode_16bit(x, encoded, bf16);
+      std::vector<float> rounded(x.begin(), x.end());
+      round_to_16bit(rounded, bf16);
+      for (std::size_t i = 0; i < n; ++i) {
+        ASSERT_EQ(encoded[i], encode_16bit(x[i], bf16)) << (bf16 ? "bf16 " : "fp16 ") << std::hex << bits_of(x[i]);
+        ASSERT_EQ(bits_of(rounded[i]), bits_of(bf16 ? bf16_round(x[i]) : fp16_round(x[i]))) << std::hex << bits_of(x[i]);
+      }
+    }
+    std::vector<std::uint16_t> finite(37, bf16 ? bf16_encode(1.5f) : fp16_encode(1.5f));
+    EXPECT_TRUE(all_finite_16bit(finite, bf16));
+    for (std::size_t at = 0; at < finite.size(); ++at) {
+      for (float bad : {INFINITY, -INFINITY, NAN}) {
+        std::vector<std::uint16_t> h = finite;
+        h[at] = bf16 ? bf16_encode(bad) : fp16_encode(bad);
+        EXPECT_FALSE(all_finite_16bit(h, bf16)) << at;
+      }
+    }
+  }
 }
 
 // Stochastic rounding (precision.update_rounding = stochastic) against the definition, over every

@@ -53,7 +53,7 @@ for name in "${strategies[@]}"; do
     sets+=(--set "$kv")
   done
   echo "run.sh: $name on $ranks ranks -> $out/$name"
-  "$root/jobs/lib/launch.sh" "$ranks" "$lowsync" train "${sets[@]}" --out "$out/$name" 2>"$out/$name.log" \
+  "$root/jobs/lib/launch.sh" "$ranks" "$lowsync" train "${sets[@]}" --force --out "$out/$name" 2>"$out/$name.log" \
     || { echo "run.sh: $name failed; see $out/$name.log" >&2; tail -5 "$out/$name.log" >&2; exit 1; }
 done
 

@@ -14,6 +14,7 @@
 #include "lowsync/config/config.hpp"
 #include "lowsync/core/error.hpp"
 #include "lowsync/core/log.hpp"
+#include "lowsync/io/checkpoint_file.hpp"
 #include "lowsync/config.hpp"
 
 #include <CLI/CLI.hpp>
@@ -202,6 +203,11 @@ int main(int argc, char** argv) {
     }
     const auto result = lowsync::app::train(cfg, comm, out, resume);
     return result.exit_code;
+  } catch (const lowsync::io::AgreedError& e) {
+    // Every rank threw this same error together (a checkpoint problem they agreed on): rank 0 says
+    // it once and all exit 2 through MPI_Finalize.
+    if (runtime.rank() == 0) std::fprintf(stderr, "lowsync: rank 0: error: %s\n", e.what());
+    return 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "lowsync: rank %d: error: %s\n", runtime.rank(), e.what());
     std::fflush(stderr);

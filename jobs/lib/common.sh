@@ -38,8 +38,7 @@ lowsync_has_checkpoint() {
 
 # Fills the array TRAIN_ARGS with `train` arguments: --config $CONFIG, --set for each word of
 # $EXTRA_SETS (key=value, whitespace-separated; values cannot contain spaces), --out $1,
-# --resume $RESUME when set (else --force when FORCE=1: replace a run already in $1), then any
-# further arguments.
+# --resume $RESUME when set, then any further arguments.
 lowsync_train_args() {
   local out=$1
   shift
@@ -63,8 +62,6 @@ lowsync_train_args() {
   TRAIN_ARGS+=(--out "$out")
   if [[ -n ${RESUME:-} ]]; then
     TRAIN_ARGS+=(--resume "$RESUME")
-  elif [[ ${FORCE:-0} == 1 ]]; then
-    TRAIN_ARGS+=(--force)
   fi
   TRAIN_ARGS+=("$@")
 }

@@ -3,9 +3,7 @@
 # --oversubscribe when RANKS > cores and --allow-run-as-root as root).
 #
 # env:  RANKS (4), OUT (runs/local-<time>), LOWSYNC (build/bin/lowsync), CONFIG (a TOML file),
-#       EXTRA_SETS ("train.steps=200 sync.strategy=fda"), RESUME (run dir or checkpoint to resume),
-#       FORCE=1 (replace a run already in OUT),
-#       FORCE=1 (replace a run already in OUT)
+#       EXTRA_SETS ("train.steps=200 sync.strategy=fda"), RESUME (run dir or checkpoint to resume)
 # args: passed on to `lowsync train`.
 # e.g.  RANKS=4 EXTRA_SETS="sync.strategy=periodic sync.period=10" jobs/local/train.sh
 # Exit status is the trainer's: 0 ok, 3 stopped after a checkpoint (rerun with RESUME=$OUT).

@@ -259,6 +259,13 @@ void write_config_attributes(io::CheckpointWriter& w, const config::Config& cfg)
   w.set_attribute("config_toml_crc32", static_cast<std::int64_t>(config_toml_crc32(text)));
 }
 
+void require_finite_parameters(const fs::path& path, std::string_view dataset, std::span<const float> values,
+                               comm::Communicator& comm) {
+  if (comm.any(first_non_finite(values) != nullptr, comm::kCheckpointTraffic))
+    throw io::AgreedError(
+        fmt::format("checkpoint {}: {} holds NaN or infinite values: not a usable model", path.string(), dataset));
+}
+
 void validate_checkpoint_attributes(io::CheckpointReader& r) {
   // Metadata reads are the same on every rank and the one read is collective: every rank fails
   // alike, so each error is an agreed one.
@@ -540,11 +547,14 @@ std::vector<std::string> load_checkpoint(const fs::path& path, TrainState& s) {
     for (auto& b : s.optimizer.state()) r.read_floats("optim/" + b.name, b.data);
   }
   // A non-finite weight would only show as a NaN loss steps later; every rank agrees first.
-  const bool finite_here = s.model.native16() ? tensor::all_finite_16bit(s.model.params16(), s.model.compute() == model::Compute::bf16)
-                                              : first_non_finite(s.model.params()) == nullptr;
-  if (s.comm.any(!finite_here, comm::kCheckpointTraffic))
-    throw io::AgreedError(
-        fmt::format("checkpoint {}: model/params holds NaN or infinite values: not a usable model", path.string()));
+  if (s.model.native16()) {
+    const bool finite = tensor::all_finite_16bit(s.model.params16(), s.model.compute() == model::Compute::bf16);
+    if (s.comm.any(!finite, comm::kCheckpointTraffic))
+      throw io::AgreedError(
+          fmt::format("checkpoint {}: model/params holds NaN or infinite values: not a usable model", path.string()));
+  } else {
+    require_finite_parameters(path, "model/params", s.model.params(), s.comm);
+  }
   s.optimizer.set_step_count(reader.attribute_int("optimizer_step_count"));
   for (auto& b : s.strategy.state_buffers()) r.read_floats("strategy/" + b.name, b.data);
   for (auto& b : s.strategy.root_state_buffers()) {

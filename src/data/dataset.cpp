@@ -48,12 +48,13 @@ class IdxFile {
       done += static_cast<std::size_t>(n);
     }
   }
-  // Reads `bytes` into `out`, growing it chunk by chunk.
+  // Reads `bytes` into `out`, growing it geometrically from 64 KiB: never more than twice what
+  // the file really held is allocated.
   void read_growing(std::vector<std::uint8_t>& out, std::size_t bytes, const char* what) {
-    constexpr std::size_t kChunk = std::size_t{4} << 20;
     out.clear();
     while (out.size() < bytes) {
-      const std::size_t done = out.size(), n = std::min(kChunk, bytes - done);
+      const std::size_t done = out.size();
+      const std::size_t n = std::min(std::clamp(done, std::size_t{64} << 10, std::size_t{256} << 20), bytes - done);
       out.resize(done + n);
       read(out.data() + done, n, what, done, bytes);
     }

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
+#include <span>
 #include <string_view>
 #include <vector>
 
@@ -90,6 +91,11 @@ config::Config saved_config(io::CheckpointReader& r);
 // model/layout back to back over 0..num_params. Throws one line "checkpoint FILE: PROBLEM".
 // checkpoint_config, saved_config, load_checkpoint and inspect_checkpoint call it.
 void validate_checkpoint_attributes(io::CheckpointReader& r);
+
+// Collective. Throws io::AgreedError on every rank when any rank's restored `values` (read from
+// `dataset` of `path`) hold a NaN or infinity. The ZO path calls it after reading zo/values.
+void require_finite_parameters(const std::filesystem::path& path, std::string_view dataset,
+                               std::span<const float> values, comm::Communicator& comm);
 
 // Root attributes config_toml (cfg.to_toml()) and config_toml_crc32 (zlib CRC32 of that text).
 void write_config_attributes(io::CheckpointWriter& w, const config::Config& cfg);

@@ -57,7 +57,7 @@ for name in "${strategies[@]}"; do
   for kv in ${rows[$name]} model.arch=mlp train.steps="$steps" eval.every="$eval_every" log.every="$log_every" log.progress=lines "${extra_sets[@]}"; do
     sets+=(--set "$kv")
   done
-  cmd=("$root/jobs/lib/launch.sh" "$ranks" "$lowsync" train "${sets[@]}" --out "$out/$name")
+  cmd=("$root/jobs/lib/launch.sh" "$ranks" "$lowsync" train "${sets[@]}" --force --out "$out/$name")
   echo "run.sh: $name on $ranks ranks -> $out/$name"
   if ! "${cmd[@]}" 2>"$out/$name.log"; then
     # The row's command, shell-quoted, so it can be copied and run again alone.

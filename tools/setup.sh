@@ -13,6 +13,7 @@ packages=(
   libcli11-dev libtomlplusplus-dev libfmt-dev libspdlog-dev zlib1g-dev nlohmann-json3-dev
   dataset-fashion-mnist
   python3 python3-matplotlib python3-numpy python3-h5py
+  clang libclang-rt-14-dev
 )
 
 missing=()

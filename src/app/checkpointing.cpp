@@ -13,6 +13,7 @@
 #include "lowsync/config.hpp"
 
 #include <nlohmann/json.hpp>
+#include <zlib.h>
 
 #include <algorithm>
 #include <fstream>
@@ -23,6 +24,28 @@ namespace {
 
 namespace fs = std::filesystem;
 using Json = nlohmann::json;
+
+void validate_attributes(io::CheckpointReader& r);
+
+// Collective. Every saved replica of the parameters (model/params or zo/values) is finite.
+void check_parameters_finite(io::CheckpointReader& r) {
+  const std::string ds = r.has_dataset("model/params") ? "model/params" : "zo/values";
+  if (!r.has_dataset(ds)) return;
+  std::vector<float> row(r.row_length(ds));
+  for (std::size_t k = 0; k < r.saved_ranks(ds); ++k) {
+    r.read_row<float>(ds, k, std::span<float>(row));
+    const auto it = std::find_if(row.begin(), row.end(), [](float x) { return !std::isfinite(x); });
+    if (it != row.end())
+      throw io::AgreedError(fmt::format("checkpoint {}: {} row {} holds {} at index {}: not a usable model",
+                                        r.path().string(), ds, k, *it, it - row.begin()));
+  }
+}
+
+// The first NaN or infinity of `v`, or nullptr.
+const float* first_non_finite(std::span<const float> v) {
+  const auto it = std::find_if(v.begin(), v.end(), [](float x) { return !std::isfinite(x); });
+  return it == v.end() ? nullptr : &*it;
+}
 
 // The per-rank loop scalars, in the order of dataset "trainer/loop".
 constexpr std::size_t kLoopFields = 7;
@@ -127,7 +150,33 @@ class Restorer {
     if (num_params != static_cast<std::int64_t>(s_.model.num_params()))
       fail("checkpoint {}: num_params is {} there, {} here (model.arch {})", path_.string(), num_params,
            s_.model.num_params(), s_.model.arch());
-    check_compatible(path_, config_from(reader_), s_.cfg);
+    validate_checkpoint_attributes(reader_);
+    try {  // the same file and config on every rank: they fail alike
+      check_compatible(path_, config_from(reader_), s_.cfg);
+      check_layout_matches_model();
+    } catch (const io::AgreedError&) {
+      throw;
+    } catch (const Error& e) {
+      throw io::AgreedError(e.what());
+    }
+  }
+
+  // model/layout against this run's model: the same tensors at the same offsets (a layout that
+  // only sums to num_params would restore weights into the wrong tensors).
+  void check_layout_matches_model() {
+    const auto& infos = s_.model.param_infos();
+    if (reader_.dataset_shape("model/layout") != std::vector<std::size_t>{infos.size(), 2})
+      fail("checkpoint {}: model/layout has shape {} but model.arch {} has {} tensors", path_.string(),
+           fmt::join(reader_.dataset_shape("model/layout"), " x "), s_.model.arch(), infos.size());
+    std::vector<std::int64_t> layout(infos.size() * 2);
+    reader_.read_global<std::int64_t>("model/layout", std::span<std::int64_t>(layout), {infos.size(), 2});
+    for (std::size_t i = 0; i < infos.size(); ++i)
+      if (layout[2 * i] != static_cast<std::int64_t>(infos[i].offset) ||
+          layout[2 * i + 1] != static_cast<std::int64_t>(infos[i].count))
+        fail("checkpoint {}: model/layout row {} is (offset {}, count {}), but {} of model.arch {} is (offset {}, "
+             "count {})",
+             path_.string(), i, layout[2 * i], layout[2 * i + 1], infos[i].name, s_.model.arch(), infos[i].offset,
+             infos[i].count);
   }
 
   // The saved config with keys at their default left unset, as they were in the saved run (a
@@ -225,6 +274,156 @@ void check_compatible(const fs::path& path, const config::Config& saved, const c
   }
 }
 
+std::uint32_t config_toml_crc32(std::string_view text) {
+  uLong crc = crc32(0L, Z_NULL, 0);
+  crc = crc32(crc, reinterpret_cast<const Bytef*>(text.data()), static_cast<uInt>(text.size()));
+  return static_cast<std::uint32_t>(crc);
+}
+
+void write_config_attributes(io::CheckpointWriter& w, const config::Config& cfg) {
+  const std::string text = cfg.to_toml();
+  w.set_attribute("config_toml", text);
+  w.set_attribute("config_toml_crc32", static_cast<std::int64_t>(config_toml_crc32(text)));
+}
+
+void require_finite_parameters(const fs::path& path, std::string_view dataset, std::span<const float> values,
+                               comm::Communicator& comm) {
+  if (comm.any(first_non_finite(values) != nullptr, comm::kCheckpointTraffic))
+    throw io::AgreedError(
+        fmt::format("checkpoint {}: {} holds NaN or infinite values: not a usable model", path.string(), dataset));
+}
+
+void validate_checkpoint_attributes(io::CheckpointReader& r) {
+  // Metadata reads are the same on every rank and the one read is collective: every rank fails
+  // alike, so each error is an agreed one.
+  try {
+    validate_attributes(r);
+  } catch (const io::AgreedError&) {
+    throw;
+  } catch (const Error& e) {
+    throw io::AgreedError(e.what());
+  }
+}
+
+namespace {
+void validate_attributes(io::CheckpointReader& r) {
+  const std::string file = r.path().string();
+  // Presence and type (attribute_* throw naming the file and the attribute).
+  const std::int64_t version = r.has_attribute("trainer_state_version") ? r.attribute_int("trainer_state_version") : -1;
+  if (version != kTrainerStateVersion)
+    fail("checkpoint {}: trainer_state_version {} (this lowsync reads {}): not a lowsync training checkpoint "
+         "or from an incompatible version",
+         file, version, kTrainerStateVersion);
+  const std::int64_t world = r.attribute_int("world_size"), num_params = r.attribute_int("num_params");
+  const std::int64_t step = r.attribute_int("step");
+  if (world < 1) fail("checkpoint {}: world_size {} (must be >= 1)", file, world);
+  if (num_params < 1) fail("checkpoint {}: num_params {} (must be >= 1)", file, num_params);
+  if (step < 0) fail("checkpoint {}: step {} (must be >= 0)", file, step);
+  if (r.has_attribute("optimizer_step_count") && r.attribute_int("optimizer_step_count") < 0)
+    fail("checkpoint {}: optimizer_step_count {} (must be >= 0)", file, r.attribute_int("optimizer_step_count"));
+  if (const double e = r.attribute_double("elapsed_s"); !(e >= 0.0) || !std::isfinite(e))
+    fail("checkpoint {}: elapsed_s {} (must be a finite number >= 0)", file, e);
+
+  // The config text: its checksum (files from before config_toml_crc32 have none), then what
+  // the other attributes say about the run against what the config says.
+  if (!r.has_attribute("config_toml"))
+    fail("checkpoint {}: no attribute 'config_toml': not a lowsync training checkpoint", file);
+  const std::string text = r.attribute_string("config_toml");
+  if (r.has_attribute("config_toml_crc32")) {
+    const std::int64_t stored = r.attribute_int("config_toml_crc32");
+    const std::uint32_t computed = config_toml_crc32(text);
+    if (stored != static_cast<std::int64_t>(computed))
+      fail("checkpoint {}: config_toml does not match its checksum (config_toml_crc32 stored {:08x}, computed {:08x}): "
+           "the saved config was altered",
+           file, static_cast<std::uint64_t>(stored), computed);
+  }
+  config::Config cfg;
+  cfg.load_toml_string(text, file + ":config_toml");
+  const std::string arch = r.attribute_string("arch");
+  if (arch != cfg.string("model.arch"))
+    fail("checkpoint {}: attribute arch is \"{}\" but its config_toml says model.arch = \"{}\"", file, arch,
+         cfg.string("model.arch"));
+  const bool zo = cfg.string("optim.name") == "zo";
+  if (r.has_attribute("strategy")) {
+    const std::string strategy = r.attribute_string("strategy");
+    const std::string expected = zo ? "zo." + cfg.string("optim.zo.form") : cfg.string("sync.strategy");
+    if (strategy != expected)
+      fail("checkpoint {}: attribute strategy is \"{}\" but its config_toml says \"{}\"", file, strategy, expected);
+  }
+  if (r.has_attribute("optimizer")) {
+    const std::string optimizer = r.attribute_string("optimizer");
+    const std::string expected = zo                                        ? "zo+" + cfg.string("optim.zo.update")
+                                 : cfg.string("sync.strategy") == "demo" ? std::string("demo")
+                                                                           : cfg.string("optim.name");
+    if (optimizer != expected)
+      fail("checkpoint {}: attribute optimizer is \"{}\" but its config_toml says \"{}\"", file, optimizer,
+           expected);
+  }
+
+  // Shapes: every per-rank dataset has world_size rows; the parameter datasets hold num_params
+  // (or kept_params) values; the fixed-size rows have their size.
+  const auto n = static_cast<std::size_t>(num_params);
+  std::size_t kept = n;
+  if (zo && r.has_attribute("kept_params")) {
+    const std::int64_t k = r.attribute_int("kept_params");
+    if (k < 0 || k > num_params) fail("checkpoint {}: kept_params {} is outside 0..num_params = {}", file, k, num_params);
+    kept = static_cast<std::size_t>(k);
+  }
+  for (const auto& ds : r.dataset_names()) {
+    if (!r.is_per_rank(ds)) continue;
+    const auto shape = r.dataset_shape(ds);
+    if (shape.size() != 2 || shape[0] != static_cast<std::size_t>(world))
+      fail("checkpoint {}: dataset '{}' has shape [{}] but world_size is {} (one row per rank)", file, ds,
+           fmt::join(shape, " x "), world);
+    std::optional<std::size_t> expected;
+    if (ds == "model/params") expected = n;
+    if (ds == "zo/values" || (zo && ds.starts_with("optim/"))) expected = kept;
+    if (!zo && ds.starts_with("optim/")) expected = n;
+    if (ds.starts_with("strategy/counters/")) expected = 1;
+    if (ds == "data/cursor") expected = 3;
+    if (ds == "trainer/loop") expected = kLoopFields;
+    if (expected && shape[1] != *expected)
+      fail("checkpoint {}: dataset '{}' has {} values per rank, expected {} (num_params {}{})", file, ds, shape[1],
+           *expected, num_params, zo ? fmt::format(", kept_params {}", kept) : "");
+  }
+  if (!zo && !r.has_dataset("model/params")) fail("checkpoint {}: no dataset 'model/params'", file);
+  if (zo && !(r.has_dataset("zo/values") && r.has_dataset("prune/mask")))
+    fail("checkpoint {}: optim.name = \"zo\" but no 'zo/values' or 'prune/mask'", file);
+  if (r.has_dataset("prune/mask") &&
+      r.dataset_shape("prune/mask") != std::vector<std::size_t>{(n + 7) / 8})
+    fail("checkpoint {}: prune/mask has shape [{}], expected [{}] bytes for num_params {}", file,
+         fmt::join(r.dataset_shape("prune/mask"), " x "), (n + 7) / 8, num_params);
+
+  // model/layout: (offset, count) per tensor, back to back from 0 to num_params.
+  if (r.has_dataset("model/layout")) {
+    const auto shape = r.dataset_shape("model/layout");
+    if (shape.size() != 2 || shape[1] != 2 || shape[0] < 1)
+      fail("checkpoint {}: model/layout has shape [{}], expected [tensors x 2]", file, fmt::join(shape, " x "));
+    std::vector<std::int64_t> layout(shape[0] * 2);
+    r.read_global<std::int64_t>("model/layout", std::span<std::int64_t>(layout), {shape[0], 2});
+    std::int64_t next = 0;
+    for (std::size_t i = 0; i < shape[0]; ++i) {
+      const std::int64_t offset = layout[2 * i], count = layout[2 * i + 1];
+      if (offset != next || count < 1 || count > num_params - offset)
+        fail("checkpoint {}: model/layout row {} is (offset {}, count {}): tensors must lie back to back in "
+             "0..num_params = {} (expected offset {})",
+             file, i, offset, count, num_params, next);
+      next = offset + count;
+    }
+    if (next != num_params)
+      fail("checkpoint {}: model/layout covers {} values, num_params is {}", file, next, num_params);
+    if (r.has_attribute("param_names")) {
+      const std::string names = r.attribute_string("param_names");
+      const auto commas = static_cast<std::size_t>(std::count(names.begin(), names.end(), ','));
+      if (commas + 1 != shape[0])
+        fail("checkpoint {}: param_names lists {} tensors, model/layout {}", file, commas + 1, shape[0]);
+    }
+  } else if (!zo) {
+    fail("checkpoint {}: no dataset 'model/layout'", file);
+  }
+}
+}  // namespace
+
 void save_checkpoint(const fs::path& path, TrainState& s) {
   io::CheckpointWriter w(path, s.comm);
   w.set_attribute("trainer_state_version", kTrainerStateVersion);
@@ -236,7 +435,7 @@ void save_checkpoint(const fs::path& path, TrainState& s) {
   w.set_attribute("optimizer", s.optimizer.name());
   w.set_attribute("optimizer_step_count", s.optimizer.step_count());
   w.set_attribute("learning_rate", s.optimizer.learning_rate());
-  w.set_attribute("config_toml", s.cfg.to_toml());
+  write_config_attributes(w, s.cfg);
   std::string names;
   for (const auto& info : s.model.param_infos()) names += (names.empty() ? "" : ",") + info.name;
   w.set_attribute("param_names", names);
@@ -316,6 +515,7 @@ void read_loop_and_ledger(io::CheckpointReader& r, LoopState& l, comm::Communica
 config::Config saved_config(io::CheckpointReader& r) {
   if (!r.has_attribute("config_toml"))
     fail("checkpoint {}: no attribute 'config_toml': not a lowsync training checkpoint", r.path().string());
+  validate_checkpoint_attributes(r);
   return Restorer::config_from(r);
 }
 
@@ -362,6 +562,10 @@ std::vector<std::string> load_checkpoint(const fs::path& path, TrainState& s) {
   };
   read_store("model/params", s.model.param_store());
   for (auto& b : s.optimizer.state()) read_store("optim/" + b.name, b.data);
+  // A non-finite weight would only show as a NaN loss steps later; every rank agrees first.
+  if (s.comm.any(!s.model.param_store().all_finite(), comm::kCheckpointTraffic))
+    throw io::AgreedError(
+        fmt::format("checkpoint {}: model/params holds NaN or infinite values: not a usable model", path.string()));
   s.optimizer.set_step_count(reader.attribute_int("optimizer_step_count"));
   for (auto& b : s.strategy.state_buffers()) read_store("strategy/" + b.name, b.data);
   for (auto& b : s.strategy.root_state_buffers()) {
@@ -437,9 +641,7 @@ fs::path resolve_checkpoint(const fs::path& path, comm::Communicator& comm) {
 
 config::Config checkpoint_config(const fs::path& path, comm::Communicator& comm) {
   io::CheckpointReader reader(path, comm);
-  if (!reader.has_attribute("config_toml"))
-    fail("checkpoint {}: no attribute 'config_toml': not a lowsync training checkpoint", path.string());
-  return Restorer::config_from(reader);
+  return saved_config(reader);
 }
 
 void inspect_checkpoint(const fs::path& path, comm::Communicator& comm) {
@@ -474,6 +676,9 @@ void inspect_checkpoint(const fs::path& path, comm::Communicator& comm) {
   }
   reader.verify_all();
   lines.push_back("  checksums: all OK");
+  validate_checkpoint_attributes(reader);
+  check_parameters_finite(reader);
+  lines.push_back("  attributes, config_toml and dataset shapes: consistent; parameters finite");
   if (rank == 0)
     for (const auto& l : lines) fmt::print("{}\n", l);
 }
@@ -487,6 +692,10 @@ std::vector<float> mean_of_rows(io::CheckpointReader& reader, const std::string&
   std::vector<float> row(n);
   for (std::size_t r = 0; r < k; ++r) {
     reader.read_row<float>(dataset, r, std::span<float>(row));
+    // Every rank reads every row: they fail alike.
+    if (const float* bad = first_non_finite(row))
+      throw io::AgreedError(fmt::format("checkpoint {}: {} row {} holds {} at index {}: not a usable model",
+                                        reader.path().string(), dataset, r, *bad, bad - row.data()));
     for (std::size_t i = 0; i < n; ++i) acc[i] += row[i];
   }
   for (std::size_t i = 0; i < n; ++i) row[i] = static_cast<float>(acc[i] / static_cast<double>(k));

@@ -1,10 +1,12 @@
 // lowsync command line: train, compare, config (key reference), inspect, eval, --help/--version.
-//   lowsync train [--config FILE.toml] [--set key=value]... [--out DIR] [--resume CKPT|RUN_DIR]
+//   lowsync train [--config FILE.toml] [--set key=value]... [--out DIR] [--resume CKPT|RUN_DIR | --force]
 //   lowsync inspect CHECKPOINT               (summary + checksum verification)
 //   lowsync eval --checkpoint CHECKPOINT     (test-set loss and accuracy of the saved model)
 //   lowsync compare RUN_DIR... [--out DIR]   (hands over to tools/compare/compare.py)
 // Exit codes: 0 ok, 1 usage, 2 error, 3 stopped early with a checkpoint, 4 collective timeout.
 #include "lowsync/app/checkpointing.hpp"
+#include "lowsync/app/output_dir.hpp"
+#include "lowsync/app/preflight.hpp"
 #include "lowsync/app/runtime.hpp"
 #include "lowsync/app/signals.hpp"
 #include "lowsync/app/trainer.hpp"
@@ -13,6 +15,7 @@
 #include "lowsync/core/error.hpp"
 #include "lowsync/core/log.hpp"
 #include "lowsync/sync/strategy.hpp"
+#include "lowsync/io/checkpoint_file.hpp"
 #include "lowsync/config.hpp"
 
 #include <CLI/CLI.hpp>
@@ -85,8 +88,13 @@ int main(int argc, char** argv) {
   train->add_option("--set", sets, "override one key: --set optim.lr=0.1 (repeatable)");
   train->add_option("--out", out_dir, "output folder (default runs/<timestamp>; with --resume the run's folder)");
   std::string resume_arg;
-  train->add_option("--resume", resume_arg,
-                    "continue from a checkpoint file, or from the newest good checkpoint of a run folder");
+  auto* resume_opt = train->add_option(
+      "--resume", resume_arg, "continue from a checkpoint file, or from the newest good checkpoint of a run folder");
+  bool force = false;
+  train->add_flag("--force", force,
+                  "--out holds another run: remove its config.toml, metrics.csv, summary.json and checkpoints, "
+                  "then start afresh")
+      ->excludes(resume_opt);
 
   auto* inspect_cmd = app.add_subcommand("inspect", "summarise a checkpoint and verify its checksums");
   std::string inspect_path;
@@ -165,7 +173,8 @@ int main(int argc, char** argv) {
       }
     }
     const lowsync::config::Config saved = cfg;
-    // Parsing and validating the arguments calls no MPI and fails on every rank alike: rank 0
+    // Parsing and validating the arguments (and train.batch against every rank's partition of the
+    // same data files) calls no MPI and fails on every rank alike: rank 0
     // says it once and all exit 2 through MPI_Finalize, with no MPI_Abort banner (launch.sh runs
     // mpirun -q, which then adds none). Errors after this point may hit one rank: MPI_Abort below.
     try {
@@ -173,6 +182,7 @@ int main(int argc, char** argv) {
       for (const auto& s : sets) cfg.set_text(s);
       cfg.validate();
       lowsync::sync::validate_config(cfg);
+      lowsync::app::check_batch_fits_partition(cfg, runtime.size());
     } catch (const lowsync::Error& e) {
       if (runtime.rank() == 0) std::fprintf(stderr, "lowsync: rank 0: error: %s\n", e.what());
       return 2;
@@ -185,8 +195,21 @@ int main(int argc, char** argv) {
       lowsync::fail("comm.backend = \"nccl\": the NCCL backend is detected at build time but not implemented yet; use mpi");
     lowsync::comm::Communicator comm(MPI_COMM_WORLD, {cfg.boolean("comm.deterministic"),
                                                       cfg.real("comm.timeout_seconds")});
-    const auto result = lowsync::app::train(cfg, comm, agree_on_out_dir(comm, out_dir), resume);
+    const std::filesystem::path out = agree_on_out_dir(comm, out_dir);
+    const std::filesystem::path ckpt_dir =
+        cfg.string("checkpoint.dir").empty() ? out / "checkpoints" : std::filesystem::path(cfg.string("checkpoint.dir"));
+    // Every rank has the same verdict: rank 0 says it once and all exit 2 together.
+    if (const auto refused = lowsync::app::claim_output_dir(out, ckpt_dir, resume.has_value(), force, comm)) {
+      if (runtime.rank() == 0) std::fprintf(stderr, "lowsync: rank 0: error: %s\n", refused->c_str());
+      return 2;
+    }
+    const auto result = lowsync::app::train(cfg, comm, out, resume);
     return result.exit_code;
+  } catch (const lowsync::io::AgreedError& e) {
+    // Every rank threw this same error together (a checkpoint problem they agreed on): rank 0 says
+    // it once and all exit 2 through MPI_Finalize.
+    if (runtime.rank() == 0) std::fprintf(stderr, "lowsync: rank 0: error: %s\n", e.what());
+    return 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "lowsync: rank %d: error: %s\n", runtime.rank(), e.what());
     std::fflush(stderr);

@@ -44,7 +44,7 @@ void save_zo_checkpoint(const std::filesystem::path& path, const config::Config&
   w.set_attribute("optimizer", "zo+" + cfg.string("optim.zo.update"));
   w.set_attribute("optimizer_step_count", update.step_count());
   w.set_attribute("learning_rate", update.learning_rate());
-  w.set_attribute("config_toml", cfg.to_toml());
+  write_config_attributes(w, cfg);
   w.write_global<std::uint8_t>("prune/mask", mask.bytes(), {mask.num_bytes()});
   w.write_per_rank<float>("zo/values", model.params().values());
   for (const auto& b : update.state()) w.write_per_rank<float>("optim/" + b.name, b.data.fp32());
@@ -96,6 +96,7 @@ void load_zo_checkpoint(io::CheckpointReader& r, comm::Communicator& comm, model
     return out;
   };
   read_floats("zo/values", model.params().values());
+  require_finite_parameters(path, "zo/values", model.params().values(), comm);
   for (auto& b : zo.update().state()) read_floats("optim/" + b.name, b.data.fp32());
   zo.update().set_step_count(r.attribute_int("optimizer_step_count"));
   zo.restore_counters(read_ints("strategy/counters/syncs", 1)[0], read_ints("strategy/counters/zo_dropped", 1)[0]);

@@ -103,6 +103,34 @@ Value parse_text(const KeySpec& spec, std::string_view raw) {
   fail("config key '{}': unsupported type", spec.key);
 }
 
+// The byte offset of the first invalid UTF-8 sequence in `s` (overlong forms, surrogates and code
+// points above U+10FFFF included), or npos.
+std::size_t invalid_utf8_at(std::string_view s) {
+  std::size_t i = 0;
+  while (i < s.size()) {
+    const auto b = static_cast<unsigned char>(s[i]);
+    std::size_t n = 0;
+    std::uint32_t cp = 0, min = 0;
+    if (b < 0x80) {
+      ++i;
+      continue;
+    }
+    if ((b & 0xe0) == 0xc0) n = 1, cp = b & 0x1f, min = 0x80;
+    else if ((b & 0xf0) == 0xe0) n = 2, cp = b & 0x0f, min = 0x800;
+    else if ((b & 0xf8) == 0xf0) n = 3, cp = b & 0x07, min = 0x10000;
+    else return i;
+    for (std::size_t k = 1; k <= n; ++k) {
+      if (i + k >= s.size()) return i;
+      const auto c = static_cast<unsigned char>(s[i + k]);
+      if ((c & 0xc0) != 0x80) return i;
+      cp = (cp << 6) | (c & 0x3f);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return i;
+    i += n + 1;
+  }
+  return std::string_view::npos;
+}
+
 // Checks type, choices and bounds; converts an integer given for a real key.
 Value check_value(const KeySpec& spec, Value v) {
   if (spec.type == Type::real && std::holds_alternative<std::int64_t>(v))
@@ -118,6 +146,17 @@ Value check_value(const KeySpec& spec, Value v) {
     if ((spec.min && x < *spec.min) || (spec.max && x > *spec.max))
       fail("config key '{}' = {} is out of range [{}, {}]", spec.key, format_value(v),
            spec.min ? fmt::format("{:g}", *spec.min) : "-inf", spec.max ? fmt::format("{:g}", *spec.max) : "inf");
+  }
+  if (const std::string* text = std::get_if<std::string>(&v)) {
+    // config.toml and every checkpoint's config_toml hold this text: it must be TOML-writable
+    // (found by fuzz_config: an invalid byte made the saved config unparseable), and a NUL would
+    // cut a path short in the C APIs that get it.
+    const std::string_view s(*text);
+    if (const auto at = invalid_utf8_at(s); at != std::string_view::npos)
+      fail("config key '{}': the value is not valid UTF-8 text (byte 0x{:02x} at offset {})", spec.key,
+           static_cast<unsigned char>(s[at]), at);
+    if (const auto nul = s.find('\0'); nul != std::string_view::npos)
+      fail("config key '{}': the value contains a NUL character (offset {})", spec.key, nul);
   }
   if (spec.type == Type::string && !spec.choices.empty()) {
     const auto& s = std::get<std::string>(v);

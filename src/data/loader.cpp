@@ -16,6 +16,10 @@ Loader::Loader(const Dataset& dataset, std::vector<std::int64_t> indices, int ba
       images_("loader.images", static_cast<std::size_t>(batch) * dataset.sample_size()),
       labels_("loader.labels", static_cast<std::size_t>(batch)) {
   if (indices_.empty()) fail("data: rank {} received no training samples", rank);
+  // A batch would repeat samples within one step. Normally refused earlier on every rank alike
+  // (data::check_batch_fits); this guards other callers.
+  if (batch > samples())
+    fail("train.batch = {} is larger than rank {}'s partition of {} training samples", batch, rank, samples());
   shuffle_for_epoch();
 }
 

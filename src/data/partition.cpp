@@ -120,6 +120,18 @@ std::vector<std::vector<std::int64_t>> partition(std::span<const std::int32_t> l
   fail("data.partition = '{}' is not one of iid|dirichlet|shards", spec.method);
 }
 
+void check_batch_fits(const std::vector<std::vector<std::int64_t>>& parts, std::int64_t batch,
+                      const PartitionSpec& spec) {
+  for (std::size_t r = 0; r < parts.size(); ++r) {
+    if (static_cast<std::int64_t>(parts[r].size()) >= batch) continue;
+    std::size_t total = 0;
+    for (const auto& p : parts) total += p.size();
+    fail("train.batch = {} is larger than rank {}'s partition of {} training samples ({} samples over {} ranks, "
+         "data.partition = \"{}\"); lower train.batch, raise data.train_limit or use fewer ranks",
+         batch, r, parts[r].size(), total, parts.size(), spec.method);
+  }
+}
+
 std::vector<std::int64_t> label_histogram(std::span<const std::int64_t> indices,
                                           std::span<const std::int32_t> labels, int num_classes) {
   std::vector<std::int64_t> h(num_classes, 0);

@@ -78,7 +78,7 @@ MaybeError agree(const MaybeError& error_here, comm::Communicator& comm) {
 }
 
 void agree_or_throw(const MaybeError& error_here, comm::Communicator& comm) {
-  if (auto agreed = agree(error_here, comm)) throw Error(*agreed);
+  if (auto agreed = agree(error_here, comm)) throw AgreedError(*agreed);
 }
 
 // ---- HDF5 helpers ----
@@ -414,7 +414,7 @@ CheckpointWriter::CheckpointWriter(fs::path final_path, comm::Communicator& comm
   if (const auto agreed = agree(error, comm_)) {
     file_ = -1;  // only a partial open leaves handles, and closing those would hang: leak them
     discard();
-    throw Error(*agreed);
+    throw AgreedError(*agreed);
   }
   const std::int64_t version = kCheckpointFormatVersion;
   error = write_attribute(file_, kFormatVersionAttr, H5T_STD_I64LE, H5T_NATIVE_INT64, {}, &version);
@@ -448,7 +448,7 @@ void CheckpointWriter::discard() noexcept {
 
 void CheckpointWriter::abort_and_throw(const std::string& message) {
   discard();
-  throw Error(message);
+  throw AgreedError(message);
 }
 
 MaybeError CheckpointWriter::check_root_attribute_name(const std::string& name) const {
@@ -672,7 +672,7 @@ CheckpointReader::CheckpointReader(fs::path path, comm::Communicator& comm)
     // A rank holding a handle here opened while another failed; closing is collective and would
     // hang, so the handle is leaked.
     file_ = -1;
-    throw Error(*opened);
+    throw AgreedError(*opened);
   }
   const auto version = read_int_attribute(file_, kFormatVersionAttr);
   if (!version) {
@@ -687,7 +687,7 @@ CheckpointReader::CheckpointReader(fs::path path, comm::Communicator& comm)
   if (const auto checked = agree(error, comm_)) {
     H5Fclose(static_cast<hid_t>(file_));
     file_ = -1;
-    throw Error(*checked);
+    throw AgreedError(*checked);
   }
 }
 
@@ -769,7 +769,7 @@ std::variant<DatasetInfo, std::string> open_dataset(hid_t file, const fs::path& 
 
 DatasetInfo open_dataset_or_fail(hid_t file, const fs::path& path, std::string_view dataset) {
   auto result = open_dataset(file, path, dataset);
-  if (auto* message = std::get_if<std::string>(&result)) throw Error(*message);
+  if (auto* message = std::get_if<std::string>(&result)) throw AgreedError(*message);
   return std::move(std::get<DatasetInfo>(result));
 }
 

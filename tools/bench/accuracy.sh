@@ -13,7 +13,7 @@ for arch in mlp cnn; do
   for seed in ${seeds[@]}; do
     dir="$out/$arch-$seed"
     "$lowsync" train --set model.arch=$arch --set train.seed=$seed --set train.steps=2000 --set optim.lr=0.05 \
-      --set eval.every=250 --set log.progress=off --out "$dir" 2>/dev/null
+      --set eval.every=250 --set log.progress=off --force --out "$dir" 2>/dev/null
     /usr/bin/python3 - "$dir" "$arch" "$seed" <<'PY'
 import csv, json, sys
 d, arch, seed = sys.argv[1:]

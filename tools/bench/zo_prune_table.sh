@@ -25,7 +25,7 @@ zo=(--set optim.name=zo --set optim.zo.q="$Q" --set optim.zo.update=adam --set o
 run() {  # name, extra args...
   local name=$1; shift
   OMP_NUM_THREADS=1 mpirun --allow-run-as-root --oversubscribe --bind-to none -n "$RANKS" \
-    "$BIN" train "${common[@]}" "$@" --out "$OUT/$name" > "$OUT/$name.log" 2>&1 || { echo "run $name failed:"; tail "$OUT/$name.log"; exit 1; }
+    "$BIN" train "${common[@]}" "$@" --force --out "$OUT/$name" > "$OUT/$name.log" 2>&1 || { echo "run $name failed:"; tail "$OUT/$name.log"; exit 1; }
 }
 jobs_list=(
   "dense_bp --set optim.name=sgd --set optim.lr=$BP_LR --set sync.strategy=allreduce"

@@ -15,6 +15,8 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
+#include <span>
+#include <string_view>
 #include <vector>
 
 namespace lowsync::io {
@@ -80,6 +82,24 @@ void check_compatible(const std::filesystem::path& path, const config::Config& s
 void write_loop_and_ledger(io::CheckpointWriter& w, const LoopState& loop, comm::Communicator& comm);
 void read_loop_and_ledger(io::CheckpointReader& r, LoopState& loop, comm::Communicator& comm);
 config::Config saved_config(io::CheckpointReader& r);
+
+// Collective. What a checkpoint says about itself, checked before anything is restored, evaluated
+// or reported: the attribute types and ranges (step, world_size, num_params >= 0/1, elapsed_s);
+// config_toml against config_toml_crc32 (when present: older files have none) and the arch,
+// strategy and optimizer attributes against config_toml; one row per saved rank in every
+// per-rank dataset, num_params (or kept_params) values in the parameter and optimizer datasets;
+// model/layout back to back over 0..num_params. Throws one line "checkpoint FILE: PROBLEM".
+// checkpoint_config, saved_config, load_checkpoint and inspect_checkpoint call it.
+void validate_checkpoint_attributes(io::CheckpointReader& r);
+
+// Collective. Throws io::AgreedError on every rank when any rank's restored `values` (read from
+// `dataset` of `path`) hold a NaN or infinity. The ZO path calls it after reading zo/values.
+void require_finite_parameters(const std::filesystem::path& path, std::string_view dataset,
+                               std::span<const float> values, comm::Communicator& comm);
+
+// Root attributes config_toml (cfg.to_toml()) and config_toml_crc32 (zlib CRC32 of that text).
+void write_config_attributes(io::CheckpointWriter& w, const config::Config& cfg);
+std::uint32_t config_toml_crc32(std::string_view text);
 
 // Rank 0: metrics.csv of a resumed run keeps the rows up to the checkpoint's step (a run killed
 // after its last checkpoint logged rows that the resumed run writes again).

@@ -25,6 +25,9 @@ struct Dataset {
 Dataset read_idx(const std::filesystem::path& images, const std::filesystem::path& labels,
                  int num_classes = 10);
 
+// The labels of one IDX label file alone (magic 0x801), checked as read_idx checks them.
+std::vector<std::int32_t> read_idx_labels(const std::filesystem::path& labels, int num_classes = 10);
+
 struct FashionMnist {
   Dataset train;
   Dataset test;
@@ -33,5 +36,9 @@ struct FashionMnist {
 // dir holds train-images-idx3-ubyte(.gz), train-labels-idx1-ubyte(.gz), t10k-*; train_limit > 0
 // keeps only the first train_limit training samples.
 FashionMnist load_fashion_mnist(const std::filesystem::path& dir, std::int64_t train_limit = 0);
+
+// The training labels of `dir` (first train_limit when > 0): what the partition needs, without the
+// pixels.
+std::vector<std::int32_t> load_train_labels(const std::filesystem::path& dir, std::int64_t train_limit = 0);
 
 }  // namespace lowsync::data

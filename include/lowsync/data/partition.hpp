@@ -22,6 +22,12 @@ struct PartitionSpec {
 std::vector<std::vector<std::int64_t>> partition(std::span<const std::int32_t> labels, int world_size,
                                                  const PartitionSpec& spec, int num_classes = 10);
 
+// Every rank draws train.batch samples a step from its own partition: throws naming the first
+// rank whose partition holds fewer than `batch` samples (the same answer on every rank, which
+// computes the same partition).
+void check_batch_fits(const std::vector<std::vector<std::int64_t>>& parts, std::int64_t batch,
+                      const PartitionSpec& spec);
+
 std::vector<std::int64_t> label_histogram(std::span<const std::int64_t> indices,
                                           std::span<const std::int32_t> labels, int num_classes = 10);
 

@@ -7,6 +7,7 @@
 
 #include "lowsync/comm/communicator.hpp"
 #include "lowsync/core/dtype.hpp"
+#include "lowsync/core/error.hpp"
 
 #include <concepts>
 #include <cstddef>
@@ -38,6 +39,15 @@ template <class T>
 concept CheckpointElement =
     std::same_as<T, float> || std::same_as<T, double> || std::same_as<T, std::int32_t> ||
     std::same_as<T, std::int64_t> || std::same_as<T, std::uint8_t> || std::same_as<T, std::uint16_t>;
+
+// An error that every rank of the communicator throws together, with the same text: agreed by a
+// collective, or read from metadata that is the same on every rank. main() lets rank 0 say it
+// once and every rank exit normally (no MPI_Abort). Every error of the writer and of the
+// reader's collective methods is one.
+class AgreedError : public Error {
+ public:
+  using Error::Error;
+};
 
 // Receives one line per skipped or unreadable checkpoint. Called on every rank with the same text.
 using CheckpointWarnFn = std::function<void(const std::string&)>;

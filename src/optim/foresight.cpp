@@ -57,6 +57,12 @@ double ntk_rank_saliency(const PruneSettings& s, int round, int rank, const mode
   return ntk_saliency(residual_grad, w0.span(), delta.span(), m.span(), saliency);
 }
 
+std::vector<ScoreGroup> mlp_score_groups() {
+  std::vector<ScoreGroup> groups;
+  for (const auto& info : model::mlp_param_infos()) groups.push_back({info.offset, info.count});
+  return groups;
+}
+
 model::Mask foresight_prune(const PruneSettings& s, int rank, const SumOverRanks& sum_over_ranks, double weight) {
   const std::size_t d = model::mlp_num_params();
   const auto units = model::mlp_output_units();
@@ -74,13 +80,22 @@ model::Mask foresight_prune(const PruneSettings& s, int rank, const SumOverRanks
     return select_top_k(scores.span(), final_density, units);
   }
   if (s.method != "ntk") fail("prune.method = '{}' is not one of none|ntk|magnitude|random", s.method);
+  if (s.normalize != "none" && s.normalize != "mean" && s.normalize != "layer")
+    fail("prune.ntk.normalize = '{}' is not one of none|mean|layer", s.normalize);
+  const auto groups = mlp_score_groups();
   Mask mask(d, true);
   for (int t = 1; t <= s.rounds; ++t) {
     const double residual = ntk_rank_saliency(s, t, rank, mask, scores.span());
     const auto w = static_cast<float>(weight);
     for (std::size_t j = 0; j < d; ++j) scores[j] *= w;
     sum_over_ranks(scores.span());
-    mask = select_top_k(scores.span(), density_schedule(s.sparsity, t, s.rounds), units, &mask);
+    const double density = density_schedule(s.sparsity, t, s.rounds);
+    if (s.normalize == "layer") {
+      mask = select_top_k_per_group(scores.span(), density, groups, units, &mask);
+    } else {
+      if (s.normalize == "mean") normalize_per_group(scores.span(), groups, &mask);
+      mask = select_top_k(scores.span(), density, units, &mask);
+    }
     log::info("prune round {}/{}: residual R {:.4g} on rank 0, density {:.4f}", t, s.rounds, residual, mask.density());
   }
   return mask;

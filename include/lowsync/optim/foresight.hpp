@@ -5,11 +5,13 @@
 #pragma once
 
 #include "lowsync/model/mask.hpp"
+#include "lowsync/optim/prune.hpp"
 
 #include <cstdint>
 #include <functional>
 #include <span>
 #include <string>
+#include <vector>
 
 namespace lowsync::optim {
 
@@ -20,6 +22,10 @@ struct PruneSettings {
   int batch = 16;      // ntk: Gaussian inputs per rank and round
   float eps = 0.01f;   // ntk: std of delta
   std::uint64_t seed = 1;
+  // ntk: how the summed saliency becomes a mask each round (issue #22). none: global top-k over
+  // all tensors (ALGORITHMS.md §2 as written); mean: each tensor's scores divided by their mean,
+  // then global top-k; layer: each tensor keeps its own top share (same density per tensor).
+  std::string normalize = "layer";
 };
 
 // Sums a buffer over all ranks in place (every rank calls it at the same point).
@@ -36,6 +42,9 @@ double ntk_rank_saliency(const PruneSettings& settings, int round, int rank, con
 // density (1-s)^(t/P) within the previous mask, one weight per output unit); magnitude ranks
 // |w_init| and random ranks uniform scores, once, at the final density. weight = this rank's
 // share n_k/n of the data (the federated weighting of the local estimates).
+// The tensors of the mlp (fc1.weight, fc1.bias, ...) as score groups.
+std::vector<ScoreGroup> mlp_score_groups();
+
 model::Mask foresight_prune(const PruneSettings& settings, int rank, const SumOverRanks& sum_over_ranks,
                             double weight);
 

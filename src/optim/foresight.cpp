@@ -25,7 +25,8 @@ double ntk_rank_saliency(const PruneSettings& s, int round, int rank, const mode
   if (mask.size() != d || saliency.size() != d) fail("ntk saliency: mask/saliency sizes {} {} != {}", mask.size(), saliency.size(), d);
   const auto r = static_cast<std::uint64_t>(round), k = static_cast<std::uint64_t>(rank);
   memory::TrackedBuffer<float> w0("prune.w0", d), delta("prune.delta", d), m("prune.mask", d);
-  const std::uint64_t w0_seed = stream_key({s.seed, kTagW0, r, k});
+  if (s.init != "fresh" && s.init != "train") fail("prune.ntk.init = '{}' is not one of fresh|train", s.init);
+  const std::uint64_t w0_seed = s.init == "train" ? s.seed : stream_key({s.seed, kTagW0, r, k});
   for (std::size_t j = 0; j < d; ++j) w0[j] = model::mlp_initial_value(w0_seed, j);
   draw_delta(stream_key({s.seed, kTagDelta, r, k}), s.eps, delta.span());
   mask.to_floats(m.span());

@@ -2,12 +2,13 @@
 # Low-memory training over seeds (issue #22, ALGORITHMS.md §2): Fashion-MNIST MLP, RANKS ranks,
 # Dirichlet(ALPHA), batch BATCH per rank, STEPS steps with the test set evaluated every EVAL_EVERY
 # steps, seeds SEEDS: dense backprop, dense ZO, ZO after NTK pruning (faithful global ranking and
-# the per-tensor variant prune.ntk.normalize = layer), magnitude and random pruning at SPARSITY.
+# the variants: ntk_layer = prune.ntk.normalize = layer, ntk_train = layer + prune.ntk.init = train),
+# magnitude and random pruning at SPARSITY.
 # Prints, per row and evaluated step, test accuracy mean [min, max] over seeds, then
 # train_state_bytes (max over ranks) vs dense BP and per-tensor density.
 #   usage: tools/bench/zo_prune_seeds.sh [LOWSYNC_BINARY] [OUT_DIR]
 #   env:   RANKS=4 STEPS=1000 EVAL_EVERY=300 SEEDS="1 2 3" BATCH=32 Q=16 SPARSITY=0.9 ALPHA=0.5
-#          ROWS="dense_bp dense_zo ntk_none ntk_layer magnitude random" ZO_LR=0.01 BP_LR=0.05
+#          ROWS="dense_bp dense_zo ntk_none ntk_layer ntk_train magnitude random" ZO_LR=0.01 BP_LR=0.05
 #          PARALLEL=1 (runs at once; RANKS*PARALLEL cores) DATA=/usr/share/datasets/fashion-mnist
 # A finished run (summary.json present) is not repeated, so an interrupted table resumes.
 set -euo pipefail
@@ -16,16 +17,18 @@ OUT=${2:-/tmp/lowsync_zo_seeds}
 RANKS=${RANKS:-4} STEPS=${STEPS:-1000} EVAL_EVERY=${EVAL_EVERY:-300} SEEDS=${SEEDS:-"1 2 3"} BATCH=${BATCH:-32}
 Q=${Q:-16} SPARSITY=${SPARSITY:-0.9} ALPHA=${ALPHA:-0.5} PARALLEL=${PARALLEL:-1} ZO_LR=${ZO_LR:-0.01}
 BP_LR=${BP_LR:-0.05} DATA=${DATA:-/usr/share/datasets/fashion-mnist}
-ROWS=${ROWS:-"dense_bp dense_zo ntk_none ntk_layer magnitude random"}
+ROWS=${ROWS:-"dense_bp dense_zo ntk_none ntk_layer ntk_train magnitude random"}
 mkdir -p "$OUT"
 zo="--set optim.name=zo --set optim.zo.q=$Q --set optim.zo.update=adam --set optim.lr=$ZO_LR --set optim.zo.form=fedsgd --set prune.sparsity=$SPARSITY"
 args_of() {
   case $1 in
     dense_bp) echo "--set optim.name=sgd --set optim.lr=$BP_LR --set sync.strategy=allreduce" ;;
     dense_zo) echo "$zo --set prune.method=none" ;;
-    ntk_none) echo "$zo --set prune.method=ntk --set prune.ntk.normalize=none" ;;
+    ntk_none) echo "$zo --set prune.method=ntk --set prune.ntk.normalize=none --set prune.ntk.init=fresh" ;;
     ntk_mean) echo "$zo --set prune.method=ntk --set prune.ntk.normalize=mean" ;;
-    ntk_layer) echo "$zo --set prune.method=ntk --set prune.ntk.normalize=layer" ;;
+    ntk_layer) echo "$zo --set prune.method=ntk --set prune.ntk.normalize=layer --set prune.ntk.init=fresh" ;;
+    ntk_train) echo "$zo --set prune.method=ntk --set prune.ntk.normalize=layer --set prune.ntk.init=train" ;;
+    ntk_none_train) echo "$zo --set prune.method=ntk --set prune.ntk.normalize=none --set prune.ntk.init=train" ;;
     magnitude) echo "$zo --set prune.method=magnitude" ;;
     random) echo "$zo --set prune.method=random" ;;
     *) echo "unknown row $1" >&2; exit 2 ;;

@@ -2,7 +2,7 @@
 // data-free NTK saliency of round 1 (full mask) on one rank, and which share of each tensor a
 // one-shot global top-k at the final density would keep, for given prune.batch / prune.eps /
 // seed; then the per-tensor density of the full pruning (prune.rounds rounds) on 1 rank.
-//   build/bin/zo_saliency [batch=16] [eps=0.01] [rounds=10] [normalize=none] [seed=1]
+//   build/bin/zo_saliency [batch=16] [eps=0.01] [rounds=10] [normalize=none] [seed=1] [init=fresh]
 #include "lowsync/model/sparse_mlp.hpp"
 #include "lowsync/optim/foresight.hpp"
 #include "lowsync/optim/prune.hpp"
@@ -25,6 +25,7 @@ int main(int argc, char** argv) {
   s.rounds = argc > 3 ? std::stoi(argv[3]) : 10;
   s.normalize = argc > 4 ? argv[4] : "none";
   s.seed = argc > 5 ? std::stoull(argv[5]) : 1;
+  s.init = argc > 6 ? argv[6] : "fresh";
   const std::size_t d = model::mlp_num_params();
   std::vector<float> sal(d);
   const model::Mask full(d, true);
@@ -46,7 +47,7 @@ int main(int argc, char** argv) {
                top.range_density(info.offset, info.count));
   }
   const auto mask = optim::foresight_prune(s, 0, [](std::span<float>) {}, 1.0);
-  fmt::print("full pruning ({} rounds, normalize {}): ", s.rounds, s.normalize);
+  fmt::print("full pruning ({} rounds, normalize {}, init {}): ", s.rounds, s.normalize, s.init);
   for (const auto& info : infos) fmt::print("{} {:.3f}  ", info.name, mask.range_density(info.offset, info.count));
   fmt::print("\n");
 }

@@ -25,14 +25,21 @@ struct PruneSettings {
   // ntk: how the summed saliency becomes a mask each round (issue #22). none: global top-k over
   // all tensors (ALGORITHMS.md §2 as written); mean: each tensor's scores divided by their mean,
   // then global top-k; layer: each tensor keeps its own top share (same density per tensor).
-  std::string normalize = "layer";
+  std::string normalize = "none";  // the config key defaults to layer (chosen by measurement)
+  // ntk: the weights w0 the saliency is taken at. fresh: a new initialisation per round and rank
+  // (ALGORITHMS.md §2 as written); train: the initialisation training starts from (seed), the same
+  // on every rank. With fresh w0 and Gaussian inputs the units of a layer are exchangeable, so the
+  // expected saliency of every weight of a tensor is equal and the within-tensor choice is noise;
+  // at the training init it refers to the weights that will be trained.
+  std::string init = "fresh";
 };
 
 // Sums a buffer over all ranks in place (every rank calls it at the same point).
 using SumOverRanks = std::function<void(std::span<float>)>;
 
-// One rank's NTK saliency of round `round` (1-based): S = |m * dR/dm| for fresh w0 (init drawn
-// from (seed, round, rank)), Gaussian inputs and delta from the same key; 0 at pruned weights.
+// One rank's NTK saliency of round `round` (1-based): S = |m * dR/dm| at w0 (init drawn from
+// (seed, round, rank), or the training init for settings.init = train), Gaussian inputs and delta
+// from (seed, round, rank); 0 at pruned weights.
 // Returns R. Deterministic in (settings, round, rank, mask).
 double ntk_rank_saliency(const PruneSettings& settings, int round, int rank, const model::Mask& mask,
                          std::span<float> saliency);

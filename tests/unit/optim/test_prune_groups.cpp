@@ -12,6 +12,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 #include <vector>
 
@@ -89,6 +90,36 @@ TEST(PruneGroups, NtkLayerPruningOfTheMlpKeepsEveryTensorAtTheDensity) {
     EXPECT_NEAR(mask.range_density(info.offset, info.count), 0.1, info.count >= 256 ? 0.01 : 0.11) << info.name;
   s.normalize = "bogus";
   EXPECT_THROW(foresight_prune(s, 0, [](std::span<float>) {}, 1.0), Error);
+}
+
+// prune.ntk.init = train takes the saliency at the training initialisation (seed), the same at
+// every call, not at a fresh draw; since |m dR/dm| carries a factor w0, the large training-init
+// weights of fc3 score higher than the small ones.
+TEST(PruneGroups, NtkInitTrainUsesTheTrainingInitialisation) {
+  PruneSettings s;
+  s.method = "ntk";
+  s.batch = 2;
+  s.seed = 11;
+  const std::size_t d = model::mlp_num_params();
+  const Mask full(d, true);
+  std::vector<float> fresh(d), train(d), train_again(d);
+  ntk_rank_saliency(s, 1, 0, full, fresh);
+  s.init = "train";
+  ntk_rank_saliency(s, 1, 0, full, train);
+  ntk_rank_saliency(s, 1, 0, full, train_again);
+  EXPECT_EQ(train, train_again);
+  EXPECT_NE(train, fresh);
+  double big = 0.0, small = 0.0;
+  std::size_t nb = 0, ns = 0;
+  const auto fc3 = model::mlp_layer_specs()[2];
+  for (std::size_t j = fc3.weight_offset; j < fc3.bias_offset; ++j) {
+    const float w = std::fabs(model::mlp_initial_value(11, j));
+    if (w > 0.75f / 16.0f) { big += train[j]; ++nb; }
+    if (w < 0.25f / 16.0f) { small += train[j]; ++ns; }
+  }
+  EXPECT_GT(big / nb, 2.0 * small / ns);
+  s.init = "bogus";
+  EXPECT_THROW(ntk_rank_saliency(s, 1, 0, full, train), Error);
 }
 
 }  // namespace

@@ -64,6 +64,15 @@ std::vector<ScoreGroup> mlp_score_groups() {
   return groups;
 }
 
+std::vector<ScoreGroup> mlp_row_groups() {
+  std::vector<ScoreGroup> groups;
+  for (const auto& l : model::mlp_layer_specs()) {
+    for (std::size_t o = 0; o < l.out; ++o) groups.push_back({l.weight_offset + o * l.in, l.in});
+    groups.push_back({l.bias_offset, l.out});
+  }
+  return groups;
+}
+
 model::Mask foresight_prune(const PruneSettings& s, int rank, const SumOverRanks& sum_over_ranks, double weight) {
   const std::size_t d = model::mlp_num_params();
   const auto units = model::mlp_output_units();
@@ -81,9 +90,9 @@ model::Mask foresight_prune(const PruneSettings& s, int rank, const SumOverRanks
     return select_top_k(scores.span(), final_density, units);
   }
   if (s.method != "ntk") fail("prune.method = '{}' is not one of none|ntk|magnitude|random", s.method);
-  if (s.normalize != "none" && s.normalize != "mean" && s.normalize != "layer")
-    fail("prune.ntk.normalize = '{}' is not one of none|mean|layer", s.normalize);
-  const auto groups = mlp_score_groups();
+  if (s.normalize != "none" && s.normalize != "mean" && s.normalize != "layer" && s.normalize != "unit")
+    fail("prune.ntk.normalize = '{}' is not one of none|mean|layer|unit", s.normalize);
+  const auto groups = s.normalize == "unit" ? mlp_row_groups() : mlp_score_groups();
   Mask mask(d, true);
   for (int t = 1; t <= s.rounds; ++t) {
     const double residual = ntk_rank_saliency(s, t, rank, mask, scores.span());
@@ -91,7 +100,7 @@ model::Mask foresight_prune(const PruneSettings& s, int rank, const SumOverRanks
     for (std::size_t j = 0; j < d; ++j) scores[j] *= w;
     sum_over_ranks(scores.span());
     const double density = density_schedule(s.sparsity, t, s.rounds);
-    if (s.normalize == "layer") {
+    if (s.normalize == "layer" || s.normalize == "unit") {
       mask = select_top_k_per_group(scores.span(), density, groups, units, &mask);
     } else {
       if (s.normalize == "mean") normalize_per_group(scores.span(), groups, &mask);

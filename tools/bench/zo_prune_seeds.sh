@@ -27,6 +27,7 @@ args_of() {
     ntk_none) echo "$zo --set prune.method=ntk --set prune.ntk.normalize=none --set prune.ntk.init=fresh" ;;
     ntk_mean) echo "$zo --set prune.method=ntk --set prune.ntk.normalize=mean" ;;
     ntk_layer) echo "$zo --set prune.method=ntk --set prune.ntk.normalize=layer --set prune.ntk.init=fresh" ;;
+    ntk_unit) echo "$zo --set prune.method=ntk --set prune.ntk.normalize=unit --set prune.ntk.init=fresh" ;;
     ntk_train) echo "$zo --set prune.method=ntk --set prune.ntk.normalize=layer --set prune.ntk.init=train" ;;
     ntk_none_train) echo "$zo --set prune.method=ntk --set prune.ntk.normalize=none --set prune.ntk.init=train" ;;
     magnitude) echo "$zo --set prune.method=magnitude" ;;

@@ -50,4 +50,20 @@ int main(int argc, char** argv) {
   fmt::print("full pruning ({} rounds, normalize {}, init {}): ", s.rounds, s.normalize, s.init);
   for (const auto& info : infos) fmt::print("{} {:.3f}  ", info.name, mask.range_density(info.offset, info.count));
   fmt::print("\n");
+  // How evenly the kept weights spread over units: kept per output row (fan-in) and per input
+  // column (fan-out) of each weight; random pruning gives binomial counts (cv ~ 1/sqrt(mean)).
+  for (const auto& l : model::mlp_layer_specs()) {
+    std::vector<double> row(l.out, 0.0), col(l.in, 0.0);
+    for (std::size_t o = 0; o < l.out; ++o)
+      for (std::size_t i = 0; i < l.in; ++i)
+        if (mask.test(l.weight_offset + o * l.in + i)) { row[o] += 1; col[i] += 1; }
+    auto stats = [](const std::vector<double>& v) {
+      double m = 0, q = 0; std::size_t empty = 0, single = 0;
+      for (double x : v) { m += x; empty += x == 0 ? 1 : 0; single += x == 1 ? 1 : 0; }
+      m /= v.size();
+      for (double x : v) q += (x - m) * (x - m);
+      return fmt::format("mean {:.1f} cv {:.2f} empty {} single {}", m, std::sqrt(q / v.size()) / m, empty, single);
+    };
+    fmt::print("  [{}x{}] kept per row: {}; per column: {}\n", l.out, l.in, stats(row), stats(col));
+  }
 }

@@ -24,7 +24,8 @@ struct PruneSettings {
   std::uint64_t seed = 1;
   // ntk: how the summed saliency becomes a mask each round (issue #22). none: global top-k over
   // all tensors (ALGORITHMS.md §2 as written); mean: each tensor's scores divided by their mean,
-  // then global top-k; layer: each tensor keeps its own top share (same density per tensor).
+  // then global top-k; layer: each tensor keeps its own top share (same density per tensor);
+  // unit: each weight row (one output unit's fan-in) and each bias tensor keeps its own top share.
   std::string normalize = "none";  // the config key defaults to layer (chosen by measurement)
   // ntk: the weights w0 the saliency is taken at. fresh: a new initialisation per round and rank
   // (ALGORITHMS.md §2 as written); train: the initialisation training starts from (seed), the same
@@ -51,6 +52,8 @@ double ntk_rank_saliency(const PruneSettings& settings, int round, int rank, con
 // share n_k/n of the data (the federated weighting of the local estimates).
 // The tensors of the mlp (fc1.weight, fc1.bias, ...) as score groups.
 std::vector<ScoreGroup> mlp_score_groups();
+// One group per weight row (an output unit's fan-in) and one per bias tensor, in flat order.
+std::vector<ScoreGroup> mlp_row_groups();
 
 model::Mask foresight_prune(const PruneSettings& settings, int rank, const SumOverRanks& sum_over_ranks,
                             double weight);

@@ -92,6 +92,25 @@ TEST(PruneGroups, NtkLayerPruningOfTheMlpKeepsEveryTensorAtTheDensity) {
   EXPECT_THROW(foresight_prune(s, 0, [](std::span<float>) {}, 1.0), Error);
 }
 
+// normalize = unit: every weight row (output unit's fan-in) keeps the round's share of its inputs.
+TEST(PruneGroups, NtkUnitPruningGivesEveryRowTheSameFanIn) {
+  PruneSettings s;
+  s.method = "ntk";
+  s.rounds = 2;
+  s.batch = 2;
+  s.normalize = "unit";
+  const Mask mask = foresight_prune(s, 0, [](std::span<float>) {}, 1.0);
+  // A bias group whose target is below its forced entries keeps them: a few above the count.
+  EXPECT_GE(mask.nnz(), kept_count(0.1, model::mlp_num_params()));
+  EXPECT_LE(mask.nnz(), kept_count(0.1, model::mlp_num_params()) + 10);
+  for (const auto& l : model::mlp_layer_specs())
+    for (std::size_t o = 0; o < l.out; ++o) {
+      const std::size_t kept = mask.range_nnz(l.weight_offset + o * l.in, l.in);
+      // 0.1 * fan-in, rounded either way by the largest-remainder split.
+      EXPECT_LE(std::abs(static_cast<double>(kept) - 0.1 * static_cast<double>(l.in)), 1.0) << l.in << " row " << o;
+    }
+}
+
 // prune.ntk.init = train takes the saliency at the training initialisation (seed), the same at
 // every call, not at a fresh draw; since |m dR/dm| carries a factor w0, the large training-init
 // weights of fc3 score higher than the small ones.

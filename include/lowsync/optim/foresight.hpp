@@ -26,7 +26,7 @@ struct PruneSettings {
   // all tensors (ALGORITHMS.md §2 as written); mean: each tensor's scores divided by their mean,
   // then global top-k; layer: each tensor keeps its own top share (same density per tensor);
   // unit: each weight row (one output unit's fan-in) and each bias tensor keeps its own top share.
-  std::string normalize = "none";  // the config key defaults to layer (chosen by measurement)
+  std::string normalize = "none";  // the config key defaults to unit (chosen by measurement)
   // ntk: the weights w0 the saliency is taken at. fresh: a new initialisation per round and rank
   // (ALGORITHMS.md §2 as written); train: the initialisation training starts from (seed), the same
   // on every rank. With fresh w0 and Gaussian inputs the units of a layer are exchangeable, so the

@@ -131,6 +131,8 @@ class ZoLearner final : public Learner {
     prune_ = optim::PruneSettings{cfg.string("prune.method"), cfg.real("prune.sparsity"),
                                   static_cast<int>(cfg.integer("prune.rounds")), static_cast<int>(cfg.integer("prune.batch")),
                                   static_cast<float>(cfg.real("prune.eps")), seed};
+    prune_.normalize = cfg.string("prune.ntk.normalize");
+    prune_.init = cfg.string("prune.ntk.init");
     const Timer prune_timer;
     if (reader) {  // the saved mask: pruning is not repeated (and could differ on other data)
       const std::size_t d = model::mlp_num_params();

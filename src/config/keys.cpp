@@ -82,6 +82,8 @@ std::vector<KeySpec> build_schema() {
       integer("prune.rounds", 10, 1, 1000, "pruning rounds (exponential schedule)"),
       integer("prune.batch", 16, 1, 4096, "ntk: Gaussian inputs per rank per pruning round"),
       real("prune.eps", 0.01, 0.0, 1.0, "ntk: std of the weight perturbation delta of the finite-difference NTK trace"),
+      choice("prune.ntk.init", "fresh", {"fresh", "train"}, "ntk: weights the saliency is taken at: fresh = a new initialisation per round and rank (ALGORITHMS.md §2), train = the initialisation training starts from (docs/strategies.md)"),
+      choice("prune.ntk.normalize", "unit", {"none", "mean", "layer", "unit"}, "ntk: ranking of the saliency each round: none = global top-k over all tensors (ALGORITHMS.md §2 as written; starves fc1), mean = each tensor's scores divided by their mean then global top-k, layer = each tensor keeps its own top share (same density per tensor), unit = each weight row (an output unit's fan-in) keeps its own top share (docs/strategies.md)"),
       // communication
       choice("comm.backend", "mpi", {"mpi", "nccl"}, "collective backend (nccl only when built with it)"),
       boolean("comm.deterministic", false, "rank-ordered sums: bitwise repeatable runs (a little slower)"),

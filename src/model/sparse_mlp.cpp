@@ -1,6 +1,7 @@
 // SparseMlp: forward-only MLP over compressed kept weights with a sparse kernel (feature-major
-// activations, so each kept weight (o, i) adds v * x[i, :] to y[o, :], a contiguous axpy over the
-// batch), two reused activation buffers; and DenseMlpRef, the plain dense forward/backward used
+// activations; per output row the kept (column, value) pairs are listed once, then the row's
+// outputs are summed in vector registers over them, 16 samples per register), two reused
+// activation buffers; and DenseMlpRef, the plain dense forward/backward used
 // by the data-free NTK pruning phase and as a test reference.
 #include "lowsync/model/sparse_mlp.hpp"
 
@@ -16,6 +17,42 @@ namespace lowsync::model {
 namespace {
 
 constexpr std::size_t kInputs = 784, kClasses = 10;
+
+// y[b] = bias + sum_t vals[t] * x[cols[t] * n + b] over t ascending, for b < n (x feature-major
+// [in, n]). Tiles of 16 samples keep their 16 partial sums in one vector register across the whole
+// row instead of loading and storing y once per weight.
+void row_dot(const std::uint32_t* cols, const float* vals, std::size_t m, float bias, const float* x, std::size_t n,
+             float* y) {
+  constexpr std::size_t kTile = 16;
+  std::size_t b0 = 0;
+  for (; b0 + 2 * kTile <= n; b0 += 2 * kTile) {
+    float acc0[kTile], acc1[kTile];
+    for (std::size_t b = 0; b < kTile; ++b) acc0[b] = acc1[b] = bias;
+    for (std::size_t t = 0; t < m; ++t) {
+      const float w = vals[t];
+      const float* xi = x + static_cast<std::size_t>(cols[t]) * n + b0;
+      for (std::size_t b = 0; b < kTile; ++b) acc0[b] += w * xi[b];
+      for (std::size_t b = 0; b < kTile; ++b) acc1[b] += w * xi[kTile + b];
+    }
+    for (std::size_t b = 0; b < kTile; ++b) y[b0 + b] = acc0[b];
+    for (std::size_t b = 0; b < kTile; ++b) y[b0 + kTile + b] = acc1[b];
+  }
+  for (; b0 + kTile <= n; b0 += kTile) {
+    float acc[kTile];
+    for (std::size_t b = 0; b < kTile; ++b) acc[b] = bias;
+    for (std::size_t t = 0; t < m; ++t) {
+      const float w = vals[t];
+      const float* xi = x + static_cast<std::size_t>(cols[t]) * n + b0;
+      for (std::size_t b = 0; b < kTile; ++b) acc[b] += w * xi[b];
+    }
+    for (std::size_t b = 0; b < kTile; ++b) y[b0 + b] = acc[b];
+  }
+  for (std::size_t b = b0; b < n; ++b) {
+    float acc = bias;
+    for (std::size_t t = 0; t < m; ++t) acc += vals[t] * x[static_cast<std::size_t>(cols[t]) * n + b];
+    y[b] = acc;
+  }
+}
 
 }  // namespace
 
@@ -159,6 +196,10 @@ SparseMlp::SparseMlp(int batch, std::uint64_t seed, std::shared_ptr<const Mask> 
     bias_k_.push_back(mask->range_nnz(0, s.bias_offset));
     widest = std::max(widest, s.out);
   }
+  std::size_t widest_in = 0;
+  for (const auto& s : specs_) widest_in = std::max(widest_in, s.in);
+  row_cols_ = memory::TrackedBuffer<std::uint32_t>("zo.row_cols", widest_in);
+  row_vals_ = memory::TrackedBuffer<float>("zo.row_vals", widest_in);
   buf_a_ = memory::TrackedBuffer<float>("zo.act_a", widest * static_cast<std::size_t>(batch));
   buf_b_ = memory::TrackedBuffer<float>("zo.act_b", widest * static_cast<std::size_t>(batch));
 }
@@ -175,27 +216,28 @@ const float* SparseMlp::forward(const float* images, int n_int) {
   const float* v = params_.values().data();
   for (std::size_t l = 0; l < specs_.size(); ++l) {
     const auto& s = specs_[l];
-    // Bias: kept entries in flat order starting at bias_k_.
+    // Per output row: its kept (column, value) pairs in ascending column order, then the row's
+    // outputs accumulated in registers over those pairs, tile by tile of the batch. Each output
+    // is bias (or 0 when pruned) + w_1 x_1 + w_2 x_2 + ... in ascending column order, one fp32
+    // multiply and one add per term, as the plain loop computes it (bitwise the same).
     std::size_t kb = bias_k_[l];
+    std::size_t k = weight_k_[l];
+    std::uint32_t* cols = row_cols_.data();
+    float* vals = row_vals_.data();
     for (std::size_t o = 0; o < s.out; ++o) {
       const float bias = mask.test(s.bias_offset + o) ? v[kb++] : 0.0f;
-      std::fill(y + o * n, y + (o + 1) * n, bias);
-    }
-    // Kept weights in ascending flat order: walk the bitmap words of [weight_offset, bias_offset).
-    const std::size_t first = s.weight_offset, last = s.bias_offset;
-    std::size_t k = weight_k_[l];
-    for (std::size_t wi = first / 64; wi * 64 < last; ++wi) {
-      std::uint64_t bits = words[wi];
-      if (wi * 64 < first) bits &= ~0ULL << (first - wi * 64);
-      if ((wi + 1) * 64 > last) bits &= (last - wi * 64) >= 64 ? ~0ULL : ((1ULL << (last - wi * 64)) - 1);
-      for (; bits != 0; bits &= bits - 1) {
-        const std::size_t rel = wi * 64 + static_cast<std::size_t>(std::countr_zero(bits)) - first;
-        const std::size_t o = rel / s.in, i = rel % s.in;
-        const float w = v[k++];
-        float* yo = y + o * n;
-        const float* xi = x + i * n;
-        for (std::size_t b = 0; b < n; ++b) yo[b] += w * xi[b];
+      const std::size_t first = s.weight_offset + o * s.in, last = first + s.in;
+      std::size_t m = 0;
+      for (std::size_t wi = first / 64; wi * 64 < last; ++wi) {
+        std::uint64_t bits = words[wi];
+        if (wi * 64 < first) bits &= ~0ULL << (first - wi * 64);
+        if ((wi + 1) * 64 > last) bits &= (last - wi * 64) >= 64 ? ~0ULL : ((1ULL << (last - wi * 64)) - 1);
+        for (; bits != 0; bits &= bits - 1) {
+          cols[m] = static_cast<std::uint32_t>(wi * 64 + static_cast<std::size_t>(std::countr_zero(bits)) - first);
+          vals[m++] = v[k++];
+        }
       }
+      row_dot(cols, vals, m, bias, x, n, y + o * n);
     }
     if (s.relu)
       for (std::size_t e = 0; e < s.out * n; ++e) y[e] = std::max(y[e], 0.0f);

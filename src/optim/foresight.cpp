@@ -25,7 +25,8 @@ double ntk_rank_saliency(const PruneSettings& s, int round, int rank, const mode
   if (mask.size() != d || saliency.size() != d) fail("ntk saliency: mask/saliency sizes {} {} != {}", mask.size(), saliency.size(), d);
   const auto r = static_cast<std::uint64_t>(round), k = static_cast<std::uint64_t>(rank);
   memory::TrackedBuffer<float> w0("prune.w0", d), delta("prune.delta", d), m("prune.mask", d);
-  const std::uint64_t w0_seed = stream_key({s.seed, kTagW0, r, k});
+  if (s.init != "fresh" && s.init != "train") fail("prune.ntk.init = '{}' is not one of fresh|train", s.init);
+  const std::uint64_t w0_seed = s.init == "train" ? s.seed : stream_key({s.seed, kTagW0, r, k});
   for (std::size_t j = 0; j < d; ++j) w0[j] = model::mlp_initial_value(w0_seed, j);
   draw_delta(stream_key({s.seed, kTagDelta, r, k}), s.eps, delta.span());
   mask.to_floats(m.span());
@@ -57,6 +58,21 @@ double ntk_rank_saliency(const PruneSettings& s, int round, int rank, const mode
   return ntk_saliency(residual_grad, w0.span(), delta.span(), m.span(), saliency);
 }
 
+std::vector<ScoreGroup> mlp_score_groups() {
+  std::vector<ScoreGroup> groups;
+  for (const auto& info : model::mlp_param_infos()) groups.push_back({info.offset, info.count});
+  return groups;
+}
+
+std::vector<ScoreGroup> mlp_row_groups() {
+  std::vector<ScoreGroup> groups;
+  for (const auto& l : model::mlp_layer_specs()) {
+    for (std::size_t o = 0; o < l.out; ++o) groups.push_back({l.weight_offset + o * l.in, l.in});
+    groups.push_back({l.bias_offset, l.out});
+  }
+  return groups;
+}
+
 model::Mask foresight_prune(const PruneSettings& s, int rank, const SumOverRanks& sum_over_ranks, double weight) {
   const std::size_t d = model::mlp_num_params();
   const auto units = model::mlp_output_units();
@@ -74,13 +90,22 @@ model::Mask foresight_prune(const PruneSettings& s, int rank, const SumOverRanks
     return select_top_k(scores.span(), final_density, units);
   }
   if (s.method != "ntk") fail("prune.method = '{}' is not one of none|ntk|magnitude|random", s.method);
+  if (s.normalize != "none" && s.normalize != "mean" && s.normalize != "layer" && s.normalize != "unit")
+    fail("prune.ntk.normalize = '{}' is not one of none|mean|layer|unit", s.normalize);
+  const auto groups = s.normalize == "unit" ? mlp_row_groups() : mlp_score_groups();
   Mask mask(d, true);
   for (int t = 1; t <= s.rounds; ++t) {
     const double residual = ntk_rank_saliency(s, t, rank, mask, scores.span());
     const auto w = static_cast<float>(weight);
     for (std::size_t j = 0; j < d; ++j) scores[j] *= w;
     sum_over_ranks(scores.span());
-    mask = select_top_k(scores.span(), density_schedule(s.sparsity, t, s.rounds), units, &mask);
+    const double density = density_schedule(s.sparsity, t, s.rounds);
+    if (s.normalize == "layer" || s.normalize == "unit") {
+      mask = select_top_k_per_group(scores.span(), density, groups, units, &mask);
+    } else {
+      if (s.normalize == "mean") normalize_per_group(scores.span(), groups, &mask);
+      mask = select_top_k(scores.span(), density, units, &mask);
+    }
     log::info("prune round {}/{}: residual R {:.4g} on rank 0, density {:.4f}", t, s.rounds, residual, mask.density());
   }
   return mask;

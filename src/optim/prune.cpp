@@ -87,6 +87,83 @@ Mask select_top_k(std::span<const float> scores, double density, std::span<const
   return kept;
 }
 
+namespace {
+
+void check_groups(std::span<const ScoreGroup> groups, std::size_t d) {
+  std::size_t next = 0;
+  for (const ScoreGroup& g : groups) {
+    if (g.offset != next) fail("prune: score groups must tile the parameters in order (group at {}, expected {})", g.offset, next);
+    next = g.offset + g.count;
+  }
+  if (next != d) fail("prune: score groups cover {} of {} parameters", next, d);
+}
+
+std::size_t group_candidates(const ScoreGroup& g, const Mask* within) {
+  return within == nullptr ? g.count : within->range_nnz(g.offset, g.count);
+}
+
+}  // namespace
+
+std::vector<std::size_t> group_targets(double density, std::span<const ScoreGroup> groups, std::size_t d,
+                                       const Mask* within) {
+  check_groups(groups, d);
+  const std::size_t total = kept_count(density, d);
+  std::vector<std::size_t> target(groups.size());
+  std::vector<std::pair<double, std::size_t>> remainder;  // (fractional part, group)
+  std::size_t assigned = 0;
+  for (std::size_t g = 0; g < groups.size(); ++g) {
+    const double exact = static_cast<double>(total) * static_cast<double>(groups[g].count) / static_cast<double>(d);
+    target[g] = static_cast<std::size_t>(std::floor(exact));
+    assigned += target[g];
+    remainder.emplace_back(exact - std::floor(exact), g);
+  }
+  std::stable_sort(remainder.begin(), remainder.end(),
+                   [](const auto& a, const auto& b) { return a.first > b.first; });
+  for (std::size_t i = 0; assigned < total && i < remainder.size(); ++i, ++assigned) ++target[remainder[i].second];
+  for (std::size_t g = 0; g < groups.size(); ++g) target[g] = std::min(target[g], group_candidates(groups[g], within));
+  return target;
+}
+
+Mask select_top_k_per_group(std::span<const float> scores, double density, std::span<const ScoreGroup> groups,
+                            std::span<const OutputUnit> units, const Mask* within) {
+  const std::size_t d = scores.size();
+  if (within != nullptr && within->size() != d) fail("prune: mask has {} entries, scores {}", within->size(), d);
+  const auto target = group_targets(density, groups, d, within);
+  // Forcing (one weight per unit) exactly as the global selection; density 0 keeps only those.
+  Mask kept = select_top_k(scores, 0.0, units, within);
+  const auto better = [&](std::size_t a, std::size_t b) {
+    return scores[a] != scores[b] ? scores[a] > scores[b] : a < b;
+  };
+  for (std::size_t g = 0; g < groups.size(); ++g) {
+    const ScoreGroup& grp = groups[g];
+    const std::size_t forced = kept.range_nnz(grp.offset, grp.count);
+    if (target[g] <= forced) continue;
+    const std::size_t fill = target[g] - forced;
+    std::vector<std::uint32_t> rest;
+    for (std::size_t j = grp.offset; j < grp.offset + grp.count; ++j)
+      if ((within == nullptr || within->test(j)) && !kept.test(j)) rest.push_back(static_cast<std::uint32_t>(j));
+    std::nth_element(rest.begin(), rest.begin() + static_cast<std::ptrdiff_t>(fill - 1), rest.end(), better);
+    for (std::size_t i = 0; i < fill; ++i) kept.set(rest[i], true);
+  }
+  return kept;
+}
+
+void normalize_per_group(std::span<float> scores, std::span<const ScoreGroup> groups, const Mask* within) {
+  check_groups(groups, scores.size());
+  for (const ScoreGroup& g : groups) {
+    double sum = 0.0;
+    std::size_t n = 0;
+    for (std::size_t j = g.offset; j < g.offset + g.count; ++j)
+      if (within == nullptr || within->test(j)) {
+        sum += scores[j];
+        ++n;
+      }
+    if (n == 0 || !(sum > 0.0)) continue;
+    const double inv_mean = static_cast<double>(n) / sum;
+    for (std::size_t j = g.offset; j < g.offset + g.count; ++j) scores[j] = static_cast<float>(scores[j] * inv_mean);
+  }
+}
+
 void magnitude_scores(std::span<const float> params, std::span<float> scores) {
   if (params.size() != scores.size())
     fail("magnitude scores: {} params, {} scores", params.size(), scores.size());

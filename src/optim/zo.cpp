@@ -5,9 +5,12 @@
 
 #include "lowsync/core/error.hpp"
 #include "lowsync/core/rng.hpp"
+#include "lowsync/core/rng_block.hpp"
 
 #include <Kokkos_Core.hpp>
 
+#include <algorithm>
+#include <bit>
 #include <cmath>
 #include <limits>
 
@@ -15,6 +18,66 @@ namespace lowsync::optim {
 namespace {
 
 using HostRange = Kokkos::RangePolicy<Kokkos::DefaultHostExecutionSpace>;
+constexpr std::size_t kBlockBits = SparseParams::kBlockBits;  // 512 coordinates per work item
+
+// Flat indices of the kept coordinates of 512-bit block b of a bitmap (all of them when words is
+// null), ascending; returns how many.
+inline std::size_t block_indices(const std::uint64_t* words, std::size_t d, std::size_t b, std::uint64_t* index) {
+  const std::size_t lo = b * kBlockBits, hi = std::min(d, lo + kBlockBits);
+  std::size_t n = 0;
+  if (words == nullptr) {
+    for (std::size_t j = lo; j < hi; ++j) index[n++] = j;
+    return n;
+  }
+  for (std::size_t w = lo / 64; w * 64 < hi; ++w)
+    for (std::uint64_t bits = words[w]; bits != 0; bits &= bits - 1)
+      index[n++] = w * 64 + static_cast<std::size_t>(std::countr_zero(bits));
+  return n;
+}
+
+// Calls fn(k_first, index, count) per 512-bit block of the kept coordinates: index[t] is the flat
+// index of kept entry k_first + t (value position in compressed storage, or the flat index itself
+// when `offsets` is null). A Kokkos kernel over blocks; each block's normals come in one
+// normal01_gather (core/rng_block.hpp, bitwise normal01).
+template <class Fn>
+void for_each_kept_block(const std::uint64_t* words, const std::uint32_t* offsets, std::size_t d, Fn fn) {
+  const std::size_t blocks = (d + kBlockBits - 1) / kBlockBits;
+  Kokkos::parallel_for("lowsync::optim::zo_blocks", HostRange(0, blocks), [=](const std::int64_t b_signed) {
+    const auto b = static_cast<std::size_t>(b_signed);
+    std::uint64_t index[kBlockBits];
+    const std::size_t n = block_indices(words, d, b, index);
+    if (n == 0) return;
+    fn(offsets != nullptr ? static_cast<std::size_t>(offsets[b]) : b * kBlockBits, index, n);
+  });
+}
+
+// w[k_first + t] += coef * (mu * u[index[t]]) on one block: mu * u rounded to fp32 first, coef
+// (+-1, +-2) exact, as the scalar formula.
+inline void perturb_block(float* w, std::uint64_t key, float mu, float coef, const std::uint64_t* index,
+                          std::size_t n, bool dense_positions, std::size_t k_first) {
+  float u[kBlockBits];
+  normal01_gather(key, index, n, u);
+  for (std::size_t t = 0; t < n; ++t) {
+    const float step = mu * u[t];
+    float& v = w[dense_positions ? index[t] : k_first + t];
+    v += coef * step;
+  }
+}
+
+// g[t] = sum_i c_i u_i[index[t]] in double, directions in ascending order (the scalar order, so
+// the result is bitwise that of the per-coordinate loop).
+inline void estimate_block(const double* c, const std::uint64_t* keys, std::size_t num_dirs,
+                           const std::uint64_t* index, std::size_t n, float* g) {
+  double sum[kBlockBits];
+  float u[kBlockBits];
+  for (std::size_t t = 0; t < n; ++t) sum[t] = 0.0;
+  for (std::size_t i = 0; i < num_dirs; ++i) {
+    normal01_gather(keys[i], index, n, u);
+    const double ci = c[i];
+    for (std::size_t t = 0; t < n; ++t) sum[t] += ci * static_cast<double>(u[t]);
+  }
+  for (std::size_t t = 0; t < n; ++t) g[t] = static_cast<float>(sum[t]);
+}
 
 }  // namespace
 
@@ -27,22 +90,18 @@ void zo_perturb(std::span<float> params, const Mask* mask, std::uint64_t key, fl
   if (mask != nullptr && mask->size() != params.size())
     fail("zo perturb: mask has {} entries, params {}", mask->size(), params.size());
   float* w = params.data();
-  const std::uint64_t* words = mask != nullptr ? mask->words() : nullptr;
-  Kokkos::parallel_for("lowsync::optim::zo_perturb", HostRange(0, params.size()),
-                       [=](const std::int64_t j) {
-                         if (words != nullptr && ((words[j >> 6] >> (j & 63)) & 1u) == 0) return;
-                         // One fp32 rounding of mu*u, then an exact scaling by coef (+-1, +-2).
-                         const float step = mu * normal01(key, static_cast<std::uint64_t>(j));
-                         w[j] += coef * step;
-                       });
+  for_each_kept_block(mask != nullptr ? mask->words() : nullptr, nullptr, params.size(),
+                      [=](std::size_t, const std::uint64_t* index, std::size_t n) {
+                        perturb_block(w, key, mu, coef, index, n, true, 0);
+                      });
 }
 
 void zo_perturb(SparseParams& params, std::uint64_t key, float mu, float coef) {
   float* values = params.values().data();
-  for_each_kept(params, [=](std::size_t k, std::size_t j) {
-    const float step = mu * normal01(key, j);
-    values[k] += coef * step;
-  });
+  for_each_kept_block(params.mask().words(), params.block_offsets().data(), params.num_params(),
+                      [=](std::size_t k_first, const std::uint64_t* index, std::size_t n) {
+                        perturb_block(values, key, mu, coef, index, n, false, k_first);
+                      });
 }
 
 ZoEstimator::ZoEstimator(const ZoSettings& settings) : settings_(settings) {
@@ -140,22 +199,16 @@ int ZoEstimator::apply_estimate(std::span<const float> loss_diffs, std::uint64_t
   const int kept = coefficients(loss_diffs, step, coef, keys);
   const double* c = coef.data();
   const std::uint64_t* k = keys.data();
-  const std::size_t n = coef.size();
-  const std::uint64_t* words = mask != nullptr ? mask->words() : nullptr;
+  const std::size_t num_dirs = coef.size();
   float* g = grad.data();
-  // Coordinate-outer so each gradient entry is written once; the q directions are regenerated
-  // per coordinate (counter-based, so the order does not matter).
-  Kokkos::parallel_for("lowsync::optim::zo_apply", HostRange(0, grad.size()),
-                       [=](const std::int64_t j) {
-                         if (words != nullptr && ((words[j >> 6] >> (j & 63)) & 1u) == 0) {
-                           g[j] = 0.0f;
-                           return;
-                         }
-                         double sum = 0.0;
-                         for (std::size_t i = 0; i < n; ++i)
-                           sum += c[i] * normal01(k[i], static_cast<std::uint64_t>(j));
-                         g[j] = static_cast<float>(sum);
-                       });
+  // Pruned coordinates get exactly 0; kept ones one block of normals per direction.
+  if (mask != nullptr) std::fill(grad.begin(), grad.end(), 0.0f);
+  for_each_kept_block(mask != nullptr ? mask->words() : nullptr, nullptr, grad.size(),
+                      [=](std::size_t, const std::uint64_t* index, std::size_t n) {
+                        float out[kBlockBits];
+                        estimate_block(c, k, num_dirs, index, n, out);
+                        for (std::size_t t = 0; t < n; ++t) g[index[t]] = out[t];
+                      });
   return kept;
 }
 
@@ -168,13 +221,12 @@ int ZoEstimator::apply_estimate(std::span<const float> loss_diffs, std::uint64_t
   const int kept = coefficients(loss_diffs, step, coef, keys);
   const double* c = coef.data();
   const std::uint64_t* key = keys.data();
-  const std::size_t n = coef.size();
+  const std::size_t num_dirs = coef.size();
   float* g = grad_values.data();
-  for_each_kept(layout, [=](std::size_t k, std::size_t j) {
-    double sum = 0.0;
-    for (std::size_t i = 0; i < n; ++i) sum += c[i] * normal01(key[i], j);
-    g[k] = static_cast<float>(sum);
-  });
+  for_each_kept_block(layout.mask().words(), layout.block_offsets().data(), layout.num_params(),
+                      [=](std::size_t k_first, const std::uint64_t* index, std::size_t n) {
+                        estimate_block(c, key, num_dirs, index, n, g + k_first);
+                      });
   return kept;
 }
 

@@ -83,6 +83,8 @@ class SparseMlp {
   std::vector<std::size_t> weight_k_, bias_k_;  // index of the first kept value of each block
   SparseParams params_;
   memory::TrackedBuffer<float> buf_a_, buf_b_;  // ping-pong activations [width, batch]
+  memory::TrackedBuffer<std::uint32_t> row_cols_;  // kept columns of one output row [<= in]
+  memory::TrackedBuffer<float> row_vals_;          // their values
 };
 
 }  // namespace lowsync::model

@@ -46,6 +46,32 @@ std::size_t kept_count(double density, std::size_t num_params);
 Mask select_top_k(std::span<const float> scores, double density,
                   std::span<const OutputUnit> units = {}, const Mask* within = nullptr);
 
+// A contiguous block of flat indices ranked as one tensor (fc1.weight, fc1.bias, ...).
+struct ScoreGroup {
+  std::size_t offset = 0;
+  std::size_t count = 0;
+};
+
+// Per-group kept counts: kept_count(density, d) split in proportion to the group sizes by largest
+// remainder (ties -> lower group), so they sum to the global count; each clamped to the group's
+// candidate count (all indices, or those kept in `within`). Groups must tile [0, d) in order.
+std::vector<std::size_t> group_targets(double density, std::span<const ScoreGroup> groups, std::size_t d,
+                                       const Mask* within = nullptr);
+
+// Layer-wise top-k (proposal of issue #22, prune.ntk.normalize = layer): as select_top_k, but each
+// group keeps its own group_targets() count of its best candidates, so every tensor ends at the
+// same density (as random pruning does) and only the choice within a tensor follows the scores.
+// The one-weight-per-unit forcing is the same; a group's forced weights count towards its target,
+// so nnz == sum over groups of max(target, forced) (== the global count unless forcing exceeds it).
+Mask select_top_k_per_group(std::span<const float> scores, double density, std::span<const ScoreGroup> groups,
+                            std::span<const OutputUnit> units = {}, const Mask* within = nullptr);
+
+// Divides each group's scores by their mean over its candidates (prune.ntk.normalize = mean): a
+// global ranking then compares weights by how far they stand above their own tensor's typical
+// score, not across tensors whose saliency scales differ by orders of magnitude. A group whose
+// mean is 0 is left unchanged.
+void normalize_per_group(std::span<float> scores, std::span<const ScoreGroup> groups, const Mask* within = nullptr);
+
 // Magnitude baseline: scores[j] = |w[j]|.
 void magnitude_scores(std::span<const float> params, std::span<float> scores);
 // Random baseline: scores[j] = uniform01(stream_key({seed, round, kRandomPruneTag}), j).

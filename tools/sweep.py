@@ -71,7 +71,8 @@ class Run:
     config: Path | None = None
     meta: dict = field(default_factory=dict)
 
-    def train_args(self, lowsync: str, out: Path | None = None, resume: bool = False) -> list[str]:
+    def train_args(self, lowsync: str, out: Path | None = None, resume: bool = False,
+                   force: bool = False) -> list[str]:
         out = out if out is not None else self.out
         args = [lowsync, "train"]
         if self.config is not None:
@@ -81,6 +82,8 @@ class Run:
         args += ["--out", str(out)]
         if resume:
             args += ["--resume", str(out)]
+        elif force:
+            args += ["--force"]
         return args
 
 
@@ -307,7 +310,11 @@ def launch_command(run: Run, lowsync: str, out: Path | None = None,
     out = out if out is not None else run.out
     # A stopped or partial run resumes from its latest checkpoint (the trainer picks it from
     # <out>/checkpoints); only a run with nothing to resume from starts from step 0.
-    args = run.train_args(lowsync, out, resume=has_checkpoint(out) and not is_complete(out, run))
+    resume = has_checkpoint(out) and not is_complete(out, run)
+    # A run folder of this sweep's that holds files but no checkpoint (an attempt killed before
+    # its first one) starts over: lowsync train refuses to reuse such a folder without --force.
+    force = not resume and any((out / f).exists() for f in ("config.toml", "metrics.csv", "summary.json"))
+    args = run.train_args(lowsync, out, resume=resume, force=force)
     if threads is not None and not any(s.startswith("train.threads=") for s in run.sets):
         # Each rank's oneDNN threads fill the CPUs of its Slurm task (not part of the run's
         # identity: a resume may run with another thread count).

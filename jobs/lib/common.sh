@@ -96,6 +96,8 @@ lowsync_train_args() {
   TRAIN_ARGS+=(--out "$out")
   if [[ -n ${RESUME:-} ]]; then
     TRAIN_ARGS+=(--resume "$RESUME")
+  elif [[ ${FORCE:-0} == 1 ]]; then
+    TRAIN_ARGS+=(--force)
   fi
   TRAIN_ARGS+=("$@")
 }
@@ -173,6 +175,8 @@ lowsync_train_job() {
   restarts=${SLURM_RESTART_COUNT:-0}
   if [[ -z ${RESUME:-} ]] && lowsync_has_checkpoint "$out"; then
     RESUME=$out
+  elif [[ -z ${RESUME:-} && $restarts -gt 0 ]]; then
+    FORCE=1  # a requeued job whose first start left no checkpoint starts over in its own folder
   fi
   lowsync_train_args "$out" "$@" || exit 2
   mkdir -p "$out"

@@ -4,11 +4,13 @@
 
 #include "lowsync/data/dataset.hpp"
 #include "lowsync/data/partition.hpp"
+#include "lowsync/data/registry.hpp"
 
 namespace lowsync::app {
 
 void check_batch_fits_partition(const config::Config& cfg, int world_size) {
-  const auto labels = data::load_train_labels(cfg.string("data.dir"), cfg.integer("data.train_limit"));
+  const auto labels =
+      data::dataset_entry(cfg.string("data.name")).train_labels(cfg.string("data.dir"), cfg.integer("data.train_limit"));
   // The trainers' spec: seed = train.seed (trainer.cpp, zo_trainer.cpp).
   const data::PartitionSpec spec{cfg.string("data.partition"), cfg.real("data.alpha"),
                                  static_cast<int>(cfg.integer("data.shards_per_rank")),

@@ -12,6 +12,7 @@
 #include "lowsync/core/timer.hpp"
 #include "lowsync/data/loader.hpp"
 #include "lowsync/data/partition.hpp"
+#include "lowsync/data/registry.hpp"
 #include "lowsync/io/checkpoint_file.hpp"
 #include "lowsync/io/metrics.hpp"
 #include "lowsync/config.hpp"
@@ -99,7 +100,7 @@ std::unique_ptr<TrainingData> load_training_data(const config::Config& cfg, cons
   const int rank = comm.rank(), world = comm.size();
   const auto seed = static_cast<std::uint64_t>(cfg.integer("train.seed"));
   auto data = std::make_unique<TrainingData>();
-  data->files = data::load_fashion_mnist(cfg.string("data.dir"), cfg.integer("data.train_limit"));
+  data->files = data::dataset_entry(cfg.string("data.name")).load(cfg.string("data.dir"), cfg.integer("data.train_limit"));
   const data::Dataset& train = data->files.train;
   const data::PartitionSpec spec{cfg.string("data.partition"), cfg.real("data.alpha"),
                                  static_cast<int>(cfg.integer("data.shards_per_rank")), seed};

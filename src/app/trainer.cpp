@@ -9,6 +9,7 @@
 #include "lowsync/core/error.hpp"
 #include "lowsync/core/log.hpp"
 #include "lowsync/data/dataset.hpp"
+#include "lowsync/data/registry.hpp"
 #include "lowsync/io/checkpoint_file.hpp"
 #include "lowsync/io/metrics.hpp"
 #include "lowsync/model/model.hpp"
@@ -71,7 +72,8 @@ std::unique_ptr<Learner> make_learner(const config::Config& cfg, comm::Communica
 
 Json evaluate_checkpoint(const std::filesystem::path& path, const config::Config& cfg, comm::Communicator& comm) {
   cfg.validate();
-  const auto test = data::load_fashion_mnist(cfg.string("data.dir"), cfg.integer("data.train_limit")).test;
+  const auto test =
+      data::dataset_entry(cfg.string("data.name")).load(cfg.string("data.dir"), cfg.integer("data.train_limit")).test;
   model::Model model(cfg.string("model.arch"), static_cast<int>(cfg.integer("train.batch")),
                      static_cast<std::uint64_t>(cfg.integer("train.seed")));
   model.set_eval_batch(static_cast<int>(cfg.integer("eval.batch")));

@@ -31,7 +31,8 @@ std::vector<KeySpec> build_schema() {
   return {
       // model and data
       choice("model.arch", "mlp", {"mlp", "cnn"}, "network: mlp 784-512-256-10 or cnn (2 conv + 2 fc)"),
-      text("data.dir", "/usr/share/datasets/fashion-mnist", "folder with the four Fashion-MNIST IDX .gz files"),
+      choice("data.name", "fashion-mnist", {"fashion-mnist"}, "dataset (data/registry.cpp); its files are read from data.dir"),
+      text("data.dir", "/usr/share/datasets/fashion-mnist", "folder of the data.name dataset's files (fashion-mnist: the four IDX files, .gz or plain)"),
       choice("data.partition", "iid", {"iid", "dirichlet", "shards"}, "how training samples are split over ranks"),
       real("data.alpha", 0.5, 1e-6, kBig, "Dirichlet concentration for data.partition=dirichlet (small = skewed)"),
       integer("data.shards_per_rank", 2, 1, 1000, "label-sorted shards per rank for data.partition=shards"),

@@ -406,7 +406,7 @@ class SweepTest(unittest.TestCase):
         self.assertEqual(r.stdout.strip(), "3")
 
     def test_shipped_sweeps_expand(self):
-        expected = {"strategies.toml": 20, "precision.toml": 12, "smoke.toml": 4}
+        expected = {"strategies.toml": 20, "precision.toml": 18, "smoke.toml": 4}  # precision: + FDA rows (issue #17)
         for name, count in expected.items():
             self.assertEqual(len(self.listing(REPO / "jobs" / "sweeps" / name)), count, name)
 

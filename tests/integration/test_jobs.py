@@ -8,6 +8,7 @@ printed commands. tools/slurm/test_slurm.sh runs the same scripts on a real Slur
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -360,6 +361,56 @@ class SweepGroupsTest(unittest.TestCase):
         r = self.submit(THROTTLE="x")
         self.assertEqual(r.returncode, 2)
         self.assertIn("THROTTLE", r.stderr)
+
+
+class SweepFilesTest(unittest.TestCase):
+    """Every jobs/sweeps/*.toml parses and expands (tools/sweep.py list) to its run count; the
+    files that replaced tools/bench/{precision,fda_compare,demo_compare}.py keep their rows."""
+
+    EXPECTED = {"smoke.toml": 4, "strategies.toml": 20, "precision.toml": 18,
+                "precision_compute.toml": 4, "precision_storage.toml": 20, "fda_compare.toml": 32,
+                "demo_compare.toml": 3, "demo_compare_cnn.toml": 3}
+
+    def expand(self, path: Path) -> list[dict]:
+        r = run([PY, SWEEP, "list", path, "--format", "json", "--out-root", "/nonexistent/out"])
+        self.assertEqual(r.returncode, 0, f"{path.name}: {r.stderr}")
+        return json.loads(r.stdout)
+
+    def test_every_sweep_file_expands(self):
+        files = sorted((REPO / "jobs" / "sweeps").glob("*.toml"))
+        self.assertEqual(sorted(f.name for f in files), sorted(self.EXPECTED))
+        for f in files:
+            with self.subTest(sweep=f.name):
+                self.assertTrue(f.read_text().startswith("#"), "starts with a comment saying what it runs")
+                runs = self.expand(f)
+                self.assertEqual(len(runs), self.EXPECTED[f.name])
+                for r in runs:
+                    keys = [s.partition("=")[0] for s in r["sets"]]
+                    self.assertEqual(len(keys), len(set(keys)), r["name"])
+
+    def test_bench_rows(self):
+        def rows(name):
+            return [dict(s.partition("=")[::2] for s in r["sets"])
+                    for r in self.expand(REPO / "jobs" / "sweeps" / name)]
+        fda = rows("fda_compare.toml")
+        self.assertEqual(sorted({r["data.partition"] for r in fda}), ["dirichlet", "iid"])
+        self.assertEqual(sorted(int(r["sync.period"]) for r in fda if r["sync.strategy"] == "periodic"),
+                         sorted([10, 50, 200, 400, 1000] * 2))
+        self.assertEqual(len({(r["sync.fda.estimator"], r["sync.fda.threshold"]) for r in fda
+                              if r["sync.strategy"] == "fda"}), 9)
+        self.assertEqual(sum(r["sync.strategy"] == "none" for r in fda), 2)
+        for name, lr in (("demo_compare.toml", "0.003"), ("demo_compare_cnn.toml", "0.009")):
+            demo = rows(name)
+            self.assertEqual(sorted((r["sync.strategy"], r["optim.name"], r.get("optim.demo.value", "-")) for r in demo),
+                             [("allreduce", "adamw", "-"), ("demo", "demo", "bf16"), ("demo", "demo", "fp32")])
+            self.assertEqual({r["optim.lr"] for r in demo}, {lr})
+        storage = rows("precision_storage.toml")
+        self.assertEqual(sum(r["precision.storage"] == "float" for r in storage), 10)
+        compute = rows("precision_compute.toml")
+        self.assertEqual([(r["precision.compute"], r["precision.wire"]) for r in compute],
+                         [("fp32", "fp32"), ("bf16", "fp32"), ("fp16", "fp32"), ("fp8", "fp32")])
+        for old in ("precision.py", "fda_compare.py", "demo_compare.py"):
+            self.assertFalse((REPO / "tools" / "bench" / old).exists(), f"{old}: replaced by a sweep file")
 
 
 class PrintedCommandsTest(unittest.TestCase):

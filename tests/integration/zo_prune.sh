@@ -33,7 +33,7 @@ k = int(0.1 * d + 0.5)
 # prune.ntk.normalize = unit/layer rank each row/tensor apart: a bias group whose target is below
 # its forced one-per-unit entries keeps them, a few above k; none keeps exactly k.
 assert k <= zo["kept_params"] <= k + 16, (zo["kept_params"], k)
-assert sum(l["kept"] for l in zo["prune_layers"]) == k
+assert sum(l["kept"] for l in zo["prune_layers"]) == zo["kept_params"]
 assert all(l["kept"] >= 1 for l in zo["prune_layers"] if l["name"].endswith("weight"))
 # FedSGD: each step one allreduce of q = 8 floats (ring on 2 ranks: 2 (N-1)/N * 32 = 32 bytes).
 assert zo["bytes_by_traffic"]["zo"] == 20 * 32, zo["bytes_by_traffic"]

@@ -30,7 +30,7 @@ TestSlice test_slice(const data::Dataset& test, int rank, int world);
 // Data that every learner reads the same way: each rank loads the files and computes the same
 // partition (data.partition), keeps its loader and its slice of the test set.
 struct TrainingData {
-  data::FashionMnist files;
+  data::ImageSplits files;                 // data.name from data.dir
   std::unique_ptr<data::Loader> loader;    // this rank's partition of files.train
   nlohmann::json label_histograms;         // [rank][class] counts, every rank
   double share = 1.0;                      // this rank's fraction of the training samples

@@ -28,10 +28,12 @@ Dataset read_idx(const std::filesystem::path& images, const std::filesystem::pat
 // The labels of one IDX label file alone (magic 0x801), checked as read_idx checks them.
 std::vector<std::int32_t> read_idx_labels(const std::filesystem::path& labels, int num_classes = 10);
 
-struct FashionMnist {
+// The train/test split of a labelled image dataset (data/registry.hpp loads one by data.name).
+struct ImageSplits {
   Dataset train;
   Dataset test;
 };
+using FashionMnist = ImageSplits;
 
 // dir holds train-images-idx3-ubyte(.gz), train-labels-idx1-ubyte(.gz), t10k-*; train_limit > 0
 // keeps only the first train_limit training samples.

@@ -4,6 +4,7 @@
 #include "lowsync/data/dataset.hpp"
 #include "lowsync/data/loader.hpp"
 #include "lowsync/data/partition.hpp"
+#include "lowsync/data/registry.hpp"
 
 #include <gtest/gtest.h>
 #include <zlib.h>
@@ -206,6 +207,37 @@ TEST(Loader, EpochsVisitEverySampleAndCursorRestoresTheStream) {
   c.set_cursor(a.cursor());
   const auto x = a.next(), y = c.next();
   for (int i = 0; i < 5; ++i) EXPECT_EQ(x.labels[i], y.labels[i]);
+}
+
+}  // namespace
+}  // namespace lowsync::data
+
+namespace lowsync::data {
+namespace {
+
+// data.name: the registry's fashion-mnist entry reads the same files as the direct loader, its
+// labels-only reader agrees with it, and an unknown name is one line listing the known ones.
+TEST_F(IdxTest, RegistryLoadsDatasetsByName) {
+  write_bytes(dir_ / "train-images-idx3-ubyte.gz", image_file(12, 28, 28), true);
+  write_bytes(dir_ / "train-labels-idx1-ubyte.gz", label_file(12), true);
+  write_bytes(dir_ / "t10k-images-idx3-ubyte.gz", image_file(5, 28, 28), true);
+  write_bytes(dir_ / "t10k-labels-idx1-ubyte.gz", label_file(5), true);
+  const DatasetEntry& e = dataset_entry("fashion-mnist");
+  const ImageSplits by_name = e.load(dir_, 10);
+  const ImageSplits direct = load_fashion_mnist(dir_, 10);
+  EXPECT_EQ(by_name.train.count, 10);
+  EXPECT_EQ(by_name.test.count, 5);
+  EXPECT_EQ(by_name.train.pixels, direct.train.pixels);
+  EXPECT_EQ(by_name.train.labels, direct.train.labels);
+  EXPECT_EQ(e.train_labels(dir_, 10), direct.train.labels);
+  EXPECT_EQ(dataset_names(), std::vector<std::string>{"fashion-mnist"});
+  try {
+    dataset_entry("cifar");
+    FAIL() << "unknown dataset accepted";
+  } catch (const Error& err) {
+    EXPECT_NE(std::string(err.what()).find("data.name = 'cifar'"), std::string::npos) << err.what();
+    EXPECT_NE(std::string(err.what()).find("known: fashion-mnist"), std::string::npos) << err.what();
+  }
 }
 
 }  // namespace

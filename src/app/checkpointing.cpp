@@ -353,10 +353,9 @@ void validate_attributes(io::CheckpointReader& r) {
   if (r.has_attribute("optimizer")) {
     const std::string optimizer = r.attribute_string("optimizer");
     // A strategy that owns the update (DeMo) names the optimizer after itself (make_no_update).
-    const auto strategy = zo ? nullptr : sync::make_strategy(cfg);
-    const std::string expected = zo                        ? "zo+" + cfg.string("optim.zo.update")
-                                 : strategy->owns_update() ? std::string(strategy->name())
-                                                           : cfg.string("optim.name");
+    const std::string expected = zo                               ? "zo+" + cfg.string("optim.zo.update")
+                                 : sync::strategy_owns_update(cfg) ? cfg.string("sync.strategy")
+                                                                  : cfg.string("optim.name");
     if (optimizer != expected)
       fail("checkpoint {}: attribute optimizer is \"{}\" but its config_toml says \"{}\"", file, optimizer,
            expected);

@@ -25,6 +25,8 @@ void validate_config(const config::Config& cfg) {
          "keeps its parameters fp32)");
 }
 
+bool strategy_owns_update(const config::Config& cfg) { return cfg.string("sync.strategy") == "demo"; }
+
 std::unique_ptr<Strategy> make_strategy(const config::Config& cfg) {
   validate_config(cfg);
   const std::string& name = cfg.string("sync.strategy");

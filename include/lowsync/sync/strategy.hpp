@@ -97,6 +97,9 @@ std::int64_t find_counter(std::span<const StateCounter> counters, std::string_vi
 // Rules between the strategy's keys and the others (optim.name, precision.wire, ...); throws one
 // line naming the keys. No communication: every rank fails alike.
 void validate_config(const config::Config& cfg);
+// Whether cfg's sync.strategy applies the update itself (Strategy::owns_update), without building
+// or validating it (a checkpoint's saved config sets every key explicitly).
+bool strategy_owns_update(const config::Config& cfg);
 // sync.strategy = none | allreduce | periodic | ... ; validates the strategy's own keys.
 std::unique_ptr<Strategy> make_strategy(const config::Config& cfg);
 

@@ -56,6 +56,8 @@ TEST(StrategyConfig, StrategiesAnswerForThemselves) {
     EXPECT_EQ(s->keeps_fp32_parameters(), e.fp32_master) << e.name;
     EXPECT_EQ(s->supports_native16(), e.native16) << e.name;
     EXPECT_EQ(s->owns_update(), e.owns_update) << e.name;
+    // The config-only answer (used on saved configs, which set every key) agrees with the object.
+    EXPECT_EQ(strategy_owns_update(make_cfg({std::string("sync.strategy=") + e.name})), e.owns_update) << e.name;
   }
 }
 

@@ -74,5 +74,11 @@ check "batch > partition (dirichlet): exit 2 (got $code)" '[ $code -eq 2 ]'
 check "batch > partition (dirichlet): names the rank and data.partition" \
   'grep -Eq "train.batch = 250 is larger than rank 0.s partition of 224 training samples \(600 samples over 2 ranks, data.partition = \"dirichlet\"\)" "$tmp/skew.log"'
 
+# The resume hint of a stopped run names the launcher and rank count and shell-quotes the folder.
+"${mpi[@]}" -n 2 "$lowsync" train "${small[@]}" --set train.steps=100000 --set train.max_seconds=0.5 \
+  --out "$tmp/a b" >"$tmp/hint.log" 2>&1
+check "stopped run: resume hint with mpirun -n 2 and a quoted folder" \
+  '[ $? -eq 3 ] && grep -qF "resume with: mpirun -n 2 lowsync train --resume '"'"'$tmp/a b'"'"'" "$tmp/hint.log"'
+
 echo "run_folder: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -12,6 +12,7 @@
 #include "lowsync/app/trainer.hpp"
 #include "lowsync/comm/communicator.hpp"
 #include "lowsync/config/config.hpp"
+#include "lowsync/config/defaults.hpp"
 #include "lowsync/core/error.hpp"
 #include "lowsync/core/log.hpp"
 #include "lowsync/sync/strategy.hpp"
@@ -180,6 +181,7 @@ int main(int argc, char** argv) {
     try {
       if (!config_file.empty()) cfg.load_toml_file(config_file);
       for (const auto& s : sets) cfg.set_text(s);
+      lowsync::config::apply_context_defaults(cfg);
       cfg.validate();
       lowsync::sync::validate_config(cfg);
       lowsync::app::check_batch_fits_partition(cfg, runtime.size());

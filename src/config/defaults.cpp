@@ -1,0 +1,19 @@
+// Context defaults (config/defaults.hpp): rules "when K = V, a default key X becomes Y".
+#include "lowsync/config/defaults.hpp"
+
+namespace lowsync::config {
+
+const std::vector<ContextDefault>& context_defaults() {
+  // Strategy rules first, then workload rules (a strategy's own optimizer settings win).
+  static const std::vector<ContextDefault> table = {};
+  return table;
+}
+
+void apply_context_defaults(Config& cfg) {
+  for (const auto& rule : context_defaults()) {
+    if (cfg.string(rule.when_key) != rule.when_value || !cfg.is_default(rule.key)) continue;
+    cfg.set(rule.key, rule.value);
+  }
+}
+
+}  // namespace lowsync::config

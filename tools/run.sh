@@ -39,6 +39,7 @@ fi
 
 # name -> settings. Every row trains the same MLP for the same number of steps. periodic-fp8:
 # periodic averaging over an fp8 wire with the fp32 server model; demo: bf16 values on the wire;
+# powersgd: rank-4 gradient factors with error feedback (ALGORITHMS.md §7);
 # zo-ntk: backprop-free FedSGD zeroth-order training after NTK pruning to 10% of the weights.
 declare -A rows=(
   [allreduce]="sync.strategy=allreduce optim.name=sgd optim.lr=0.05"
@@ -46,9 +47,10 @@ declare -A rows=(
   [fda]="sync.strategy=fda sync.fda.estimator=linear optim.name=sgd optim.lr=0.05"
   [periodic-fp8]="sync.strategy=periodic sync.period=10 optim.name=sgd optim.lr=0.05 precision.wire=fp8_e4m3"
   [demo]="sync.strategy=demo optim.lr=0.001 optim.demo.value=bf16"
+  [powersgd]="sync.strategy=powersgd sync.powersgd.rank=4 optim.name=sgd optim.lr=0.05"
   [zo-ntk]="optim.name=zo optim.zo.form=fedsgd optim.zo.q=16 optim.zo.update=adam optim.lr=0.01 prune.method=ntk prune.sparsity=0.9"
 )
-order=(allreduce periodic periodic-fp8 fda demo zo-ntk)
+order=(allreduce periodic periodic-fp8 fda demo powersgd zo-ntk)
 strategies=(${STRATEGIES:-${order[*]}})
 
 for name in "${strategies[@]}"; do

@@ -62,7 +62,7 @@ std::vector<KeySpec> build_schema() {
       choice("optim.zo.form", "fedsgd", {"fedsgd", "fedavg"}, "federated ZO: send q loss differences per step, or average the kept weights every sync.period (optim.name = zo ignores sync.strategy)"),
       choice("optim.zo.update", "sgd", {"sgd", "adam"}, "optimizer applied to the ZO gradient estimate"),
       // synchronization
-      choice("sync.strategy", "allreduce", {"none", "allreduce", "periodic", "fda", "demo"}, "when and what ranks synchronise"),
+      choice("sync.strategy", "allreduce", {"none", "allreduce", "periodic", "fda", "demo", "powersgd"}, "when and what ranks synchronise"),
       integer("sync.period", 10, 1, kBig, "steps between model averages for sync.strategy=periodic"),
       boolean("sync.average_optimizer_state", false, "periodic/fda: also average optimizer state at a sync"),
       integer("sync.check_every", 100, 0, kBig, "steps between replica checksum checks (0 = never)"),
@@ -72,6 +72,9 @@ std::vector<KeySpec> build_schema() {
       integer("sync.fda.sketch_depth", 5, 1, 64, "FDA AMS sketch rows"),
       integer("sync.fda.sketch_width", 250, 1, 32768, "FDA AMS sketch columns"),
       real("sync.fda.sketch_eps", -1.0, -1.0, kBig, "FDA sketch discount: subtract M/(1+eps); -1 = 1.5/sqrt(sketch_width) (spec: 1/sqrt(width))"),
+      integer("sync.powersgd.rank", 4, 1, 1 << 16, "PowerSGD rank r: each gradient matrix travels as P [rows, r] and Q [cols, r] (per matrix min(r, rows, cols); conv kernels as [out, in*kh*kw])"),
+      integer("sync.powersgd.start_iter", 10, 0, kBig, "PowerSGD: plain fp32 gradient allreduce for steps 1..start_iter, compression after (PyTorch: 1000)"),
+      real("sync.powersgd.min_compression_rate", 2.0, 0.0, kBig, "PowerSGD compresses a matrix only if r*(rows+cols)*rate < rows*cols; the others and every 1-D tensor (biases) travel whole in the P allreduce; 0 = compress every matrix"),
       // precision
       choice("precision.compute", "fp32", {"fp32", "bf16", "fp16", "fp8"}, "compute precision of forward/backward"),
       choice("precision.wire", "fp32", {"fp32", "bf16", "fp16", "fp8_e4m3", "fp8_e5m2"}, "format of what strategies send"),

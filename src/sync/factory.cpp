@@ -3,12 +3,14 @@
 #include "lowsync/sync/basic.hpp"
 #include "lowsync/sync/demo.hpp"
 #include "lowsync/sync/fda.hpp"
+#include "lowsync/sync/powersgd.hpp"
 
 namespace lowsync::sync {
 
 void validate_config(const config::Config& cfg) {
   const std::string& name = cfg.string("sync.strategy");
   const std::string& opt = cfg.string("optim.name");
+  if (name == "powersgd") validate_powersgd_config(cfg);  // before the generic optim.name rules: its own message
   if (opt == "demo" && name != "demo")
     fail("optim.name = \"demo\" needs sync.strategy = \"demo\" (DeMo is both; sync.strategy = \"{}\" given){}",
          name, name == "fda" ? ": FDA cannot monitor DeMo, whose replicas never drift" : "");
@@ -39,6 +41,7 @@ std::unique_ptr<Strategy> make_strategy(const config::Config& cfg) {
                                               wire, seed);
   if (name == "fda") return std::make_unique<FdaStrategy>(cfg);
   if (name == "demo") return std::make_unique<DemoStrategy>(cfg);
+  if (name == "powersgd") return std::make_unique<PowerSgdStrategy>(cfg);
   fail("sync.strategy = '{}' is not available in this build", name);
 }
 

@@ -203,6 +203,8 @@ class RunData:
             strategy = f"periodic(H={self.config['sync.period']})"
         elif strategy == "fda" and self.config.get("sync.fda.estimator") is not None:
             strategy = f"fda({self.config['sync.fda.estimator']})"
+        elif strategy == "powersgd" and self.config.get("sync.powersgd.rank") is not None:
+            strategy = f"powersgd(r={self.config['sync.powersgd.rank']})"
         ranks = self.ranks if self.ranks is not None else "?"
         return f"{strategy} {self.precision} {self.partition} n={ranks}"
 

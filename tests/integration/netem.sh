@@ -38,7 +38,7 @@ beta=$(/usr/bin/python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[
 
 # The runs carry the calibrated link, so their summary.json "modeled_comm_s" (src/comm/netmodel.cpp)
 # is an independent check of calibration.py's model (tools/compare/netmodel.py formulas).
-link=$(/usr/bin/python3 -c "import json,sys; c=json.load(open(sys.argv[1])); print(c['alpha_s']*1e6, c['beta_Bps']*8/1e9)" \
+link=$(/usr/bin/python3 -c "import json,sys; c=json.load(open(sys.argv[1])); print(c['alpha_s']*1e6, (c.get('allreduce_beta_Bps') or c['beta_Bps'])*8/1e9)" \
   "$tmp/calibration.json")
 common=(--set net.alpha_us="${link% *}" --set net.beta_gbps="${link#* }" --set model.arch=mlp --set optim.name=sgd --set optim.lr=0.05 --set train.batch=32
         --set data.train_limit=3000 --set train.steps=30 --set eval.every=0 --set log.every=30
@@ -64,7 +64,7 @@ PY
 import json, sys
 for r in json.load(open(f"{sys.argv[1]}/rows.json")):
     cpp = json.load(open(f"{r['run']}/summary.json"))["modeled_comm_s"]
-    py = r["modeled_s_per_step"] * r["steps"]
+    py = r["modeled_s_per_step_one_beta"] * r["steps"]
     print(f"{r['strategy']}: modeled comm {py:.6f} s (calibration.py) vs {cpp:.6f} s (trainer)")
     if abs(py - cpp) > 1e-6 * max(cpp, 1e-9):
         sys.exit(1)

@@ -46,7 +46,25 @@ def load(path) -> Calibration:
     data = json.loads(Path(path).read_text())
     label = data.get("label") if isinstance(data.get("label"), str) else ""
     ranks = _num(data.get("ranks"))
+    # On a shaped link a rank that sends and receives at once (every collective here) gets ~0.57x
+    # the one-way ping-pong rate (measured over tools/netem, README): the model takes the beta
+    # that fits MPI_Allreduce at >= 1 MiB on the same link when bench_comm measured it.
+    # One-way collectives (broadcast, send, gather) keep the ping-pong beta (ONE_WAY_BETA).
+    duplex = _num(data.get("allreduce_beta_Bps"))
+    if duplex is not None and duplex > 0:
+        ONE_WAY_BETA[link.name] = link.beta_Bps
+        link = netmodel.Link(link.name, link.alpha_s, duplex)
     return Calibration(Path(path), label, int(ranks) if ranks else None, link)
+
+
+ONE_WAY_BETA: dict[str, float] = {}  # link name -> ping-pong beta, where it differs from link.beta_Bps
+ONE_WAY = ("broadcast", "send", "recv", "gather")
+
+
+def _link_for(collective: str, link, single_beta: bool):
+    if single_beta or collective not in ONE_WAY or link.name not in ONE_WAY_BETA:
+        return link
+    return netmodel.Link(link.name, link.alpha_s, ONE_WAY_BETA[link.name])
 
 
 @dataclass(frozen=True)
@@ -87,10 +105,11 @@ def _ledger(run: RunData) -> list[dict] | None:
     return out
 
 
-def modeled_per_step(entries: list[dict], n: int, steps: int, link) -> tuple[float, float]:
+def modeled_per_step(entries: list[dict], n: int, steps: int, link, single_beta=False) -> tuple[float, float]:
     """(modeled seconds per step, its bandwidth part) for the ledger's calls at n ranks."""
     latency_only = netmodel.Link("latency only", link.alpha_s, math.inf)
-    total = sum(netmodel.collective_time(e["collective"], n, e["payload"], e["calls"], link) for e in entries)
+    total = sum(netmodel.collective_time(e["collective"], n, e["payload"], e["calls"],
+                                         _link_for(e["collective"], link, single_beta)) for e in entries)
     alpha = sum(netmodel.collective_time(e["collective"], n, e["payload"], e["calls"], latency_only) for e in entries)
     return total / steps, (total - alpha) / steps
 
@@ -134,8 +153,8 @@ def section(runs: list[RunData], calibration_path, target: float) -> list[str]:
     cal = load(calibration_path)
     link = cal.link
     out = [f"## Calibration: communication per step, measured vs modeled ({cal.label or cal.path.name})", "",
-           f"Link calibrated by bench_comm ({cal.path}): alpha = {link.alpha_s * 1e6:.1f} us, "
-           f"beta = {link.beta_Bps / 1e6:.4g} MB/s ({link.beta_Bps * 8 / 1e9:.4g} Gbit/s). Measured = the seconds "
+           f"Link calibrated by bench_comm ({cal.path}): alpha = {link.alpha_s * 1e6:.1f} us (ping-pong), "
+           f"beta = {link.beta_Bps / 1e6:.4g} MB/s (MPI_Allreduce fit when measured, else ping-pong) ({link.beta_Bps * 8 / 1e9:.4g} Gbit/s). Measured = the seconds "
            "each rank spent in the strategy's collectives per step (byte ledger, rank mean, obs traffic left "
            "out: it includes waiting for a slower rank); modeled = the alpha-beta formulas for the same calls "
            "and payloads at the run's rank count. Error = (modeled - measured) / measured. A row is "
@@ -210,7 +229,10 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps([{
             "run": str(run.path), "label": r.label, "strategy": r.strategy, "ranks": r.ranks, "steps": r.steps,
             "measured_s_per_step": r.measured_s, "modeled_s_per_step": r.modeled_s, "error": r.error,
-            "bandwidth_share": r.bandwidth_share, "bandwidth_bound": r.bandwidth_bound} for run, r in rows], indent=2) + "\n")
+            "bandwidth_share": r.bandwidth_share, "bandwidth_bound": r.bandwidth_bound,
+            # with link.beta for every collective, as the trainer's modeled_comm_s (one beta)
+            "modeled_s_per_step_one_beta": modeled_per_step(_ledger(run), r.ranks, r.steps, link, True)[0]}
+            for run, r in rows], indent=2) + "\n")
     if args.max_error is not None:
         bad = [r for _, r in rows if r.bandwidth_bound and r.error is not None and abs(r.error) > args.max_error]
         for r in bad:

@@ -9,7 +9,8 @@ lowsync="$1"
 bench="$(dirname "$lowsync")/bench_comm"
 src="${LOWSYNC_SOURCE_DIR:?set by ctest}"
 netem="$src/tools/netem/netem.sh"
-# Measured on a loaded 2-core machine: errors of -2% .. -9% on these rows over 5 runs (README).
+# Measured on the loaded 2-core machine (README, emulated links): allreduce +4%, periodic within 20%
+# (2 runs); 20% leaves room for CPU contention, which inflates the measured side only.
 tolerance=0.20
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

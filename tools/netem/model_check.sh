@@ -19,7 +19,7 @@ for b in "$lowsync" "$bench"; do
   [[ -x $b ]] || { echo "model_check.sh: $b is not built (tools/build.sh)" >&2; exit 1; }
 done
 out="${OUT:-$root/runs/netem-$(date +%Y%m%d-%H%M%S)}"
-profiles=(${PROFILES:-100mbit 1gbit 10gbit})
+profiles=(${PROFILES-100mbit 1gbit 10gbit})  # PROFILES="" skips the matrix
 ranks_list=(${RANKS_LIST:-2 4})
 strategies=(${STRATEGIES:-allreduce periodic fda demo})
 steps="${STEPS:-40}"

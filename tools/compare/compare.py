@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import calibration as calibration_check  # noqa: E402
 import netmodel  # noqa: E402
 from runs import RunData, RunError, assign_labels, discover, fmt_bytes  # noqa: E402
 
@@ -312,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
         md += ["", "![overview](overview.png)", ""]
     md += modeled_section(runs, target, links)
     md += model_check_section(checks, measured)
+    if calibration is not None:  # per-step measured vs modeled comm, time-to-target order (issue 21)
+        md += calibration_check.section(runs, calibration, target)
     md += ["## Runs", ""] + [f"- {r.label}: `{r.path}`" + (
         "" if r.final_accuracy is not None else " (no finite test accuracy: diverged, or never evaluated)")
         for r in runs] + [""]

@@ -7,10 +7,12 @@
 #
 # usage: tools/netem/netem.sh [--ranks K] [--profile 10gbit|1gbit|100mbit|RATE] [--check] [--] CMD...
 #   --check     create and tear down the namespaces only (exit 0 when this works, else 77)
-# env: NETEM_MTU (1500), NETEM_KEEP_STATS=FILE (writes `tc -s qdisc` counters of every link there
-#      before teardown), MPIRUN_FLAGS (extra mpirun words).
+# env: NETEM_MTU (1500), NETEM_LIMIT (tbf queue bytes), NETEM_KEEP_STATS=FILE (writes `tc -s qdisc`
+#      counters of every link there before teardown), MPIRUN_FLAGS (extra mpirun words).
+# The command sees NETEM_PROFILE, NETEM_RANKS and NETEM_SUBNET. Ranks start through this script
+# (`netem.sh __rank`), which moves each into its namespace with `ip netns exec` (OMPI_COMM_WORLD_RANK).
 # Exit status: the command's; 2 bad arguments; 77 namespaces cannot be created (not root, no
-# CAP_SYS_ADMIN, no veth/bridge/tbf support): ctest treats 77 as skipped.
+# CAP_SYS_ADMIN, no veth/bridge/tbf support): ctest treats 77 as skipped; 128+N on signal N.
 set -euo pipefail
 
 # Per-rank wrapper: mpirun starts `netem.sh __rank PREFIX CMD...`, which moves into rank k's namespace.
@@ -69,14 +71,29 @@ id=$$
 prefix="lsnet$id"
 subnet="10.$(( 100 + id % 100 )).$(( (id / 100) % 250 ))"
 created=()
+child=
 teardown() {
   local ns
   for ns in "${created[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
   created=()
 }
+# A signal ends mpirun first (it takes its ranks down), then the namespaces go.
+on_signal() {
+  if [[ -n $child ]]; then kill -TERM "$child" 2>/dev/null || true; wait "$child" 2>/dev/null || true; fi
+  teardown
+  exit $((128 + $1))
+}
 trap teardown EXIT
-trap 'teardown; exit 130' INT
-trap 'teardown; exit 143' TERM
+trap 'on_signal 2' INT
+trap 'on_signal 15' TERM
+trap 'on_signal 1' HUP
+
+# Namespaces left by a run that was killed with SIGKILL (its pid is gone): remove them.
+for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^lsnet[0-9]+-' || true); do
+  pid=${ns#lsnet}
+  pid=${pid%%-*}
+  kill -0 "$pid" 2>/dev/null || ip netns del "$ns" 2>/dev/null || true
+done
 
 fail_setup() {
   echo "netem.sh: cannot create the emulated network ($1); skipped" >&2
@@ -115,17 +132,24 @@ if [[ $check_only == 1 ]]; then
 fi
 echo "netem.sh: $ranks ranks, one per namespace, links $profile (tbf burst $burst B, limit $limit B, mtu $mtu), subnet $subnet.0/24" >&2
 
-# Open MPI: TCP only, pinned to the namespaces' subnet. mpirun runs in the bridge namespace (the
+# Open MPI: TCP only, pinned to the namespaces' subnet; a rank waiting on the slow link yields its
+# core (the machine is shared) instead of spinning. mpirun runs in the bridge namespace (the
 # switch, address .254): PMIx 4 reaches its server over TCP only, so the ranks reach mpirun through
 # the bridge (a few KB at start-up, visible in the tc counters) instead of a loopback they do not share.
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export PMIX_MCA_ptl_tcp_remote_connections=1 PMIX_MCA_ptl_tcp_if_include="$subnet.0/24"
+export NETEM_PROFILE="$profile" NETEM_RANKS="$ranks" NETEM_SUBNET="$subnet.0/24"
 status=0
+# In the background, so that a signal reaches the trap at once (bash runs traps only between
+# foreground commands) and is forwarded to mpirun.
 # shellcheck disable=SC2086
 ip netns exec "$prefix-br" mpirun -n "$ranks" --oversubscribe --bind-to none \
   --mca btl self,tcp --mca btl_tcp_if_include "$subnet.0/24" --mca oob_tcp_if_include "$subnet.0/24" \
-  --mca pml ob1 --mca osc ^ucx --mca mtl ^ofi,psm,psm2 \
-  ${MPIRUN_FLAGS:-} "$self" __rank "$prefix" "$@" || status=$?
+  --mca pml ob1 --mca osc ^ucx --mca mtl ^ofi,psm,psm2 --mca mpi_yield_when_idle 1 \
+  ${MPIRUN_FLAGS:-} "$self" __rank "$prefix" "$@" &
+child=$!
+wait "$child" || status=$?
+child=
 
 stats() {
   local k

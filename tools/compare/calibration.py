@@ -1,0 +1,249 @@
+#!/usr/bin/python3
+"""The network model against measured runs on a calibrated link (issue 21): for each run, the
+measured communication seconds per step (summary.json ledger "seconds", rank mean, obs traffic
+left out) next to the alpha-beta model's for the same calls and payloads with the link's
+alpha and beta (tools/bench/bench_comm --json), the error, and whether the row is bandwidth-bound;
+then time to target, measured against modeled, and whether the model ranks the runs the same way.
+`lowsync compare --calibration FILE` adds this section to report.md; run alone it prints the
+section (and checks a tolerance):
+usage: calibration.py RUN_DIR... --calibration FILE [--target-acc A] [--max-error E] [--json OUT]
+Exit status: 0 ok; 1 a bandwidth-bound row is off by more than --max-error, or a run or the
+calibration is unreadable (one line on stderr); 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import netmodel  # noqa: E402
+from runs import RunData, RunError, _num, assign_labels, discover  # noqa: E402
+
+# A row is bandwidth-bound when the model's bandwidth term (payload / beta) is at least this share
+# of its modeled communication time; the rest is latency (calls x alpha), where a model of a
+# loaded 2-core machine cannot be held to 25% (scheduling noise is tens of microseconds).
+BANDWIDTH_BOUND_SHARE = 0.5
+TARGET_ERROR = 0.25
+
+
+@dataclass(frozen=True)
+class Calibration:
+    path: Path
+    label: str
+    ranks: int | None
+    link: "netmodel.Link"
+
+
+def load(path) -> Calibration:
+    """bench_comm --json FILE: alpha_s, beta_Bps (required), label and ranks (optional)."""
+    link = netmodel.load_calibration(path)  # ValueError with one line on a bad file
+    data = json.loads(Path(path).read_text())
+    label = data.get("label") if isinstance(data.get("label"), str) else ""
+    ranks = _num(data.get("ranks"))
+    # On a shaped link a rank that sends and receives at once (every collective here) gets ~0.57x
+    # the one-way ping-pong rate (measured over tools/netem, README): the model takes the beta
+    # that fits MPI_Allreduce at >= 1 MiB on the same link when bench_comm measured it.
+    # One-way collectives (broadcast, send, gather) keep the ping-pong beta (ONE_WAY_BETA).
+    duplex = _num(data.get("allreduce_beta_Bps"))
+    if duplex is not None and duplex > 0:
+        ONE_WAY_BETA[link.name] = link.beta_Bps
+        link = netmodel.Link(link.name, link.alpha_s, duplex)
+    return Calibration(Path(path), label, int(ranks) if ranks else None, link)
+
+
+ONE_WAY_BETA: dict[str, float] = {}  # link name -> ping-pong beta, where it differs from link.beta_Bps
+ONE_WAY = ("broadcast", "send", "recv", "gather")
+
+
+def _link_for(collective: str, link, single_beta: bool):
+    if single_beta or collective not in ONE_WAY or link.name not in ONE_WAY_BETA:
+        return link
+    return netmodel.Link(link.name, link.alpha_s, ONE_WAY_BETA[link.name])
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    strategy: str
+    ranks: int
+    steps: int
+    measured_s: float          # per step, per rank
+    modeled_s: float           # per step: latency + bandwidth terms
+    modeled_bandwidth_s: float  # per step: the payload / beta part
+
+    @property
+    def error(self) -> float | None:
+        return (self.modeled_s - self.measured_s) / self.measured_s if self.measured_s > 0 else None
+
+    @property
+    def bandwidth_share(self) -> float:
+        return self.modeled_bandwidth_s / self.modeled_s if self.modeled_s > 0 else 0.0
+
+    @property
+    def bandwidth_bound(self) -> bool:
+        return self.bandwidth_share >= BANDWIDTH_BOUND_SHARE
+
+
+def _ledger(run: RunData) -> list[dict] | None:
+    ledger = run.summary.get("ledger")
+    if not isinstance(ledger, list) or not ledger:
+        return None
+    out = []
+    for e in ledger:
+        if not isinstance(e, dict) or str(e.get("traffic", "")).startswith("obs"):
+            continue
+        calls, payload, seconds = _num(e.get("calls")), _num(e.get("payload_bytes")), _num(e.get("seconds"))
+        if not isinstance(e.get("collective"), str) or None in (calls, payload, seconds):
+            return None
+        out.append({"collective": e["collective"], "calls": calls, "payload": payload, "seconds": seconds})
+    return out
+
+
+def modeled_per_step(entries: list[dict], n: int, steps: int, link, single_beta=False) -> tuple[float, float]:
+    """(modeled seconds per step, its bandwidth part) for the ledger's calls at n ranks."""
+    latency_only = netmodel.Link("latency only", link.alpha_s, math.inf)
+    total = sum(netmodel.collective_time(e["collective"], n, e["payload"], e["calls"],
+                                         _link_for(e["collective"], link, single_beta)) for e in entries)
+    alpha = sum(netmodel.collective_time(e["collective"], n, e["payload"], e["calls"], latency_only) for e in entries)
+    return total / steps, (total - alpha) / steps
+
+
+def row(run: RunData, link) -> Row | None:
+    entries, n, steps = _ledger(run), run.ranks, run.steps
+    if entries is None or n is None or n < 2 or steps <= 0:
+        return None
+    modeled, bandwidth = modeled_per_step(entries, n, steps, link)
+    measured = sum(e["seconds"] for e in entries) / steps
+    return Row(run.label, run.strategy, n, steps, measured, modeled, bandwidth)
+
+
+@dataclass(frozen=True)
+class TimeToTarget:
+    label: str
+    steps: float
+    measured_s: float   # wall seconds at the first evaluation at or above the target
+    modeled_s: float    # steps x (measured compute s/step + modeled comm s/step)
+
+
+def time_to_target(run: RunData, link, target: float) -> TimeToTarget | None:
+    steps, measured, compute = run.steps_to_target(target), run.time_to_target(target), run.compute_s_per_step
+    entries, n = _ledger(run), run.ranks
+    if None in (steps, measured, compute, entries, n) or n < 2:
+        return None
+    comm, _ = modeled_per_step(entries, n, run.steps, link)
+    return TimeToTarget(run.label, steps, measured, steps * (compute + comm))
+
+
+def ranking(values: dict[str, float]) -> list[str]:
+    return [k for k, _ in sorted(values.items(), key=lambda kv: kv[1])]
+
+
+def fmt_s(s: float) -> str:
+    return f"{s * 1e3:.3g} ms" if s < 1 else f"{s:.3g} s"
+
+
+def section(runs: list[RunData], calibration_path, target: float) -> list[str]:
+    """The report's markdown section (a list of lines)."""
+    cal = load(calibration_path)
+    link = cal.link
+    out = [f"## Calibration: communication per step, measured vs modeled ({cal.label or cal.path.name})", "",
+           f"Link calibrated by bench_comm ({cal.path}): alpha = {link.alpha_s * 1e6:.1f} us (ping-pong), "
+           f"beta = {link.beta_Bps / 1e6:.4g} MB/s (MPI_Allreduce fit when measured, else ping-pong) ({link.beta_Bps * 8 / 1e9:.4g} Gbit/s). Measured = the seconds "
+           "each rank spent in the strategy's collectives per step (byte ledger, rank mean, obs traffic left "
+           "out: it includes waiting for a slower rank); modeled = the alpha-beta formulas for the same calls "
+           "and payloads at the run's rank count. Error = (modeled - measured) / measured. A row is "
+           f"bandwidth-bound when payload/beta is at least {BANDWIDTH_BOUND_SHARE:.0%} of its modeled time; "
+           f"target: within {TARGET_ERROR:.0%} on those.", ""]
+    rows = [r for r in (row(run, link) for run in runs) if r is not None]
+    if not rows:
+        return out + ["No run with a byte ledger and 2 or more ranks.", ""]
+    if cal.ranks is not None and any(r.ranks != cal.ranks for r in rows):
+        out += [f"Note: calibrated on {cal.ranks} ranks; runs at other rank counts share the link profile.", ""]
+    out += ["| Run | Ranks | Steps | Measured comm/step | Modeled comm/step | Error | Bandwidth share | Bound |",
+            "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        err = "n/a" if r.error is None else f"{r.error:+.0%}"
+        out.append(f"| {r.label} | {r.ranks} | {r.steps} | {fmt_s(r.measured_s)} | {fmt_s(r.modeled_s)} | {err} | "
+                   f"{r.bandwidth_share:.0%} | {'bandwidth' if r.bandwidth_bound else 'latency'} |")
+    bw = [r for r in rows if r.bandwidth_bound and r.error is not None]
+    if bw:
+        worst = max(bw, key=lambda r: abs(r.error))
+        verdict = "met" if abs(worst.error) <= TARGET_ERROR else "missed"
+        out += ["", f"Bandwidth-bound rows: {len(bw)}, largest error {worst.error:+.0%} ({worst.label}): "
+                f"target {TARGET_ERROR:.0%} {verdict}."]
+    out.append("")
+
+    ttt = [t for t in (time_to_target(run, link, target) for run in runs) if t is not None]
+    out += [f"### Time to {target:.0%} test accuracy on this link, measured vs modeled", ""]
+    if len(ttt) < 2:
+        return out + [f"Fewer than two runs reached {target:.0%}: no ranking to compare.", ""]
+    measured_order = ranking({t.label: t.measured_s for t in ttt})
+    modeled_order = ranking({t.label: t.modeled_s for t in ttt})
+    out += ["Modeled = measured steps to target x (measured compute s/step + modeled comm s/step); measured "
+            "= wall time at the first evaluation at or above the target (it also holds evaluations and "
+            "start-up, which the model leaves out).", "",
+            "| Run | Steps to target | Measured | Modeled | Error | Measured rank | Modeled rank |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
+    for t in sorted(ttt, key=lambda t: t.measured_s):
+        out.append(f"| {t.label} | {t.steps:.0f} | {fmt_s(t.measured_s)} | {fmt_s(t.modeled_s)} | "
+                   f"{(t.modeled_s - t.measured_s) / t.measured_s:+.0%} | {measured_order.index(t.label) + 1} | "
+                   f"{modeled_order.index(t.label) + 1} |")
+    same = measured_order == modeled_order
+    out += ["", "Same order, measured and modeled: " + ("**yes**" if same else
+            f"**no** (measured: {' < '.join(measured_order)}; modeled: {' < '.join(modeled_order)})"), ""]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Measured vs modeled communication per step on a calibrated link.")
+    ap.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    ap.add_argument("--calibration", required=True, type=Path, metavar="FILE", help="bench_comm --json output")
+    ap.add_argument("--target-acc", type=float, default=0.8, help="target test accuracy (fraction, default 0.8)")
+    ap.add_argument("--max-error", type=float, default=None,
+                    help="exit 1 when a bandwidth-bound row's |error| exceeds this fraction")
+    ap.add_argument("--json", type=Path, metavar="OUT", help="also write the rows as JSON")
+    args = ap.parse_args(argv)
+    if not 0 < args.target_acc <= 1:
+        print(f"calibration: --target-acc must be in (0, 1], got {args.target_acc}", file=sys.stderr)
+        return 2
+    if args.max_error is not None and not args.max_error > 0:
+        print(f"calibration: --max-error must be > 0, got {args.max_error}", file=sys.stderr)
+        return 2
+    try:
+        paths, _ = discover(args.runs)
+        runs = [RunData.load(p) for p in paths]
+        assign_labels(runs)
+        print("\n".join(section(runs, args.calibration, args.target_acc)))
+        link = load(args.calibration).link
+    except (RunError, ValueError) as e:
+        print(f"calibration: {e}", file=sys.stderr)
+        return 1
+    rows = [(run, r) for run in runs if (r := row(run, link)) is not None]
+    if args.json:
+        args.json.write_text(json.dumps([{
+            "run": str(run.path), "label": r.label, "strategy": r.strategy, "ranks": r.ranks, "steps": r.steps,
+            "measured_s_per_step": r.measured_s, "modeled_s_per_step": r.modeled_s, "error": r.error,
+            "bandwidth_share": r.bandwidth_share, "bandwidth_bound": r.bandwidth_bound,
+            # with link.beta for every collective, as the trainer's modeled_comm_s (one beta)
+            "modeled_s_per_step_one_beta": modeled_per_step(_ledger(run), r.ranks, r.steps, link, True)[0]}
+            for run, r in rows], indent=2) + "\n")
+    if args.max_error is not None:
+        bad = [r for _, r in rows if r.bandwidth_bound and r.error is not None and abs(r.error) > args.max_error]
+        for r in bad:
+            print(f"calibration: {r.label}: modeled {fmt_s(r.modeled_s)} per step vs measured {fmt_s(r.measured_s)} "
+                  f"({r.error:+.0%}), beyond --max-error {args.max_error:.0%}", file=sys.stderr)
+        if bad or not any(r.bandwidth_bound for _, r in rows):
+            if not bad:
+                print("calibration: no bandwidth-bound run to check", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -176,7 +176,7 @@ def overview(groups, settings, metric: str, path: Path) -> None:
     for g in groups:
         _reference_lines(ax1, g, metric)
     axis.apply(ax1, "x")
-    ax1.set_xlabel("bytes sent per rank (log; 0 B at the left)")
+    ax1.set_xlabel("bytes sent per rank (log)" + ("; 0 B at the left" if axis.has_zero else ""))
     ax1.set_ylabel(_ylabel(metric))
     ax1.set_title("best setting per strategy: seed mean, min-max band (star: target reached)", fontsize=10)
     ax1.grid(True, which="major", alpha=0.3)
@@ -194,11 +194,12 @@ def overview(groups, settings, metric: str, path: Path) -> None:
             if b is not None and s.ranked:
                 if b > 0:
                     ax2.barh(yy, b - bar_axis.zero_pos / 1.6, left=bar_axis.zero_pos / 1.6, color=c)
-                    sp = s.spread(s.to_target("bytes"))
-                    if sp and sp[0] != sp[1]:
-                        ax2.errorbar([b], [yy], xerr=[[b - sp[0]], [sp[1] - b]], color="black", capsize=3,
-                                     linewidth=1)
-                ax2.text(bar_axis.x(b), yy, "  " + fmt_bytes(b), va="center", fontsize=8)
+                sp = s.spread(s.to_target("bytes"))
+                if b > 0 and sp and sp[0] != sp[1]:
+                    ax2.errorbar([b], [yy], xerr=[[b - sp[0]], [sp[1] - b]], color="black", capsize=3,
+                                 linewidth=1)
+                right = max(b, sp[1]) if sp else b
+                ax2.text(bar_axis.x(right), yy, "  " + fmt_bytes(b), va="center", fontsize=8)
             else:
                 tot = s.total_bytes or 0
                 if tot > 0:
@@ -263,7 +264,7 @@ def frontier(runs, groups, settings, front, metric: str, path: Path) -> None:
         lo, hi = min(qs), max(qs)
         pad = 0.08 * (hi - lo or 1)
         ax.set_ylim(lo - pad, hi + 3 * pad)
-    ax.set_xlabel("total bytes sent per rank over the run (log; 0 B at the left)")
+    ax.set_xlabel("total bytes sent per rank over the run (log)" + ("; 0 B at the left" if axis.has_zero else ""))
     ax.set_ylabel(f"final {_ylabel(metric)}")
     ax.set_title("every run: final quality vs bytes; lines join one strategy's knob sweep at one lr "
                  "and seed", fontsize=10)
@@ -335,7 +336,7 @@ def bytes_per_step(settings, path: Path) -> None:
     ax.set_yticklabels([s.label for s in order], fontsize=7)
     axis.hi *= 8
     axis.apply(ax, "x")
-    ax.set_xlabel("bytes sent per rank per step (mean over the run; log; 0 B at the left)")
+    ax.set_xlabel("bytes sent per rank per step (mean over the run; log)" + ("; 0 B at the left" if axis.has_zero else ""))
     ax.set_title("communication per step, every setting", fontsize=10)
     ax.grid(True, axis="x", alpha=0.3)
     _save(fig, path)

@@ -1,7 +1,9 @@
 """Reads one lowsync run folder (metrics.csv, summary.json, config.toml) into a RunData and derives
-what the comparison needs: final accuracy, the first evaluation at or above a target accuracy, and
-the bytes and seconds spent to get there. Optional fields of older runs may be missing; every
-derived value is then None and shows as "n/a" in the report.
+what the comparison needs: the quality metric (test accuracy, or validation loss for the gpt
+workload), the first evaluation that reaches a target, the bytes and seconds spent to get there,
+the run's status (ok, diverged, stopped, partial) and a label naming strategy, knob, lr, precision
+and optimizer. Optional fields of older runs may be missing; every derived value is then None and
+shows as "n/a" in the report.
 """
 
 from __future__ import annotations
@@ -21,7 +23,15 @@ BYTE_SUMMARY_KEYS = ("bytes_sent_per_rank", "bytes_sent_max_rank", "payload_byte
 # Config keys that never distinguish two runs for a reader (paths, output, watchdogs).
 IGNORED_CONFIG_KEYS = {"data.dir", "checkpoint.dir", "checkpoint.every", "checkpoint.every_seconds",
                        "checkpoint.keep", "log.every", "log.progress", "comm.timeout_seconds",
-                       "sync.check_every", "eval.batch", "train.max_seconds", "train.threads"}
+                       "sync.check_every", "eval.batch", "train.max_seconds", "train.threads",
+                       "net.alpha_us", "net.beta_gbps"}
+# Each strategy's own knob (config key, short name in labels); ALGORITHMS.md section 9.
+KNOBS = {"periodic": ("sync.period", "H"), "diloco": ("sync.period", "H"),
+         "fda": ("sync.fda.threshold", "Theta"), "demo": ("optim.demo.topk", "topk"),
+         "powersgd": ("sync.powersgd.rank", "rank")}
+# Columns whose non-finite values mean the run diverged (the trainer logs nan, inf).
+DIVERGENCE_COLUMNS = ("loss", "test_loss")
+DIVERGED_FACTOR = 10.0  # a training loss 10x its first logged value
 
 
 def fmt_bytes(b: float | None) -> str:
@@ -65,7 +75,16 @@ def flatten(table: dict, prefix: str = "") -> dict:
     return out
 
 
-def read_metrics(path: Path) -> tuple[list[str], list[dict]]:
+def _nonfinite(text: str) -> bool:
+    try:
+        return not math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+def read_metrics(path: Path) -> tuple[list[str], list[dict], bool]:
+    """(header, rows sorted by step, whether a loss cell was non-finite)."""
+    nonfinite = False
     try:
         with open(path, newline="") as f:
             reader = csv.reader(f)
@@ -83,6 +102,8 @@ def read_metrics(path: Path) -> tuple[list[str], list[dict]]:
                 if len(cells) > len(header):
                     raise RunError(f"{path}:{line_no}: {len(cells)} cells but {len(header)} columns")
                 row = {h: _number(c, f"{path}:{line_no} column {h}") for h, c in zip(header, cells)}
+                nonfinite = nonfinite or any(_nonfinite(c) for h, c in zip(header, cells)
+                                             if h in DIVERGENCE_COLUMNS)
                 for col in BYTE_COLUMNS:
                     if row.get(col) is not None and row[col] < 0:
                         raise RunError(f"{path}:{line_no}: {col} = {cells[header.index(col)].strip()} "
@@ -97,7 +118,7 @@ def read_metrics(path: Path) -> tuple[list[str], list[dict]]:
     if not rows:
         raise RunError(f"{path}: no data rows")
     rows.sort(key=lambda r: r["step"])
-    return header, rows
+    return header, rows, nonfinite
 
 
 def read_summary(path: Path) -> dict:
@@ -132,14 +153,17 @@ class RunData:
     config: dict = field(default_factory=dict)
     label: str = ""
     acc_scale: float = 1.0  # 0.01 when a run logs accuracy in percent
+    nonfinite: bool = False  # a logged loss was nan or inf
+    partial: bool = False    # metrics.csv without summary.json: killed or still running
 
     @staticmethod
-    def load(path: Path) -> "RunData":
+    def load(path: Path, allow_partial: bool = False) -> "RunData":
         path = Path(path)
         if not path.is_dir():
             raise RunError(f"{path}: no such run folder")
-        summary = read_summary(path / "summary.json")
-        header, rows = read_metrics(path / "metrics.csv")
+        partial = allow_partial and not (path / "summary.json").exists()
+        summary = {} if partial else read_summary(path / "summary.json")
+        header, rows, nonfinite = read_metrics(path / "metrics.csv")
         config = summary.get("config") if isinstance(summary.get("config"), dict) else None
         if config is None and (path / "config.toml").is_file():
             try:
@@ -148,13 +172,17 @@ class RunData:
             except (OSError, tomllib.TOMLDecodeError) as e:
                 raise RunError(f"{path / 'config.toml'}: corrupt TOML: {e}") from None
         run = RunData(path=path, summary=summary, header=header, rows=rows,
-                      config=flatten(config or {}))
+                      config=flatten(config or {}), nonfinite=nonfinite, partial=partial)
         accs = [r["test_acc"] for r in rows if r.get("test_acc") is not None]
         final = _num(summary.get("final_test_accuracy"))
         if final is not None:
             accs.append(final)
         if accs and max(accs) > 1.0:
             run.acc_scale = 0.01
+        for key in ("final_loss", "final_test_loss", "final_val_loss"):
+            v = summary.get(key)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isfinite(v):
+                run.nonfinite = True
         return run
 
     # --- identity -------------------------------------------------------------------------------
@@ -164,7 +192,41 @@ class RunData:
 
     @property
     def strategy(self) -> str:
-        return self.field_str("strategy", "sync.strategy")
+        return self.field_str("strategy", "sync.strategy", "allreduce")
+
+    @property
+    def arch(self) -> str:
+        return self.field_str("arch", "model.arch", "mlp")
+
+    @property
+    def optimizer(self) -> str:
+        if self.strategy == "demo":
+            return "demo"
+        return str(self.config.get("optim.name", "sgd"))
+
+    @property
+    def lr(self) -> float | None:
+        return _num(self.config.get("optim.lr"))
+
+    @property
+    def seed(self) -> int | None:
+        v = _num(self.config.get("train.seed"))
+        return None if v is None else int(v)
+
+    @property
+    def knob(self) -> tuple[str, str] | None:
+        """(short name, value) of the strategy's own knob, or None (none, allreduce)."""
+        entry = KNOBS.get(self.strategy)
+        if entry is None:
+            return None
+        key, short = entry
+        v = self.config.get(key)
+        if self.strategy == "fda" and (v is None or (_num(v) is not None and _num(v) < 0)):
+            per = self.config.get("sync.fda.threshold_per_param")
+            return ("Theta/d", f"{per:g}") if isinstance(per, (int, float)) else None
+        if v is None:
+            return None
+        return short, (f"{v:g}" if isinstance(v, float) else str(v))
 
     @property
     def precision_compute(self) -> str:
@@ -177,14 +239,16 @@ class RunData:
     @property
     def precision(self) -> str:
         c, w = self.precision_compute, self.precision_wire
+        if self.strategy == "demo":
+            w = str(self.config.get("optim.demo.value", "fp32"))
         return c if c == w else f"{c}/{w}"
 
     @property
     def partition(self) -> str:
         p = self.field_str("partition", "data.partition", "iid")
         alpha = self.config.get("data.alpha")
-        if p == "dirichlet" and _num(alpha) is not None:
-            return f"dirichlet({alpha:g})"
+        if p in ("dirichlet", "by_source") and _num(alpha) is not None:
+            return f"{p}({alpha:g})"
         return p
 
     @property
@@ -197,16 +261,47 @@ class RunData:
         s = _num(self.summary.get("steps"))
         return int(s) if s is not None and s > 0 else int(self.rows[-1]["step"])
 
+    @property
+    def configured_steps(self) -> int | None:
+        v = _num(self.config.get("train.steps"))
+        return None if v is None else int(v)
+
     def base_label(self) -> str:
+        """strategy[knob] lr precision optimizer: what a reader needs to tell two rows apart."""
         strategy = self.strategy
-        if strategy == "periodic" and self.config.get("sync.period") is not None:
-            strategy = f"periodic(H={self.config['sync.period']})"
-        elif strategy == "fda" and self.config.get("sync.fda.estimator") is not None:
-            strategy = f"fda({self.config['sync.fda.estimator']})"
-        elif strategy == "powersgd" and self.config.get("sync.powersgd.rank") is not None:
-            strategy = f"powersgd(r={self.config['sync.powersgd.rank']})"
-        ranks = self.ranks if self.ranks is not None else "?"
-        return f"{strategy} {self.precision} {self.partition} n={ranks}"
+        knob = self.knob
+        if knob is not None:
+            strategy += f"({knob[0]}={knob[1]})"
+        lr = f"lr={self.lr:g}" if self.lr is not None else "lr=?"
+        return f"{strategy} {lr} {self.precision} {self.optimizer}"
+
+    def setting_key(self) -> tuple:
+        """Identical for runs that differ only in the seed (and output-only keys)."""
+        keys = sorted(set(self.config) - IGNORED_CONFIG_KEYS - {"train.seed"})
+        return tuple((k, repr(self.config.get(k))) for k in keys) + (("ranks", self.ranks),)
+
+    # --- status ---------------------------------------------------------------------------------
+    @property
+    def status(self) -> str:
+        """ok | diverged | stopped | partial. Only ok runs are ranked or move a target."""
+        if self.diverged:
+            return "diverged"
+        if self.partial:
+            return "partial"
+        if self.summary.get("stopped_early") is True:
+            return "stopped"
+        want = self.configured_steps
+        if want is not None and self.steps < want:
+            return "partial"
+        return "ok"
+
+    @property
+    def diverged(self) -> bool:
+        """A non-finite loss, or a training loss above 10x its first logged value."""
+        if self.nonfinite:
+            return True
+        losses = [r["loss"] for r in self.rows if r.get("loss") is not None and r["step"] > 0]
+        return bool(losses) and losses[0] > 0 and max(losses) > DIVERGED_FACTOR * losses[0]
 
     # --- curves ---------------------------------------------------------------------------------
     def series(self, x: str, y: str) -> tuple[list[float], list[float]]:
@@ -217,8 +312,9 @@ class RunData:
                 ys.append(r[y] * (self.acc_scale if y == "test_acc" else 1.0))
         return xs, ys
 
-    def eval_rows(self) -> list[dict]:
-        return [r for r in self.rows if r.get("test_acc") is not None]
+    def eval_rows(self, metric: str = "accuracy") -> list[dict]:
+        col = "test_acc" if metric == "accuracy" else "test_loss"
+        return [r for r in self.rows if r.get(col) is not None]
 
     def last(self, column: str) -> float | None:
         for r in reversed(self.rows):
@@ -231,31 +327,53 @@ class RunData:
     def final_accuracy(self) -> float | None:
         v = _num(self.summary.get("final_test_accuracy"))
         if v is None:
+            v = _num(self.summary.get("final_val_accuracy"))
+        if v is None:
             v = self.last("test_acc")
         return None if v is None else v * self.acc_scale
+
+    @property
+    def final_test_loss(self) -> float | None:
+        for key in ("final_val_loss", "final_test_loss"):
+            v = _num(self.summary.get(key))
+            if v is not None:
+                return v
+        return self.last("test_loss")
+
+    def final_quality(self, metric: str) -> float | None:
+        return self.final_accuracy if metric == "accuracy" else self.final_test_loss
+
+    def quality(self, row: dict, metric: str) -> float | None:
+        if metric == "accuracy":
+            v = row.get("test_acc")
+            return None if v is None else v * self.acc_scale
+        return row.get("test_loss")
 
     @property
     def final_loss(self) -> float | None:
         v = _num(self.summary.get("final_loss"))
         return v if v is not None else self.last("loss")
 
-    def target_row(self, target: float) -> dict | None:
-        """The first evaluation whose test accuracy is at least target (a fraction)."""
-        for r in self.eval_rows():
-            if r["test_acc"] * self.acc_scale >= target - 1e-12:
+    def target_row(self, target: float, metric: str = "accuracy") -> dict | None:
+        """The first evaluation whose quality reaches target (accuracy >=, loss <=)."""
+        for r in self.eval_rows(metric):
+            q = self.quality(r, metric)
+            if metric == "accuracy" and q >= target - 1e-12:
+                return r
+            if metric == "loss" and q <= target + 1e-12:
                 return r
         return None
 
-    def time_to_target(self, target: float) -> float | None:
-        r = self.target_row(target)
+    def time_to_target(self, target: float, metric: str = "accuracy") -> float | None:
+        r = self.target_row(target, metric)
         return None if r is None else r.get("wall_s")
 
-    def bytes_to_target(self, target: float) -> float | None:
-        r = self.target_row(target)
+    def bytes_to_target(self, target: float, metric: str = "accuracy") -> float | None:
+        r = self.target_row(target, metric)
         return None if r is None else r.get("bytes_sent")
 
-    def steps_to_target(self, target: float) -> float | None:
-        r = self.target_row(target)
+    def steps_to_target(self, target: float, metric: str = "accuracy") -> float | None:
+        r = self.target_row(target, metric)
         return None if r is None else r["step"]
 
     def summary_or_last(self, summary_key: str, column: str) -> float | None:
@@ -311,35 +429,56 @@ class RunData:
         return None
 
 
-def discover(paths: list[str]) -> tuple[list[Path], list[str]]:
+def discover(paths: list[str]) -> tuple[list[Path], list[Path], list[str]]:
     """Run folders named on the command line; a folder without summary.json or metrics.csv whose
-    subfolders are runs (a sweep's output) stands for those. Returns (runs, warnings)."""
-    found, warnings = [], []
+    subfolders are runs (a sweep's output, searched two levels deep) stands for those. Returns
+    (finished runs, partial runs: metrics.csv without summary.json, warnings)."""
+    found, partial, warnings = [], [], []
+
+    def runs_below(d: Path, depth: int) -> list[Path]:
+        out = []
+        for sub in sorted(x for x in d.iterdir() if x.is_dir()):
+            if (sub / "metrics.csv").exists():
+                out.append(sub)
+            elif depth > 1:
+                out += runs_below(sub, depth - 1)
+        return out
+
     for p in map(Path, paths):
         if not p.exists():
             raise RunError(f"{p}: no such run folder")
         if not p.is_dir():
             raise RunError(f"{p}: not a folder")
         if (p / "summary.json").exists() or (p / "metrics.csv").exists():
-            found.append(p)
+            (found if (p / "summary.json").exists() else partial).append(p)
             continue
-        subs = sorted(d for d in p.iterdir() if d.is_dir() and (d / "metrics.csv").exists())
+        subs = runs_below(p, 2)
         if not subs:
             raise RunError(f"{p}: not a run folder (no summary.json or metrics.csv, no runs inside)")
         for d in subs:
             if (d / "summary.json").exists():
                 found.append(d)
             else:
-                warnings.append(f"{d}: unfinished (no summary.json), left out")
-    return found, warnings
+                partial.append(d)
+                warnings.append(f"{d}: unfinished (no summary.json): labelled partial, not ranked")
+    return found, partial, warnings
 
 
 def assign_labels(runs: list[RunData]) -> None:
-    """Readable, unique labels: the base label, plus the config keys that tell apart runs sharing
-    it, plus the folder name as a last resort."""
+    """Readable, unique labels: strategy(knob) lr precision optimizer, plus the seed when runs of
+    one setting differ only in it, plus other config keys that tell apart runs sharing a label,
+    plus the folder name as a last resort; a run that is not ok carries its status."""
+    # A partial run has no summary.json: its partition and rank count are unknown, not different.
+    partitions = {r.partition for r in runs if not r.partial}
+    rank_counts = {r.ranks for r in runs if not r.partial}
     groups: dict[str, list[RunData]] = {}
     for r in runs:
-        groups.setdefault(r.base_label(), []).append(r)
+        base = r.base_label()
+        if len(partitions) > 1:
+            base += f" {r.partition}"
+        if len(rank_counts) > 1:
+            base += f" n={r.ranks if r.ranks is not None else '?'}"
+        groups.setdefault(base, []).append(r)
     for base, group in groups.items():
         if len(group) == 1:
             group[0].label = base
@@ -357,3 +496,6 @@ def assign_labels(runs: list[RunData]) -> None:
     for r in runs:
         if seen[r.label] > 1:
             r.label = f"{r.label} [{r.path.name}]"
+    for r in runs:
+        if r.status != "ok":
+            r.label = f"{r.label} [{r.status.upper()}]"

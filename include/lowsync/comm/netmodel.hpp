@@ -1,14 +1,21 @@
-// Alpha-beta network model: a message of S bytes over one link costs alpha + S / beta. The
-// collective formulas (per call, N ranks) follow the ring/tree algorithms the ledger assumes:
-//   allreduce (ring)   2(N-1) alpha + 2(N-1)/N S / beta    allgather (ring) (N-1) alpha + (N-1) s / beta
-//   broadcast (pipelined tree) ceil(log2 N) alpha + S / beta   reduce_scatter, alltoall (N-1) alpha + (N-1)/N S / beta
-//   gather  (N-1) alpha + (N-1) s / beta                      barrier 2 ceil(log2 N) alpha
-// S = payload per rank per call (allgather: s = what one rank contributes).
+// Alpha-beta network model: a message of S bytes over one link costs alpha + S / beta. Allreduce
+// and allgather use the algorithm Open MPI 4.1's tuned component picks by default for the message
+// size and rank count (coll_tuned_decision_fixed.c; tables and formulas in netmodel.cpp and
+// tools/compare/netmodel.py, which must agree): recursive doubling (log2 N latencies) for small
+// messages, Rabenseifner or ring for large ones. S = payload per rank per call (allgather: s = what
+// one rank contributes).
 #pragma once
 
 #include "lowsync/comm/ledger.hpp"
 
 namespace lowsync::comm {
+
+enum class AllreduceAlgorithm { reduce_bcast = 2, recursive_doubling = 3, ring = 4, segmented_ring = 5, rabenseifner = 6 };
+enum class AllgatherAlgorithm { bruck = 2, recursive_doubling = 3, ring = 4, neighbor_exchange = 5, two_procs = 6 };
+
+// Open MPI 4.1 ompi_coll_tuned_{allreduce,allgather}_intra_dec_fixed, commutative operations.
+AllreduceAlgorithm tuned_allreduce_algorithm(int world_size, double payload_bytes);
+AllgatherAlgorithm tuned_allgather_algorithm(int world_size, double share_bytes);
 
 struct NetworkModel {
   double alpha_seconds = 2e-6;        // latency per message

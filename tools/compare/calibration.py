@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"calibration: --max-error must be > 0, got {args.max_error}", file=sys.stderr)
         return 2
     try:
-        paths, _ = discover(args.runs)
+        paths, _, _ = discover(args.runs)  # finished runs; partial ones and warnings unused here
         runs = [RunData.load(p) for p in paths]
         assign_labels(runs)
         print("\n".join(section(runs, args.calibration, args.target_acc)))

@@ -39,6 +39,8 @@ fi
 
 # name -> settings. Every row trains the same MLP for the same number of steps. periodic-fp8:
 # periodic averaging over an fp8 wire with the fp32 server model; demo: bf16 values on the wire;
+# diloco: H = 50 inner AdamW steps, outer Nesterov (0.7, 0.9); diloco-streaming: 4 fragments,
+# each round merged 2 inner steps after its non-blocking allreduce started;
 # zo-ntk: backprop-free FedSGD zeroth-order training after NTK pruning to 10% of the weights.
 declare -A rows=(
   [allreduce]="sync.strategy=allreduce optim.name=sgd optim.lr=0.05"
@@ -46,9 +48,11 @@ declare -A rows=(
   [fda]="sync.strategy=fda sync.fda.estimator=linear optim.name=sgd optim.lr=0.05"
   [periodic-fp8]="sync.strategy=periodic sync.period=10 optim.name=sgd optim.lr=0.05 precision.wire=fp8_e4m3"
   [demo]="sync.strategy=demo optim.lr=0.001 optim.demo.value=bf16"
+  [diloco]="sync.strategy=diloco sync.period=50 optim.name=adamw optim.lr=0.001"
+  [diloco-streaming]="sync.strategy=diloco sync.period=50 sync.diloco.fragments=4 sync.diloco.overlap=2 optim.name=adamw optim.lr=0.001"
   [zo-ntk]="optim.name=zo optim.zo.form=fedsgd optim.zo.q=16 optim.zo.update=adam optim.lr=0.01 prune.method=ntk prune.sparsity=0.9"
 )
-order=(allreduce periodic periodic-fp8 fda demo zo-ntk)
+order=(allreduce periodic periodic-fp8 fda demo diloco diloco-streaming zo-ntk)
 strategies=(${STRATEGIES:-${order[*]}})
 
 for name in "${strategies[@]}"; do

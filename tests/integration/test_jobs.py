@@ -369,7 +369,8 @@ class SweepFilesTest(unittest.TestCase):
 
     EXPECTED = {"smoke.toml": 4, "strategies.toml": 20, "precision.toml": 18,
                 "precision_compute.toml": 4, "precision_storage.toml": 20, "fda_compare.toml": 32,
-                "demo_compare.toml": 3, "demo_compare_cnn.toml": 3}
+                "demo_compare.toml": 3, "demo_compare_cnn.toml": 3,
+                "diloco.toml": 7}
 
     def expand(self, path: Path) -> list[dict]:
         r = run([PY, SWEEP, "list", path, "--format", "json", "--out-root", "/nonexistent/out"])

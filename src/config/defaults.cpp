@@ -7,7 +7,7 @@ const std::vector<ContextDefault>& context_defaults() {
   // Strategy rules first, then workload rules (a strategy's own optimizer settings win).
   static const std::vector<ContextDefault> table = {
       // DiLoCo's inner optimizer is AdamW (ALGORITHMS.md §6); SGD's 0.05 would be far too large
-      // for it. 1e-3 won over 3e-4 and 3e-3 on the MLP (Dirichlet 0.1, 4 ranks, H = 50; README).
+      // for it. 1e-3 is AdamW's usual step (not yet tuned on a grid here; docs/strategies.md).
       {"sync.strategy", "diloco", "optim.name", std::string("adamw"), "DiLoCo's inner optimizer is AdamW"},
       {"sync.strategy", "diloco", "optim.lr", 1e-3, "AdamW's step size for DiLoCo's inner steps"},
   };

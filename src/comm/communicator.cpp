@@ -1,5 +1,6 @@
 // MPI backend of the Communicator. Collectives are Open MPI's blocking ones (its tuned algorithms;
-// the non-blocking libnbc versions measured 1.4x slower on the MLP gradient). A watchdog thread
+// the non-blocking libnbc versions measured 1.4x slower on the MLP gradient), except
+// start_allreduce/wait, non-blocking by design (Streaming DiLoCo's overlap). A watchdog thread
 // watches each call: if one does not finish within comm.timeout_seconds it names the collective
 // and the step and ends the process, and the launcher (mpirun, srun --kill-on-bad-exit) then
 // takes every rank down instead of leaving them hanging.
@@ -355,6 +356,70 @@ void Communicator::barrier(std::string_view traffic) {
     check_mpi(MPI_Barrier(comm_), "MPI_Barrier");
   }
   record(Collective::barrier, traffic, 0, start, false);
+}
+
+PendingAllreduce::~PendingAllreduce() {
+  if (!active_ || std::uncaught_exceptions() > 0) return;
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized) MPI_Wait(&request_, MPI_STATUS_IGNORE);
+}
+
+PendingAllreduce::PendingAllreduce(PendingAllreduce&& o) noexcept
+    : request_(o.request_), traffic_(std::move(o.traffic_)), payload_bytes_(o.payload_bytes_), seconds_(o.seconds_),
+      active_(o.active_) {
+  o.request_ = MPI_REQUEST_NULL;
+  o.active_ = false;
+}
+
+PendingAllreduce& PendingAllreduce::operator=(PendingAllreduce&& o) noexcept {
+  if (this == &o) return *this;
+  if (active_) MPI_Wait(&request_, MPI_STATUS_IGNORE);  // never drop a request MPI still owns
+  request_ = o.request_;
+  traffic_ = std::move(o.traffic_);
+  payload_bytes_ = o.payload_bytes_;
+  seconds_ = o.seconds_;
+  active_ = o.active_;
+  o.request_ = MPI_REQUEST_NULL;
+  o.active_ = false;
+  return *this;
+}
+
+void Communicator::fail_sizes(std::size_t send, std::size_t recv) {
+  fail("start_allreduce: send holds {} elements, receive {}", send, recv);
+}
+
+PendingAllreduce Communicator::start_allreduce_bytes(const void* send, void* recv, std::size_t count, DType t,
+                                                     ReduceOp op, std::string_view traffic) {
+  Kokkos::fence();
+  const double start = MPI_Wtime();
+  const int n = checked_count(count, "start_allreduce");
+  PendingAllreduce p;
+  p.traffic_ = std::string(traffic);
+  p.payload_bytes_ = count * dtype_bytes(t);
+  p.active_ = true;
+  if (send != recv && count > 0) std::memcpy(recv, send, count * dtype_bytes(t));
+  if (options_.deterministic && op == ReduceOp::sum && size_ > 1 && (t == DType::f32 || t == DType::f64)) {
+    deterministic_sum(recv, count, t);  // done now: request_ stays null, wait() only records
+  } else if (size_ > 1) {
+    const Guard guard(watchdog_, Collective::allreduce, traffic, step_);
+    check_mpi(MPI_Iallreduce(MPI_IN_PLACE, recv, n, mpi_type(t), mpi_op(op), comm_, &p.request_), "MPI_Iallreduce");
+  }
+  p.seconds_ = MPI_Wtime() - start;
+  return p;
+}
+
+void Communicator::wait(PendingAllreduce& p) {
+  if (!p.active_) fail("wait: no allreduce in flight ({})", p.traffic_.empty() ? "never started" : p.traffic_);
+  const double start = MPI_Wtime();
+  if (p.request_ != MPI_REQUEST_NULL) {
+    const Guard guard(watchdog_, Collective::allreduce, p.traffic_, step_);
+    check_mpi(MPI_Wait(&p.request_, MPI_STATUS_IGNORE), "MPI_Wait (allreduce)");
+  }
+  p.active_ = false;
+  const double seconds = p.seconds_ + (MPI_Wtime() - start);
+  ledger_.record(Collective::allreduce, p.traffic_, p.payload_bytes_,
+                 wire_bytes(Collective::allreduce, p.payload_bytes_, size_, false), seconds);
 }
 
 bool Communicator::any(bool flag_here, std::string_view traffic) {

@@ -11,6 +11,10 @@ const std::vector<ContextDefault>& context_defaults() {
       // torch.optim.SGD, lr 1e-3; ALGORITHMS.md section 5); the paper's OLMo runs use 4e-4 with a
       // schedule. docs/strategies.md: on the MLP/CNN the lr grid chose 3e-3 / 9e-3.
       {"sync.strategy", "demo", "optim.lr", 1e-3, "sync.strategy = demo: DeMo's own step size, 1e-3"},
+      // DiLoCo's inner optimizer is AdamW (ALGORITHMS.md §6); SGD's 0.05 would be far too large
+      // for it. 1e-3 is AdamW's usual step (not yet tuned on a grid here; docs/strategies.md).
+      {"sync.strategy", "diloco", "optim.name", std::string("adamw"), "DiLoCo's inner optimizer is AdamW"},
+      {"sync.strategy", "diloco", "optim.lr", 1e-3, "AdamW's step size for DiLoCo's inner steps"},
   };
   return table;
 }

@@ -62,8 +62,8 @@ std::vector<KeySpec> build_schema() {
       choice("optim.zo.form", "fedsgd", {"fedsgd", "fedavg"}, "federated ZO: send q loss differences per step, or average the kept weights every sync.period (optim.name = zo ignores sync.strategy)"),
       choice("optim.zo.update", "sgd", {"sgd", "adam"}, "optimizer applied to the ZO gradient estimate"),
       // synchronization
-      choice("sync.strategy", "allreduce", {"none", "allreduce", "periodic", "fda", "demo", "powersgd"}, "when and what ranks synchronise"),
-      integer("sync.period", 10, 1, kBig, "steps between model averages for sync.strategy=periodic"),
+      choice("sync.strategy", "allreduce", {"none", "allreduce", "periodic", "fda", "demo", "powersgd", "diloco"}, "when and what ranks synchronise"),
+      integer("sync.period", 10, 1, kBig, "steps between model averages for sync.strategy=periodic; inner steps H per round for diloco"),
       boolean("sync.average_optimizer_state", false, "periodic/fda: also average optimizer state at a sync"),
       integer("sync.check_every", 100, 0, kBig, "steps between replica checksum checks (0 = never)"),
       choice("sync.fda.estimator", "linear", {"naive", "linear", "sketch"}, "FDA variance estimator"),
@@ -75,6 +75,11 @@ std::vector<KeySpec> build_schema() {
       integer("sync.powersgd.rank", 4, 1, 1 << 16, "PowerSGD rank r: each gradient matrix travels as P [rows, r] and Q [cols, r] (per matrix min(r, rows, cols); conv kernels as [out, in*kh*kw])"),
       integer("sync.powersgd.start_iter", 10, 0, kBig, "PowerSGD: plain fp32 gradient allreduce for steps 1..start_iter, compression after (PyTorch: 1000)"),
       real("sync.powersgd.min_compression_rate", 2.0, 0.0, kBig, "PowerSGD compresses a matrix only if r*(rows+cols)*rate < rows*cols; the others and every 1-D tensor (biases) travel whole in the P allreduce; 0 = compress every matrix"),
+      real("sync.diloco.outer_lr", 0.7, 0.0, kBig, "DiLoCo outer Nesterov SGD learning rate on the pseudo-gradient theta_g - mean theta_k (1 with outer_momentum 0 = periodic averaging)"),
+      real("sync.diloco.outer_momentum", 0.9, 0.0, 0.999999, "DiLoCo outer Nesterov momentum mu"),
+      integer("sync.diloco.fragments", 1, 1, 1 << 20, "Streaming DiLoCo: F fragments (contiguous groups of whole tensors, largest group minimised, logged at the start); fragment f syncs at steps t with (t - floor(f*H/F)) mod H == 0; needs F <= sync.period and <= the model's tensors"),
+      integer("sync.diloco.overlap", 0, 0, kBig, "Streaming DiLoCo: tau inner steps between a fragment's non-blocking allreduce and its merge (0 = blocking, merged at once); < sync.period"),
+      real("sync.diloco.mix", 0.5, 0.0, 1.0, "Streaming DiLoCo with overlap: the merge theta_k = alpha*theta_k + (1 - alpha)*theta_g of a fragment (alpha)"),
       // precision
       choice("precision.compute", "fp32", {"fp32", "bf16", "fp16", "fp8"}, "compute precision of forward/backward"),
       choice("precision.wire", "fp32", {"fp32", "bf16", "fp16", "fp8_e4m3", "fp8_e5m2"}, "format of what strategies send"),

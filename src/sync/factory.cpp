@@ -2,6 +2,7 @@
 #include "lowsync/core/error.hpp"
 #include "lowsync/sync/basic.hpp"
 #include "lowsync/sync/demo.hpp"
+#include "lowsync/sync/diloco.hpp"
 #include "lowsync/sync/fda.hpp"
 #include "lowsync/sync/powersgd.hpp"
 
@@ -20,8 +21,20 @@ void validate_config(const config::Config& cfg) {
   // models (periodic, fda). DeMo has its own value format (optim.demo.value); none sends nothing.
   const WireFormat wire = parse_wire_format(cfg.string("precision.wire"));
   if (wire != WireFormat::fp32 && (name == "none" || name == "demo"))
-    fail("precision.wire = '{}' does not apply to sync.strategy = '{}' (use allreduce, periodic or fda{})",
+    fail("precision.wire = '{}' does not apply to sync.strategy = '{}' (use allreduce, periodic, fda or diloco{})",
          wire_format_name(wire), name, name == "demo" ? "; DeMo's values: optim.demo.value" : "");
+  // DiLoCo (ALGORITHMS.md §6, "do not compose"): an inner optimizer that updates locally; DeMo and
+  // ZO own what travels, and the inner state stays local by definition.
+  if (name == "diloco" && opt != "sgd" && opt != "adamw")
+    fail("sync.strategy = \"diloco\" needs an inner optimizer optim.name = sgd | adamw, not \"{}\"", opt);
+  if (name == "diloco" && cfg.boolean("sync.average_optimizer_state"))
+    fail("sync.average_optimizer_state = true does not apply to sync.strategy = \"diloco\" (its inner optimizer state stays local)");
+  if (name == "diloco" && cfg.integer("sync.diloco.overlap") >= cfg.integer("sync.period"))
+    fail("sync.diloco.overlap = {} needs to be < sync.period = {} (a fragment's round lands before its next starts)",
+         cfg.integer("sync.diloco.overlap"), cfg.integer("sync.period"));
+  if (name == "diloco" && cfg.integer("sync.diloco.fragments") > cfg.integer("sync.period"))
+    fail("sync.diloco.fragments = {} needs sync.period >= {} (one distinct sync step per fragment)",
+         cfg.integer("sync.diloco.fragments"), cfg.integer("sync.diloco.fragments"));
   if (name == "demo" && cfg.string("precision.update_rounding") == "stochastic")
     fail("precision.update_rounding = \"stochastic\" applies to optim.name = sgd | adamw, not sync.strategy = demo (DeMo "
          "keeps its parameters fp32)");
@@ -42,6 +55,7 @@ std::unique_ptr<Strategy> make_strategy(const config::Config& cfg) {
   if (name == "fda") return std::make_unique<FdaStrategy>(cfg);
   if (name == "demo") return std::make_unique<DemoStrategy>(cfg);
   if (name == "powersgd") return std::make_unique<PowerSgdStrategy>(cfg);
+  if (name == "diloco") return std::make_unique<DilocoStrategy>(cfg);
   fail("sync.strategy = '{}' is not available in this build", name);
 }
 

@@ -77,6 +77,31 @@ class Watchdog {
   std::chrono::steady_clock::time_point since_;
 };
 
+class Communicator;
+
+// A non-blocking allreduce in flight (Communicator::start_allreduce .. wait). The send buffer
+// must stay unchanged and the receive buffer untouched until wait(). Destroying an active one
+// waits for it (every rank destroys its own at the same point of a normal exit), except while an
+// exception unwinds: then the peers may never get there, and MPI_Finalize or the abort takes it.
+class PendingAllreduce {
+ public:
+  PendingAllreduce() = default;
+  ~PendingAllreduce();
+  PendingAllreduce(PendingAllreduce&& o) noexcept;
+  PendingAllreduce& operator=(PendingAllreduce&& o) noexcept;
+  PendingAllreduce(const PendingAllreduce&) = delete;
+  PendingAllreduce& operator=(const PendingAllreduce&) = delete;
+  bool active() const { return active_; }
+
+ private:
+  friend class Communicator;
+  MPI_Request request_ = MPI_REQUEST_NULL;
+  std::string traffic_;
+  std::size_t payload_bytes_ = 0;
+  double seconds_ = 0.0;  // spent inside the start call so far (the wait adds its own)
+  bool active_ = false;
+};
+
 // Arms the watchdog for the lifetime of one collective call.
 class Guard {
  public:
@@ -134,6 +159,22 @@ class Communicator {
   }
   void barrier(std::string_view traffic = "control");
 
+  // Non-blocking allreduce (recv = op over ranks of send, send.size() == recv.size()): started
+  // here, completed by wait() any number of steps later, so the reduction travels while the
+  // ranks compute. Every rank starts and waits in the same order as its other collectives. Both
+  // calls are watched by the watchdog (each counts as one collective in the heartbeat); the
+  // ledger records one allreduce of the payload at wait(), its seconds those spent blocked in
+  // start + wait (the overlap shows as fewer comm seconds for the same bytes). With
+  // comm.deterministic a sum is done at once by the rank-ordered path (nothing overlaps) so
+  // results stay bitwise repeatable.
+  template <class T>
+  PendingAllreduce start_allreduce(std::span<const T> send, std::span<T> recv, ReduceOp op, std::string_view traffic) {
+    if (send.size() != recv.size())
+      fail_sizes(send.size(), recv.size());
+    return start_allreduce_bytes(send.data(), recv.data(), send.size(), dtype_of_v<T>, op, traffic);
+  }
+  void wait(PendingAllreduce& pending);
+
   // Every rank says whether it failed; all learn whether any did (one int allreduce, LOR).
   bool any(bool flag_here, std::string_view traffic = "control");
 
@@ -158,6 +199,9 @@ class Communicator {
                     DType t, int root, std::string_view traffic);
   void alltoall_bytes(const void* send, std::size_t send_count, void* recv, std::size_t recv_count, DType t,
                       std::string_view traffic);
+  PendingAllreduce start_allreduce_bytes(const void* send, void* recv, std::size_t count, DType t, ReduceOp op,
+                                         std::string_view traffic);
+  [[noreturn]] static void fail_sizes(std::size_t send, std::size_t recv);
   void deterministic_sum(void* data, std::size_t count, DType t);
   void record(Collective c, std::string_view traffic, std::size_t payload_bytes, double start, bool is_root);
 

@@ -100,7 +100,7 @@ class BackpropLearner final : public Learner {
     const auto seed = static_cast<std::uint64_t>(cfg.integer("train.seed"));
     model_ = std::make_unique<model::Model>(cfg.string("model.arch"), batch, seed,
                                             model::parse_compute(cfg.string("precision.compute")),
-                                            resolve_storage(cfg, *strategy_));
+                                            resolve_storage(cfg, *strategy_), model_options(cfg));
     model_->set_eval_batch(static_cast<int>(cfg.integer("eval.batch")));
     optimizer_ = strategy_->owns_update()
                      ? optim::make_no_update(cfg.real("optim.lr"), strategy_->name())

@@ -29,6 +29,7 @@ void check_workload(const config::Config& cfg) {
   if (text && cfg.integer("data.train_limit") != 0)
     fail("data.train_limit = {} limits image samples; text (data.name = {}) trains on every file of data.dir",
          cfg.integer("data.train_limit"), name);
+  if (arch == "gpt") model_options(cfg);  // model.gpt.* sizes, before any collective
   if (arch == "gpt" && cfg.string("optim.name") == "zo")
     fail("optim.name = zo cannot train model.arch = gpt: zeroth-order training runs the sparse MLP only (use optim.name "
          "= adamw or sgd)");

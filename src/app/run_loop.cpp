@@ -113,6 +113,11 @@ bool text_workload(const config::Config& cfg) {
   return data::dataset_entry(cfg.string("data.name")).kind == data::DataKind::text;
 }
 
+model::ArchOptions model_options(const config::Config& cfg) {
+  return model::arch_options(cfg.integer("model.gpt.ctx"), cfg.integer("model.gpt.width"), cfg.integer("model.gpt.layers"),
+                             cfg.integer("model.gpt.heads"));
+}
+
 int text_context(const config::Config& cfg) { return static_cast<int>(cfg.integer("model.gpt.ctx")); }
 
 namespace {

@@ -85,7 +85,8 @@ Json evaluate_checkpoint(const std::filesystem::path& path, const config::Config
                               comm.rank(), comm.size())
            : test_slice(entry.load(cfg.string("data.dir"), cfg.integer("data.train_limit")).test, comm.rank(), comm.size());
   model::Model model(cfg.string("model.arch"), static_cast<int>(cfg.integer("train.batch")),
-                     static_cast<std::uint64_t>(cfg.integer("train.seed")));
+                     static_cast<std::uint64_t>(cfg.integer("train.seed")), model::Compute::fp32,
+                     model::Storage::float32, model_options(cfg));
   model.set_eval_batch(static_cast<int>(cfg.integer("eval.batch")));
   const auto mean = checkpoint_mean_params(path, comm, model.num_params());
   std::copy(mean.begin(), mean.end(), model.params().begin());

@@ -30,7 +30,11 @@ const double kInf = std::numeric_limits<double>::infinity();
 std::vector<KeySpec> build_schema() {
   return {
       // model and data
-      choice("model.arch", "mlp", {"mlp", "cnn"}, "network: mlp 784-512-256-10 or cnn (2 conv + 2 fc)"),
+      choice("model.arch", "mlp", {"mlp", "cnn", "gpt"}, "network: mlp 784-512-256-10, cnn (2 conv + 2 fc) or gpt (byte-level causal transformer, ALGORITHMS.md §8)"),
+      integer("model.gpt.ctx", 128, 1, 4096, "gpt: context length T in bytes (positions per window; the position table has T rows)"),
+      integer("model.gpt.width", 128, 1, 8192, "gpt: model width C (embedding and residual size; a multiple of model.gpt.heads)"),
+      integer("model.gpt.layers", 4, 1, 256, "gpt: transformer blocks L (pre-LN, attention + 4C GELU MLP)"),
+      integer("model.gpt.heads", 4, 1, 256, "gpt: attention heads H per block (head size C/H, scores scaled by 1/sqrt(C/H))"),
       choice("data.name", "fashion-mnist", {"fashion-mnist", "fortunes"}, "dataset (data/registry.cpp); its files are read from data.dir: fashion-mnist (images, model.arch = mlp | cnn) or fortunes (byte-level text, model.arch = gpt; the default with gpt)"),
       text("data.dir", "/usr/share/datasets/fashion-mnist", "folder of the data.name dataset's files (fashion-mnist: the four IDX files, .gz or plain; fortunes: every plain file but *.dat and *.u8, default /usr/share/games/fortunes)"),
       choice("data.partition", "iid", {"iid", "dirichlet", "shards", "by_source"}, "how training data is split over ranks: images iid | dirichlet | shards; text iid (every rank draws windows from all training bytes) | by_source (whole files dealt to ranks by Dirichlet(data.alpha), at least one each)"),

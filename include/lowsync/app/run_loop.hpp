@@ -36,6 +36,8 @@ TestSlice validation_slice(const data::TextCorpus& corpus, int context, std::int
 
 // The run trains on text (data.name a text dataset: the gpt workload).
 bool text_workload(const config::Config& cfg);
+// The model.gpt.* sizes as the model takes them (validated by model::arch_options).
+model::ArchOptions model_options(const config::Config& cfg);
 // Bytes of context of the text workload (model.gpt.ctx): a sample is a window of T + 1 bytes.
 int text_context(const config::Config& cfg);
 

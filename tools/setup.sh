@@ -11,7 +11,7 @@ packages=(
   libtrilinos-kokkos-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libcli11-dev libtomlplusplus-dev libfmt-dev libspdlog-dev zlib1g-dev nlohmann-json3-dev
-  dataset-fashion-mnist
+  dataset-fashion-mnist fortunes
   python3 python3-matplotlib python3-numpy python3-h5py
   clang libclang-rt-14-dev
 )

@@ -100,7 +100,7 @@ class BackpropLearner final : public Learner {
     const auto seed = static_cast<std::uint64_t>(cfg.integer("train.seed"));
     model_ = std::make_unique<model::Model>(cfg.string("model.arch"), batch, seed,
                                             model::parse_compute(cfg.string("precision.compute")),
-                                            resolve_storage(cfg, *strategy_));
+                                            resolve_storage(cfg, *strategy_), model_options(cfg));
     model_->set_eval_batch(static_cast<int>(cfg.integer("eval.batch")));
     optimizer_ = strategy_->owns_update()
                      ? optim::make_no_update(cfg.real("optim.lr"), strategy_->name())
@@ -169,14 +169,17 @@ class BackpropLearner final : public Learner {
       std::copy(params.raw_bytes().begin(), params.raw_bytes().end(), saved_params_.data());
       sync::average_replicas(comm_, params, "obs.eval");
     }
-    const auto local = model.evaluate(data_->test.images.data(), data_->test.labels.data(),
-                                      static_cast<std::int64_t>(data_->test.labels.size()));
+    // A rank whose slice is empty (more ranks than text validation windows) adds nothing.
+    const auto local = data_->test.count == 0 ? model::EvalResult{}
+                                              : model.evaluate(data_->test.images.data(), data_->test.labels.data(),
+                                                               data_->test.count);
     if (average) std::copy(saved_params_.data(), saved_params_.data() + saved_params_.size(), params.raw_bytes().begin());
     to_master_params();
     return combine_over_ranks(local, comm_);
   }
 
   double epoch_progress() const override { return data_->loader->epoch_progress(); }
+  int tokens_per_sample() const override { return data_->positions; }
   std::int64_t syncs() const override { return strategy_->syncs(); }
   std::vector<std::string> metric_names() const override { return strategy_->metric_names(); }
   std::vector<double> metric_values() const override { return strategy_->metric_values(); }
@@ -193,7 +196,7 @@ class BackpropLearner final : public Learner {
 
   Json summary_fields() override {
     model::Model& model = *model_;
-    return {
+    Json fields = {
         {"arch", model.arch()},
         {"strategy", std::string(strategy_->name())},
         {"optimizer", std::string(optimizer_->name())},
@@ -205,8 +208,11 @@ class BackpropLearner final : public Learner {
         {"activation_bytes", static_cast<std::int64_t>(model.activation_bytes())},
         {"strategy_state_bytes", strategy_state_bytes_json(*strategy_, static_cast<std::int64_t>(master_.size()))},
         {"forward_flops_per_sample", model.forward_flops_per_sample()},
-        {"label_histograms", data_->label_histograms},
     };
+    // Each rank's data: label counts (images) or the files it draws windows from (text).
+    if (data_->positions > 0) fields["data_sources"] = data_->sources;
+    else fields["label_histograms"] = data_->label_histograms;
+    return fields;
   }
 
  private:

@@ -124,7 +124,7 @@ constexpr const char* kIdentityKeys[] = {"model.arch",        "sync.strategy",  
                                          "train.seed",        "data.partition",    "data.train_limit",
                                          "precision.compute", "precision.wire",    "prune.method",
                                          "sync.fda.estimator", "optim.zo.update",  "optim.demo.chunk",
-                                         "optim.demo.topk",   "optim.zo.form"};
+                                         "optim.demo.topk",   "optim.zo.form",     "data.name"};
 
 class Restorer {
  public:

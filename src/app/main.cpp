@@ -100,7 +100,7 @@ int main(int argc, char** argv) {
   auto* inspect_cmd = app.add_subcommand("inspect", "summarise a checkpoint and verify its checksums");
   std::string inspect_path;
   inspect_cmd->add_option("checkpoint", inspect_path, "checkpoint file (.h5)")->required();
-  auto* eval_cmd = app.add_subcommand("eval", "evaluate a checkpoint's model on the test set (JSON on stdout)");
+  auto* eval_cmd = app.add_subcommand("eval", "evaluate a checkpoint's model on the test set (gpt: the validation windows; JSON on stdout)");
   std::string eval_path;
   eval_cmd->add_option("--checkpoint", eval_path, "checkpoint file (.h5)")->required();
   eval_cmd->add_option("--set", sets, "override a key of the saved config (e.g. data.dir, eval.batch)");
@@ -184,6 +184,7 @@ int main(int argc, char** argv) {
       lowsync::config::apply_context_defaults(cfg);
       cfg.validate();
       lowsync::sync::validate_config(cfg);
+      lowsync::app::check_workload(cfg);
       lowsync::app::check_batch_fits_partition(cfg, runtime.size());
     } catch (const lowsync::Error& e) {
       if (runtime.rank() == 0) std::fprintf(stderr, "lowsync: rank 0: error: %s\n", e.what());

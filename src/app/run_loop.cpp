@@ -13,6 +13,7 @@
 #include "lowsync/data/loader.hpp"
 #include "lowsync/data/partition.hpp"
 #include "lowsync/data/registry.hpp"
+#include "lowsync/data/text.hpp"
 #include "lowsync/io/checkpoint_file.hpp"
 #include "lowsync/io/metrics.hpp"
 #include "lowsync/config.hpp"
@@ -22,6 +23,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <numbers>
 
 namespace lowsync::app {
 namespace {
@@ -38,12 +40,23 @@ class Progress {
     enabled_ = rank == 0 && mode != "off";
     bar_ = enabled_ && (mode == "bar" || (mode == "auto" && tty));
   }
-  void update(std::int64_t step, double loss, double samples_per_s, double elapsed, double acc) {
+  // `tokens_per_sample` > 0 (text): throughput in tokens/s and the validation loss in its place.
+  void update(std::int64_t step, double loss, double samples_per_s, double elapsed, double acc, double test_loss,
+              int tokens_per_sample) {
     if (!enabled_) return;
     const double eta = step > 0 ? elapsed / static_cast<double>(step) * static_cast<double>(total_ - step) : 0.0;
-    const std::string acc_text = std::isnan(acc) ? "" : fmt::format("  test_acc {:.4f}", acc);
-    const std::string line = fmt::format("step {:>6}/{}  loss {:.4f}  {:.0f} samples/s  ETA {:.0f}s{}", step, total_,
-                                         loss, samples_per_s, eta, acc_text);
+    std::string eval_text, rate_text;
+    if (tokens_per_sample > 0) {
+      rate_text = fmt::format("{:.0f} tokens/s", samples_per_s * tokens_per_sample);
+      if (!std::isnan(test_loss))
+        eval_text = fmt::format("  val_loss {:.4f} ({:.3f} bits/byte)  val_acc {:.4f}", test_loss,
+                                test_loss / std::numbers::ln2, acc);
+    } else {
+      rate_text = fmt::format("{:.0f} samples/s", samples_per_s);
+      if (!std::isnan(acc)) eval_text = fmt::format("  test_acc {:.4f}", acc);
+    }
+    const std::string line = fmt::format("step {:>6}/{}  loss {:.4f}  {}  ETA {:.0f}s{}", step, total_, loss,
+                                         rate_text, eta, eval_text);
     if (bar_) fmt::print(stderr, "\r{:<100}", line);
     else fmt::print(stderr, "lowsync: {}\n", line);
     std::fflush(stderr);
@@ -96,10 +109,65 @@ Json ledger_fields(const comm::ByteLedger& ledger) {
 
 }  // namespace
 
-std::unique_ptr<TrainingData> load_training_data(const config::Config& cfg, const comm::Communicator& comm) {
+bool text_workload(const config::Config& cfg) {
+  return data::dataset_entry(cfg.string("data.name")).kind == data::DataKind::text;
+}
+
+model::ArchOptions model_options(const config::Config& cfg) {
+  return model::arch_options(cfg.integer("model.gpt.ctx"), cfg.integer("model.gpt.width"), cfg.integer("model.gpt.layers"),
+                             cfg.integer("model.gpt.heads"));
+}
+
+int text_context(const config::Config& cfg) { return static_cast<int>(cfg.integer("model.gpt.ctx")); }
+
+namespace {
+
+// Text (gpt): this rank's sources (data.partition iid | by_source), its window stream and its
+// slice of the validation windows.
+void load_text_data(const config::Config& cfg, const comm::Communicator& comm, TrainingData& data) {
   const int rank = comm.rank(), world = comm.size();
   const auto seed = static_cast<std::uint64_t>(cfg.integer("train.seed"));
+  const int context = text_context(cfg);
+  data.text = data::dataset_entry(cfg.string("data.name")).load_text(cfg.string("data.dir"));
+  const data::TextCorpus& corpus = data.text;
+  const data::PartitionSpec spec{cfg.string("data.partition"), cfg.real("data.alpha"),
+                                 static_cast<int>(cfg.integer("data.shards_per_rank")), seed};
+  const auto windows = corpus.train_windows(context);
+  auto parts = data::partition_sources(windows, world, spec);
+  data.sources = Json::array();
+  std::int64_t all_windows = 0;
+  for (std::int64_t w : windows) all_windows += w;
+  std::int64_t mine = 0;
+  for (int r = 0; r < world; ++r) {
+    std::vector<std::string> names;
+    std::int64_t bytes = 0;
+    for (int s : parts[static_cast<std::size_t>(r)]) {
+      names.push_back(corpus.sources[static_cast<std::size_t>(s)].name);
+      bytes += corpus.sources[static_cast<std::size_t>(s)].train_bytes;
+      if (r == rank) mine += windows[static_cast<std::size_t>(s)];
+    }
+    if (world > 1 && r < 8)
+      log::info("rank {} sources ({}, {} training bytes): {}", r, names.size(), bytes, fmt::join(names, " "));
+    data.sources.push_back(names);
+  }
+  if (world > 8) log::info("... ({} ranks; all sources in summary.json)", world);
+  data.positions = context;
+  data.share = static_cast<double>(mine) / static_cast<double>(all_windows);
+  data.loader = std::make_unique<data::TextWindows>(corpus, std::move(parts[static_cast<std::size_t>(rank)]), context,
+                                                    static_cast<int>(cfg.integer("train.batch")), seed, rank);
+  data.test = validation_slice(corpus, context, cfg.integer("eval.windows"), rank, world);
+}
+
+}  // namespace
+
+std::unique_ptr<TrainingData> load_training_data(const config::Config& cfg, const comm::Communicator& comm) {
   auto data = std::make_unique<TrainingData>();
+  if (text_workload(cfg)) {
+    load_text_data(cfg, comm, *data);
+    return data;
+  }
+  const int rank = comm.rank(), world = comm.size();
+  const auto seed = static_cast<std::uint64_t>(cfg.integer("train.seed"));
   data->files = data::dataset_entry(cfg.string("data.name")).load(cfg.string("data.dir"), cfg.integer("data.train_limit"));
   const data::Dataset& train = data->files.train;
   const data::PartitionSpec spec{cfg.string("data.partition"), cfg.real("data.alpha"),
@@ -124,6 +192,22 @@ TestSlice test_slice(const data::Dataset& test, int rank, int world) {
   slice.images.resize(static_cast<std::size_t>(last - first) * test.sample_size());
   test.images_as_float(first, last - first, slice.images.data());
   slice.labels.assign(test.labels.begin() + first, test.labels.begin() + last);
+  slice.count = last - first;
+  return slice;
+}
+
+TestSlice validation_slice(const data::TextCorpus& corpus, int context, std::int64_t windows, int rank, int world) {
+  const auto all = data::validation_windows(corpus, context, windows);
+  const auto n = static_cast<std::int64_t>(all.size());
+  const std::int64_t first = n * rank / world, last = n * (rank + 1) / world;
+  TestSlice slice;
+  slice.count = last - first;
+  slice.images.resize(static_cast<std::size_t>(slice.count * context));
+  slice.labels.resize(static_cast<std::size_t>(slice.count * context));
+  for (std::int64_t i = first; i < last; ++i) {
+    const auto at = static_cast<std::size_t>((i - first) * context);
+    data::fill_window(corpus, all[static_cast<std::size_t>(i)], context, slice.images.data() + at, slice.labels.data() + at);
+  }
   return slice;
 }
 
@@ -162,6 +246,10 @@ TrainResult RunLoop::run(Learner& learner, const std::optional<std::filesystem::
 
   std::vector<std::string> columns = {"step", "epoch", "wall_s", "compute_s", "comm_s", "loss", "test_loss",
                                       "test_acc", "bytes_sent", "payload_bytes", "syncs", "samples_per_s"};
+  // Text (gpt): test_loss and test_acc are the validation windows' nats per byte and next-byte
+  // accuracy; val_bits_per_byte follows them.
+  const int tokens = learner.tokens_per_sample();
+  if (tokens > 0) columns.push_back("val_bits_per_byte");
   for (const auto& m : learner.metric_names()) columns.push_back(m);
   io::MetricsCsv csv;
   if (rank == 0) {
@@ -249,9 +337,11 @@ TrainResult RunLoop::run(Learner& learner, const std::optional<std::filesystem::
       std::vector<std::optional<double>> row = {static_cast<double>(step), learner.epoch_progress(), now, loop.compute_s,
                                                 obs[3] / world, loop.last_loss, test_loss, test_acc, obs[1] / world,
                                                 obs[2] / world, static_cast<double>(learner.syncs()), window_rate};
+      if (tokens > 0)
+        row.push_back(test_loss ? std::optional<double>(*test_loss / std::numbers::ln2) : std::nullopt);
       for (double v : learner.metric_values()) row.emplace_back(v);
       csv.write_row(row);
-      progress.update(step, loop.last_loss, window_rate, now, test_acc.value_or(NAN));
+      progress.update(step, loop.last_loss, window_rate, now, test_acc.value_or(NAN), test_loss.value_or(NAN), tokens);
       loop.loss_window = 0.0;
       loop.window_steps = 0;
       loop.window_train_s = 0.0;
@@ -313,6 +403,14 @@ TrainResult RunLoop::run(Learner& learner, const std::optional<std::filesystem::
       {"train_state_bytes", maxima[1]},
       {"config", cfg_json},
   };
+  if (tokens > 0) {
+    // The gpt workload (ALGORITHMS.md §8): the validation windows' loss (lower is better).
+    summary["final_val_loss"] = loop.last_test_loss;
+    summary["final_val_bits_per_byte"] = loop.last_test_loss / std::numbers::ln2;
+    summary["final_val_accuracy"] = loop.last_test_acc;
+    summary["tokens_per_s"] = summary["samples_per_s"].get<double>() * tokens;
+    summary["tokens_per_sample"] = tokens;
+  }
   summary.update(ledger_fields(comm.ledger()));
   summary.update(learner.summary_fields());
   if (rank == 0) io::write_file_atomic(out_dir_ / "summary.json", summary.dump(2) + "\n");
@@ -322,10 +420,17 @@ TrainResult RunLoop::run(Learner& learner, const std::optional<std::filesystem::
               shell_quote(out_dir_.string()));
     return {summary, kExitStopped};
   }
-  log::info("done: test accuracy {:.4f}, loss {:.4f}, {:.0f} samples/s, {:.2f} MB sent per rank, train state {:.3f} MB, "
-            "{:.1f} s -> {}",
-            loop.last_test_acc, loop.last_loss, summary["samples_per_s"].get<double>(), sums[0] / world / 1e6,
-            static_cast<double>(maxima[1]) / 1e6, wall.seconds(), (out_dir_ / "summary.json").string());
+  if (tokens > 0)
+    log::info("done: validation loss {:.4f} nats/byte ({:.4f} bits/byte), next-byte accuracy {:.4f}, training loss "
+              "{:.4f}, {:.0f} tokens/s, {:.2f} MB sent per rank, train state {:.3f} MB, {:.1f} s -> {}",
+              loop.last_test_loss, loop.last_test_loss / std::numbers::ln2, loop.last_test_acc, loop.last_loss,
+              summary["tokens_per_s"].get<double>(), sums[0] / world / 1e6, static_cast<double>(maxima[1]) / 1e6,
+              wall.seconds(), (out_dir_ / "summary.json").string());
+  else
+    log::info("done: test accuracy {:.4f}, loss {:.4f}, {:.0f} samples/s, {:.2f} MB sent per rank, train state {:.3f} MB, "
+              "{:.1f} s -> {}",
+              loop.last_test_acc, loop.last_loss, summary["samples_per_s"].get<double>(), sums[0] / world / 1e6,
+              static_cast<double>(maxima[1]) / 1e6, wall.seconds(), (out_dir_ / "summary.json").string());
   return {summary, 0};
 }
 

@@ -5,6 +5,7 @@
 
 #include "lowsync/app/checkpointing.hpp"
 #include "lowsync/app/learner.hpp"
+#include "lowsync/app/preflight.hpp"
 #include "lowsync/app/run_loop.hpp"
 #include "lowsync/core/error.hpp"
 #include "lowsync/core/log.hpp"
@@ -16,6 +17,7 @@
 #include "lowsync/sync/strategy.hpp"
 
 #include <algorithm>
+#include <numbers>
 
 namespace lowsync::app {
 namespace {
@@ -50,6 +52,7 @@ TrainResult train(const config::Config& cfg, comm::Communicator& comm, const std
   const Timer wall;  // this segment of the run
   cfg.validate();
   sync::validate_config(cfg);
+  check_workload(cfg);
   reject_unimplemented(cfg);
   // The output folder first: a rank 0 that fails here must not leave the others inside the
   // collective calls of data loading or the checkpoint reader.
@@ -72,20 +75,34 @@ std::unique_ptr<Learner> make_learner(const config::Config& cfg, comm::Communica
 
 Json evaluate_checkpoint(const std::filesystem::path& path, const config::Config& cfg, comm::Communicator& comm) {
   cfg.validate();
-  const auto test =
-      data::dataset_entry(cfg.string("data.name")).load(cfg.string("data.dir"), cfg.integer("data.train_limit")).test;
+  check_workload(cfg);
+  const bool text = text_workload(cfg);
+  const auto& entry = data::dataset_entry(cfg.string("data.name"));
+  // Every rank holds the same model: evaluate this rank's slice and sum (no parameter average).
+  // Text: the run's validation windows (eval.windows of model.gpt.ctx + 1 bytes).
+  const TestSlice slice =
+      text ? validation_slice(entry.load_text(cfg.string("data.dir")), text_context(cfg), cfg.integer("eval.windows"),
+                              comm.rank(), comm.size())
+           : test_slice(entry.load(cfg.string("data.dir"), cfg.integer("data.train_limit")).test, comm.rank(), comm.size());
   model::Model model(cfg.string("model.arch"), static_cast<int>(cfg.integer("train.batch")),
-                     static_cast<std::uint64_t>(cfg.integer("train.seed")));
+                     static_cast<std::uint64_t>(cfg.integer("train.seed")), model::Compute::fp32,
+                     model::Storage::float32, model_options(cfg));
   model.set_eval_batch(static_cast<int>(cfg.integer("eval.batch")));
   const auto mean = checkpoint_mean_params(path, comm, model.num_params());
   std::copy(mean.begin(), mean.end(), model.params().begin());
-  // Every rank holds the same model: evaluate this rank's slice and sum (no parameter average).
-  const TestSlice slice = test_slice(test, comm.rank(), comm.size());
-  const auto ev = combine_over_ranks(
-      model.evaluate(slice.images.data(), slice.labels.data(), static_cast<std::int64_t>(slice.labels.size())), comm);
+  const auto local =
+      slice.count == 0 ? model::EvalResult{} : model.evaluate(slice.images.data(), slice.labels.data(), slice.count);
+  const auto ev = combine_over_ranks(local, comm);
   io::CheckpointReader reader(path, comm);
-  return {{"checkpoint", path.string()}, {"step", reader.attribute_int("step")}, {"arch", model.arch()},
-          {"test_loss", ev.loss},        {"test_accuracy", ev.accuracy},          {"samples", ev.samples}};
+  Json out = {{"checkpoint", path.string()}, {"step", reader.attribute_int("step")}, {"arch", model.arch()},
+              {"test_loss", ev.loss},        {"test_accuracy", ev.accuracy},          {"samples", ev.samples}};
+  if (text) {
+    // The same numbers under the gpt workload's names (nats and bits per byte, next-byte accuracy).
+    out["val_loss"] = ev.loss;
+    out["val_bits_per_byte"] = ev.loss / std::numbers::ln2;
+    out["val_accuracy"] = ev.accuracy;
+  }
+  return out;
 }
 
 }  // namespace lowsync::app

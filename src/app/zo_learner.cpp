@@ -31,7 +31,7 @@ constexpr std::uint64_t kTagZo = 0x7a6fULL;
 // "data/cursor", "trainer/loop", "comm/ledger".
 void save_zo_checkpoint(const std::filesystem::path& path, const config::Config& cfg, comm::Communicator& comm,
                         const model::SparseMlp& model, const optim::Mask& mask, ZoTrainer& zo,
-                        const data::Loader& loader, const LoopState& loop) {
+                        const data::BatchSource& loader, const LoopState& loop) {
   io::CheckpointWriter w(path, comm);
   auto& update = zo.update();
   w.set_attribute("trainer_state_version", kTrainerStateVersion);
@@ -79,7 +79,7 @@ void check_zo_checkpoint(io::CheckpointReader& r, const config::Config& cfg, con
 
 // Restores everything but the mask (read before the model is built) into the live objects.
 void load_zo_checkpoint(io::CheckpointReader& r, comm::Communicator& comm, model::SparseMlp& model, ZoTrainer& zo,
-                        data::Loader& loader, LoopState& loop) {
+                        data::BatchSource& loader, LoopState& loop) {
   const auto& path = r.path();
   auto read_floats = [&](const std::string& ds, std::span<float> out) {
     if (!r.has_dataset(ds)) fail("checkpoint {}: no dataset '{}' (needed by this run)", path.string(), ds);
@@ -205,7 +205,7 @@ class ZoLearner final : public Learner {
 
   model::EvalResult evaluate() override {
     return zo_->evaluate(data_->test.images.data(), data_->test.labels.data(),
-                         static_cast<std::int64_t>(data_->test.labels.size()));
+                         data_->test.count);
   }
 
   double epoch_progress() const override { return data_->loader->epoch_progress(); }

@@ -15,6 +15,17 @@ const std::vector<ContextDefault>& context_defaults() {
       // for it. 1e-3 is AdamW's usual step (not yet tuned on a grid here; docs/strategies.md).
       {"sync.strategy", "diloco", "optim.name", std::string("adamw"), "DiLoCo's inner optimizer is AdamW"},
       {"sync.strategy", "diloco", "optim.lr", 1e-3, "AdamW's step size for DiLoCo's inner steps"},
+      {"sync.strategy", "demo", "optim.name", std::string("demo"),
+       "DeMo is its own optimizer (a workload's optimizer default must not conflict with it)"},
+      // Workload rules: the gpt workload (ALGORITHMS.md §8) trains on fortunes with AdamW.
+      {"model.arch", "gpt", "data.name", std::string("fortunes"), "the gpt workload is byte-level text"},
+      {"data.name", "fortunes", "data.dir", std::string("/usr/share/games/fortunes"), "where Debian's fortunes package installs"},
+      {"model.arch", "gpt", "optim.name", std::string("adamw"), "transformers train with AdamW"},
+      {"model.arch", "gpt", "optim.lr", 1e-3, "AdamW step size of the gpt reference (PyTorch, ALGORITHMS.md §8)"},
+      {"model.arch", "gpt", "optim.beta1", 0.9, "AdamW betas 0.9 / 0.95 (the usual for transformers)"},
+      {"model.arch", "gpt", "optim.beta2", 0.95, "AdamW betas 0.9 / 0.95 (the usual for transformers)"},
+      {"model.arch", "gpt", "train.batch", std::int64_t{16}, "16 windows of model.gpt.ctx bytes per rank and step"},
+      {"model.arch", "gpt", "eval.batch", std::int64_t{16}, "validation windows per forward pass (as train.batch)"},
   };
   return table;
 }

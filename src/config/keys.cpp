@@ -30,13 +30,17 @@ const double kInf = std::numeric_limits<double>::infinity();
 std::vector<KeySpec> build_schema() {
   return {
       // model and data
-      choice("model.arch", "mlp", {"mlp", "cnn"}, "network: mlp 784-512-256-10 or cnn (2 conv + 2 fc)"),
-      choice("data.name", "fashion-mnist", {"fashion-mnist"}, "dataset (data/registry.cpp); its files are read from data.dir"),
-      text("data.dir", "/usr/share/datasets/fashion-mnist", "folder of the data.name dataset's files (fashion-mnist: the four IDX files, .gz or plain)"),
-      choice("data.partition", "iid", {"iid", "dirichlet", "shards"}, "how training samples are split over ranks"),
-      real("data.alpha", 0.5, 1e-6, kBig, "Dirichlet concentration for data.partition=dirichlet (small = skewed)"),
+      choice("model.arch", "mlp", {"mlp", "cnn", "gpt"}, "network: mlp 784-512-256-10, cnn (2 conv + 2 fc) or gpt (byte-level causal transformer, ALGORITHMS.md §8)"),
+      integer("model.gpt.ctx", 128, 1, 4096, "gpt: context length T in bytes (positions per window; the position table has T rows)"),
+      integer("model.gpt.width", 128, 1, 8192, "gpt: model width C (embedding and residual size; a multiple of model.gpt.heads)"),
+      integer("model.gpt.layers", 4, 1, 256, "gpt: transformer blocks L (pre-LN, attention + 4C GELU MLP)"),
+      integer("model.gpt.heads", 4, 1, 256, "gpt: attention heads H per block (head size C/H, scores scaled by 1/sqrt(C/H))"),
+      choice("data.name", "fashion-mnist", {"fashion-mnist", "fortunes"}, "dataset (data/registry.cpp); its files are read from data.dir: fashion-mnist (images, model.arch = mlp | cnn) or fortunes (byte-level text, model.arch = gpt; the default with gpt)"),
+      text("data.dir", "/usr/share/datasets/fashion-mnist", "folder of the data.name dataset's files (fashion-mnist: the four IDX files, .gz or plain; fortunes: every plain file but *.dat and *.u8, default /usr/share/games/fortunes)"),
+      choice("data.partition", "iid", {"iid", "dirichlet", "shards", "by_source"}, "how training data is split over ranks: images iid | dirichlet | shards; text iid (every rank draws windows from all training bytes) | by_source (whole files dealt to ranks by Dirichlet(data.alpha), at least one each)"),
+      real("data.alpha", 0.5, 1e-6, kBig, "Dirichlet concentration for data.partition = dirichlet | by_source (small = skewed)"),
       integer("data.shards_per_rank", 2, 1, 1000, "label-sorted shards per rank for data.partition=shards"),
-      integer("data.train_limit", 0, 0, kBig, "use only the first N training samples (0 = all 60000)"),
+      integer("data.train_limit", 0, 0, kBig, "use only the first N training samples (0 = all 60000; images only)"),
       // training loop
       integer("train.steps", 2000, 1, kBig, "total optimizer steps (a resumed run counts from its checkpoint)"),
       integer("train.batch", 64, 1, 1 << 20, "samples per rank per step"),
@@ -101,6 +105,7 @@ std::vector<KeySpec> build_schema() {
       real("net.beta_gbps", 100.0, 1e-9, kBig, "network model: link bandwidth in Gbit/s"),
       // evaluation, logging, checkpoints
       integer("eval.every", 500, 0, kBig, "steps between test-set evaluations (0 = only at the end)"),
+      integer("eval.windows", 256, 1, 1 << 24, "text (gpt): validation windows of model.gpt.ctx + 1 bytes, spread evenly over the validation bytes (the last 10% of each file) and split over ranks"),
       integer("eval.batch", 1000, 1, 1 << 20, "evaluation batch (native 16-bit storage: at most train.batch, the batch its stage is sized for)"),
       integer("log.every", 50, 1, kBig, "steps between metrics.csv rows and progress lines"),
       choice("log.progress", "auto", {"auto", "bar", "lines", "off"}, "progress output on rank 0"),

@@ -34,6 +34,16 @@ double log_space_proportions(std::vector<double>& p, double alpha, std::mt19937_
   return sum;  // >= 1: the largest term is exp(0)
 }
 
+// Unnormalised Dirichlet(alpha) weights into p (Gamma(alpha) draws; the log-space fallback when
+// all underflow); returns their sum. One draw order, shared by the label and source partitions.
+double dirichlet_weights(std::vector<double>& p, double alpha, std::mt19937_64& rng) {
+  std::gamma_distribution<double> gamma(alpha, 1.0);
+  double sum = 0.0;
+  for (double& x : p) sum += (x = gamma(rng));
+  if (!(sum > 0.0)) sum = log_space_proportions(p, alpha, rng);
+  return sum;
+}
+
 std::vector<std::vector<std::int64_t>> split_iid(std::size_t n, int k, std::mt19937_64& rng) {
   std::vector<std::int64_t> all(n);
   std::iota(all.begin(), all.end(), 0);
@@ -58,11 +68,8 @@ std::vector<std::vector<std::int64_t>> split_dirichlet(std::span<const std::int3
     for (int c = 0; c < num_classes; ++c) {
       std::vector<std::int64_t> idx = by_class[c];
       std::shuffle(idx.begin(), idx.end(), rng);
-      std::gamma_distribution<double> gamma(alpha, 1.0);
       std::vector<double> p(k);
-      double sum = 0.0;
-      for (double& x : p) sum += (x = gamma(rng));
-      if (!(sum > 0.0)) sum = log_space_proportions(p, alpha, rng);
+      const double sum = dirichlet_weights(p, alpha, rng);
       std::size_t begin = 0;
       double cum = 0.0;
       for (int r = 0; r < k; ++r) {
@@ -118,6 +125,40 @@ std::vector<std::vector<std::int64_t>> partition(std::span<const std::int32_t> l
   if (spec.method == "dirichlet") return split_dirichlet(labels, world_size, spec.alpha, num_classes, rng);
   if (spec.method == "shards") return split_shards(labels, world_size, spec.shards_per_rank, rng);
   fail("data.partition = '{}' is not one of iid|dirichlet|shards", spec.method);
+}
+
+std::vector<std::vector<int>> partition_sources(std::span<const std::int64_t> windows, int world_size,
+                                                const PartitionSpec& spec) {
+  if (world_size < 1) fail("partition: world size must be >= 1, got {}", world_size);
+  std::vector<int> usable;
+  for (std::size_t s = 0; s < windows.size(); ++s)
+    if (windows[s] > 0) usable.push_back(static_cast<int>(s));
+  if (usable.empty()) fail("data: no text source has a training window (a file's training part is too short)");
+  std::vector<std::vector<int>> parts(static_cast<std::size_t>(world_size));
+  if (spec.method == "iid") {
+    for (auto& p : parts) p = usable;
+    return parts;
+  }
+  if (spec.method != "by_source") fail("data.partition = '{}' is not one of iid|by_source (text)", spec.method);
+  if (usable.size() < static_cast<std::size_t>(world_size))
+    fail("data.partition = by_source: {} ranks but only {} text sources with a training window; use fewer ranks or "
+         "data.partition = iid", world_size, usable.size());
+  std::mt19937_64 rng(spec.seed * 0x9e3779b97f4a7c15ULL + 29);
+  std::vector<double> p(static_cast<std::size_t>(world_size));
+  const double sum = dirichlet_weights(p, spec.alpha, rng);
+  std::shuffle(usable.begin(), usable.end(), rng);
+  std::uniform_real_distribution<double> uniform(0.0, sum);
+  for (std::size_t i = 0; i < usable.size(); ++i) {
+    std::size_t r = i;
+    if (i >= parts.size()) {
+      // Categorical draw from p (the last rank takes the rounding remainder).
+      double u = uniform(rng);
+      for (r = 0; r + 1 < p.size() && u >= p[r]; ++r) u -= p[r];
+    }
+    parts[r].push_back(usable[i]);
+  }
+  for (auto& part : parts) std::sort(part.begin(), part.end());
+  return parts;
 }
 
 void check_batch_fits(const std::vector<std::vector<std::int64_t>>& parts, std::int64_t batch,

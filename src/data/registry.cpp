@@ -8,9 +8,13 @@
 namespace lowsync::data {
 namespace {
 
+TextCorpus load_fortunes(const std::filesystem::path& dir) { return read_text_corpus(dir, "fortunes"); }
+
 constexpr std::array kDatasets = {
-    DatasetEntry{"fashion-mnist", "Fashion-MNIST IDX files (28x28 grey images, 10 classes)", &load_fashion_mnist,
-                 &load_train_labels},
+    DatasetEntry{"fashion-mnist", "Fashion-MNIST IDX files (28x28 grey images, 10 classes)", DataKind::images,
+                 &load_fashion_mnist, &load_train_labels, nullptr},
+    DatasetEntry{"fortunes", "byte-level text: every plain file of Debian's fortunes (model.arch = gpt)",
+                 DataKind::text, nullptr, nullptr, &load_fortunes},
 };
 
 }  // namespace

@@ -32,20 +32,26 @@ class LinearPlan final : public LayerPlan {
       po.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
       attr.set_post_ops(po);
     }
-    const dnnl::inner_product_forward::primitive_desc fwd_pd(
-        {dnnl::prop_kind::forward_training, src_md, w_md, b_md, dst_md}, attr, eng);
+    // b == nullptr: no bias (a transformer's LM head); the primitives are made without one.
+    const bool bias = b != nullptr;
+    const auto fwd_pd = bias ? dnnl::inner_product_forward::primitive_desc(
+                                   {dnnl::prop_kind::forward_training, src_md, w_md, b_md, dst_md}, attr, eng)
+                             : dnnl::inner_product_forward::primitive_desc(
+                                   {dnnl::prop_kind::forward_training, src_md, w_md, dst_md}, attr, eng);
     fwd_ = dnnl::inner_product_forward(fwd_pd);
     const dnnl::inner_product_backward_data::primitive_desc bwd_data_pd({src_md, w_md, dst_md}, eng, fwd_pd);
     bwd_data_ = dnnl::inner_product_backward_data(bwd_data_pd);
-    const dnnl::inner_product_backward_weights::primitive_desc bwd_w_pd({src_md, w_md, b_md, dst_md}, eng, fwd_pd);
+    const auto bwd_w_pd = bias ? dnnl::inner_product_backward_weights::primitive_desc({src_md, w_md, b_md, dst_md}, eng, fwd_pd)
+                               : dnnl::inner_product_backward_weights::primitive_desc({src_md, w_md, dst_md}, eng, fwd_pd);
     bwd_weights_ = dnnl::inner_product_backward_weights(bwd_w_pd);
 
     src_ = memory(src_md, eng, nullptr);
     dst_ = memory(dst_md, eng, nullptr);
     dy_ = memory(dst_md, eng, nullptr);
     dx_ = memory(src_md, eng, nullptr);
-    const memory w_mem(w_md, eng, w), b_mem(b_md, eng, b), dw_mem(w_md, eng, dw), db_mem(b_md, eng, db);
-    fwd_args_ = {{DNNL_ARG_SRC, src_}, {DNNL_ARG_WEIGHTS, w_mem}, {DNNL_ARG_BIAS, b_mem}, {DNNL_ARG_DST, dst_}};
+    const memory w_mem(w_md, eng, w), dw_mem(w_md, eng, dw);
+    fwd_args_ = {{DNNL_ARG_SRC, src_}, {DNNL_ARG_WEIGHTS, w_mem}, {DNNL_ARG_DST, dst_}};
+    if (bias) fwd_args_.insert({DNNL_ARG_BIAS, memory(b_md, eng, b)});
     if (relu) {
       dy_pre_mem_ = memory(dst_md, eng, dy_pre_.data());
       const dnnl::eltwise_forward::primitive_desc relu_fwd_pd(
@@ -57,8 +63,8 @@ class LinearPlan final : public LayerPlan {
     }
     const memory& grad_out = relu ? dy_pre_mem_ : dy_;
     bwd_data_args_ = {{DNNL_ARG_DIFF_DST, grad_out}, {DNNL_ARG_WEIGHTS, w_mem}, {DNNL_ARG_DIFF_SRC, dx_}};
-    bwd_w_args_ = {{DNNL_ARG_SRC, src_}, {DNNL_ARG_DIFF_DST, grad_out}, {DNNL_ARG_DIFF_WEIGHTS, dw_mem},
-                   {DNNL_ARG_DIFF_BIAS, db_mem}};
+    bwd_w_args_ = {{DNNL_ARG_SRC, src_}, {DNNL_ARG_DIFF_DST, grad_out}, {DNNL_ARG_DIFF_WEIGHTS, dw_mem}};
+    if (bias) bwd_w_args_.insert({DNNL_ARG_DIFF_BIAS, memory(b_md, eng, db)});
   }
 
   void forward(const float* x, float* y, bool) override {
@@ -368,49 +374,66 @@ class Bf16LinearPlan16 final : public LayerPlan16 {
   std::unordered_map<int, dnnl::memory> fwd_args_, bwd_w_args_, bwd_data_args_;
 };
 
+// rows_ > 0: a row-wise Linear over [rows_, in] per sample (one GEMM over batch * rows_ rows);
+// rows_ == 0: the classic [in] -> [out] layer (mlp, cnn), whose shapes and names stay as they were.
 class Linear final : public Layer {
  public:
-  Linear(std::int64_t in, std::int64_t out, bool relu) : in_(in), out_(out), relu_(relu) {}
+  Linear(std::int64_t rows, std::int64_t in, std::int64_t out, bool relu, bool bias, ParamInit init)
+      : rows_(rows), in_(in), out_(out), relu_(relu), bias_(bias), init_(init) {}
   std::string name() const override { return relu_ ? "linear+relu" : "linear"; }
-  Shape input_shape() const override { return {in_}; }
-  Shape output_shape() const override { return {out_}; }
+  Shape input_shape() const override { return rows_ > 0 ? Shape{rows_, in_} : Shape{in_}; }
+  Shape output_shape() const override { return rows_ > 0 ? Shape{rows_, out_} : Shape{out_}; }
   std::vector<ParamSpec> param_specs() const override {
-    return {{"weight", {out_, in_}, in_}, {"bias", {out_}, in_}};
+    std::vector<ParamSpec> specs{{"weight", {out_, in_}, in_, init_}};
+    const ParamInit bias_init = init_ == ParamInit::kaiming_uniform ? ParamInit::kaiming_uniform : ParamInit::zeros;
+    if (bias_) specs.push_back({"bias", {out_}, in_, bias_init});
+    return specs;
   }
   std::unique_ptr<LayerPlan> make_plan(int batch, Executor& exec, std::vector<float*> p,
                                        std::vector<float*> g) override {
-    return std::make_unique<LinearPlan>(batch, in_, out_, relu_, exec, p[0], p[1], g[0], g[1]);
+    return std::make_unique<LinearPlan>(gemm_rows(batch), in_, out_, relu_, exec, p[0], bias_ ? p[1] : nullptr, g[0],
+                                        bias_ ? g[1] : nullptr);
   }
   std::unique_ptr<LayerPlan16> make_plan16(int batch, Executor& exec, const Native16Tensors& t,
                                            std::span<float> stage) override {
+    if (!bias_) return Layer::make_plan16(batch, exec, t, stage);  // the 16-bit plans below need a bias
     if (t.params.size() != 2 || t.grads.size() != 2)
       fail("{}: native 16-bit plan needs weight and bias tensors, got {} params / {} grads", name(),
            t.params.size(), t.grads.size());
     if (t.bf16 && t.bf16_primitives) {
       try {
-        return std::make_unique<Bf16LinearPlan16>(batch, in_, out_, relu_, exec, t);
+        return std::make_unique<Bf16LinearPlan16>(gemm_rows(batch), in_, out_, relu_, exec, t);
       } catch (const dnnl::error&) {  // refused by oneDNN / this CPU: stage W in fp32 below
       }
     }
-    return std::make_unique<TiledLinearPlan16>(batch, in_, out_, relu_, exec, t, stage);
+    return std::make_unique<TiledLinearPlan16>(gemm_rows(batch), in_, out_, relu_, exec, t, stage);
   }
   // bf16 primitives: no staging. Otherwise tiled_stage_floats.
   std::size_t stage16_floats(int batch, bool bf16_primitives) const override {
-    if (bf16_primitives && bf16_linear_supported(batch, in_, out_, relu_)) return 0;
-    return tiled_stage_floats(batch, in_, out_);
+    if (!bias_) return Layer::stage16_floats(batch, bf16_primitives);
+    if (bf16_primitives && bf16_linear_supported(gemm_rows(batch), in_, out_, relu_)) return 0;
+    return tiled_stage_floats(gemm_rows(batch), in_, out_);
   }
-  double flops_per_sample() const override { return 2.0 * static_cast<double>(in_ * out_); }
+  double flops_per_sample() const override { return 2.0 * static_cast<double>(std::max<std::int64_t>(rows_, 1) * in_ * out_); }
 
  private:
-  std::int64_t in_, out_;
-  bool relu_;
+  int gemm_rows(int batch) const { return batch * static_cast<int>(std::max<std::int64_t>(rows_, 1)); }
+
+  std::int64_t rows_, in_, out_;
+  bool relu_, bias_;
+  ParamInit init_;
 };
 
 }  // namespace
 
 std::unique_ptr<Layer> make_linear(std::int64_t in, std::int64_t out, bool relu) {
   if (in <= 0 || out <= 0) fail("linear layer needs positive sizes, got {} -> {}", in, out);
-  return std::make_unique<Linear>(in, out, relu);
+  return std::make_unique<Linear>(0, in, out, relu, true, ParamInit::kaiming_uniform);
+}
+
+std::unique_ptr<Layer> make_linear_rows(std::int64_t rows, std::int64_t in, std::int64_t out, bool bias, ParamInit init) {
+  if (rows <= 0 || in <= 0 || out <= 0) fail("linear layer needs positive sizes, got [{}, {}] -> [{}, {}]", rows, in, rows, out);
+  return std::make_unique<Linear>(rows, in, out, false, bias, init);
 }
 
 }  // namespace lowsync::layers

@@ -3,8 +3,8 @@
 
 namespace lowsync::model {
 
-Architecture cnn_architecture() {
-  return {"cnn", {1, 28, 28}, 10, [] {
+Architecture cnn_architecture(const ArchOptions&) {
+  return {"cnn", {1, 28, 28}, 10, 1, [](const ArchOptions&) {
             std::vector<std::unique_ptr<layers::Layer>> ls;
             ls.push_back(layers::make_conv2d({1, 28, 28}, 32, 5, true));   // -> [32, 24, 24]
             ls.push_back(layers::make_maxpool2d({32, 24, 24}, 2));         // -> [32, 12, 12]

@@ -4,8 +4,8 @@
 
 namespace lowsync::model {
 
-Architecture mlp_architecture() {
-  return {"mlp", {1, 28, 28}, 10, [] {
+Architecture mlp_architecture(const ArchOptions&) {
+  return {"mlp", {1, 28, 28}, 10, 1, [](const ArchOptions&) {
             std::vector<std::unique_ptr<layers::Layer>> ls;
             ls.push_back(layers::make_flatten({1, 28, 28}));
             ls.push_back(layers::make_linear(784, 512, true));

@@ -30,6 +30,18 @@ struct Model::Plan {
   memory::TrackedBuffer<float> logits, dlogits;  // [N, classes]
 };
 
+namespace {
+const char* compute_name(Compute c) {
+  switch (c) {
+    case Compute::fp32: return "fp32";
+    case Compute::fp8: return "fp8";
+    case Compute::bf16: return "bf16";
+    case Compute::fp16: return "fp16";
+  }
+  return "?";
+}
+}  // namespace
+
 Compute parse_compute(const std::string& name) {
   if (name == "fp32") return Compute::fp32;
   if (name == "fp8") return Compute::fp8;
@@ -42,20 +54,28 @@ void Model::round_to_compute(std::span<float> x) const {
   if (is_16bit(compute_)) tensor::round_to_16bit(x, compute_ == Compute::bf16);
 }
 
-Model::Model(const std::string& arch, int batch, std::uint64_t seed, Compute compute, Storage storage)
+Model::Model(const std::string& arch, int batch, std::uint64_t seed, Compute compute, Storage storage,
+             const ArchOptions& options)
     : arch_(arch), batch_(batch), compute_(compute), storage_(storage) {
   if (batch < 1) fail("train.batch must be >= 1, got {}", batch);
   if (storage == Storage::native16 && !is_16bit(compute))
     fail("native 16-bit storage needs precision.compute = bf16 or fp16");
-  arch_spec_ = &find_architecture(arch);
-  layers_ = arch_spec_->build();
+  arch_spec_ = find_architecture(arch, options);
+  validate_arch_compute(arch_spec_.name, compute_name(compute));
+  layers_ = arch_spec_.build(options);
+  if (arch_spec_.positions > 1) eval_batch_ = batch;  // activations grow with T: evaluate at the training batch
   std::size_t offset = 0;
-  int linear_index = 0, conv_index = 0;
+  int linear_index = 0, conv_index = 0, block_index = 0;
   for (const auto& layer : layers_) {
     const auto specs = layer->param_specs();
     if (specs.empty()) continue;
-    const std::string prefix = layer->name().starts_with("conv") ? fmt::format("conv{}", ++conv_index)
-                                                                 : fmt::format("fc{}", ++linear_index);
+    // conv1.weight, fc1.bias (mlp, cnn; the gpt head is fc1); block0.qkv.weight; embedding.token;
+    // layernorm.weight (the final LayerNorm of gpt).
+    const std::string& kind = layer->name();
+    const std::string prefix = kind.starts_with("conv")    ? fmt::format("conv{}", ++conv_index)
+                               : kind.starts_with("linear") ? fmt::format("fc{}", ++linear_index)
+                               : kind == "block"            ? fmt::format("block{}", block_index++)
+                                                            : kind;
     for (const auto& spec : specs) {
       const auto count = static_cast<std::size_t>(layers::shape_size(spec.shape));
       infos_.push_back({prefix + "." + spec.name, spec.shape, offset, count});
@@ -85,14 +105,24 @@ Model::Model(const std::string& arch, int batch, std::uint64_t seed, Compute com
 Model::~Model() = default;
 
 void Model::initialize(std::uint64_t seed) {
-  // Kaiming-uniform as in common frameworks: weights and biases ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+  // Kaiming-uniform as in common frameworks: weights and biases ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in));
+  // the transformer's tensors as ALGORITHMS.md §8 says (normal(0, 0.02), zero biases, LayerNorm
+  // weight 1). Every tensor draws from its own stream of the seed.
   std::size_t info = 0;
   for (const auto& layer : layers_) {
     for (const auto& spec : layer->param_specs()) {
       const ParamInfo& p = infos_[info++];
       const float bound = 1.0f / std::sqrt(static_cast<float>(spec.fan_in));
       const std::uint64_t key = stream_key({seed, 0x1417ULL, static_cast<std::uint64_t>(info)});
-      const auto value = [&](std::size_t i) { return (2.0f * uniform01(key, i) - 1.0f) * bound; };
+      const auto value = [&](std::size_t i) {
+        switch (spec.init) {
+          case layers::ParamInit::normal_002: return 0.02f * normal01(key, i);
+          case layers::ParamInit::zeros: return 0.0f;
+          case layers::ParamInit::ones: return 1.0f;
+          case layers::ParamInit::kaiming_uniform: break;
+        }
+        return (2.0f * uniform01(key, i) - 1.0f) * bound;
+      };
       if (native16()) {
         std::uint16_t* w = params16_.data() + p.offset;
         const bool bf16 = compute_ == Compute::bf16;
@@ -140,7 +170,7 @@ void Model::build_plan(Plan& plan) {
   // acts[0] is the caller's input; every non-aliasing layer owns its output and its input gradient.
   plan.acts.assign(layers_.size() + 1, nullptr);
   plan.diffs.assign(layers_.size() + 1, nullptr);
-  layers::Layout in = layers::plain_layout(batch, arch_spec_->input_shape, dnnl::memory::data_type::f32);
+  layers::Layout in = layers::plain_layout(batch, arch_spec_.input_shape, dnnl::memory::data_type::f32);
   std::size_t info = 0;
   for (std::size_t i = 0; i < layers_.size(); ++i) {
     const auto& layer = layers_[i];
@@ -188,24 +218,25 @@ void Model::build_plan(Plan& plan) {
       plan.diffs[i + 1] = plan.owned.back().data();
     }
   }
-  LOWSYNC_ASSERT(layers::is_plain(in) && in.get_size() == n * arch_spec_->num_classes * sizeof(float),
+  LOWSYNC_ASSERT(layers::is_plain(in) && in.get_size() == n * arch_spec_.num_classes * arch_spec_.positions * sizeof(float),
                  "the last layer of {} does not write plain [N, classes] logits", arch_);
   if (is_16bit(compute_))
-    plan.input16 = memory::TrackedBuffer<float>("model.input16", n * layers::shape_size(arch_spec_->input_shape));
+    plan.input16 = memory::TrackedBuffer<float>("model.input16", n * layers::shape_size(arch_spec_.input_shape));
 }
 
 void Model::build_plan16(Plan& plan) {
   const auto n = static_cast<std::size_t>(plan.batch);
   const bool bf16 = compute_ == Compute::bf16;
-  plan.owned16.emplace_back("model.input16", n * layers::shape_size(arch_spec_->input_shape));
+  plan.owned16.emplace_back("model.input16", n * layers::shape_size(arch_spec_.input_shape));
   plan.acts16.assign(layers_.size() + 1, nullptr);
   plan.diffs16.assign(layers_.size() + 1, nullptr);
   plan.acts16[0] = plan.owned16.back().data();
-  plan.logits = memory::TrackedBuffer<float>("model.logits", n * arch_spec_->num_classes);
-  if (plan.backward) plan.dlogits = memory::TrackedBuffer<float>("model.dlogits", n * arch_spec_->num_classes);
+  const std::size_t logits = n * arch_spec_.num_classes * arch_spec_.positions;
+  plan.logits = memory::TrackedBuffer<float>("model.logits", logits);
+  if (plan.backward) plan.dlogits = memory::TrackedBuffer<float>("model.dlogits", logits);
 
   using dt = dnnl::memory::data_type;
-  layers::Layout in = layers::plain_layout(plan.batch, arch_spec_->input_shape, bf16 ? dt::bf16 : dt::f16);
+  layers::Layout in = layers::plain_layout(plan.batch, arch_spec_.input_shape, bf16 ? dt::bf16 : dt::f16);
   std::size_t info = 0;
   for (std::size_t i = 0; i < layers_.size(); ++i) {
     const auto& layer = layers_[i];
@@ -235,7 +266,7 @@ void Model::build_plan16(Plan& plan) {
       plan.diffs16[i + 1] = plan.owned16.back().data();
     }
   }
-  LOWSYNC_ASSERT(layers::is_plain(in) && in.get_size() == n * arch_spec_->num_classes * sizeof(std::uint16_t),
+  LOWSYNC_ASSERT(layers::is_plain(in) && in.get_size() == n * arch_spec_.num_classes * arch_spec_.positions * sizeof(std::uint16_t),
                  "the last layer of {} does not write plain [N, classes] logits", arch_);
 }
 
@@ -259,7 +290,7 @@ const float* Model::run_forward(Plan& plan, const data::Batch& batch, bool train
 const float* Model::run_forward16(Plan& plan, const data::Batch& batch, bool training) {
   LOWSYNC_ASSERT(batch.size == plan.batch, "batch of {} on a plan for {}", batch.size, plan.batch);
   const bool bf16 = compute_ == Compute::bf16;
-  const auto input_size = static_cast<std::size_t>(batch.size) * layers::shape_size(arch_spec_->input_shape);
+  const auto input_size = static_cast<std::size_t>(batch.size) * layers::shape_size(arch_spec_.input_shape);
   tensor::encode_16bit({batch.images, input_size}, {plan.acts16[0], input_size}, bf16);
   for (std::size_t i = 0; i < layers_.size(); ++i)
     if (!layers_[i]->aliases_input()) plan.layer_plans16[i]->forward(plan.acts16[i], plan.acts16[i + 1], training);
@@ -270,6 +301,7 @@ const float* Model::run_forward16(Plan& plan, const data::Batch& batch, bool tra
 float Model::forward_backward(const data::Batch& batch) {
   Plan& plan = plan_for(batch.size, true);
   const std::size_t n = layers_.size();
+  const int rows = batch.size * arch_spec_.positions;  // logit rows, one label each
   // No layer before layer i has parameters or a gradient to receive: it needs no dx.
   auto dx_needed = [&](std::size_t i) {
     for (std::size_t j = 0; j < i; ++j)
@@ -278,7 +310,7 @@ float Model::forward_backward(const data::Batch& batch) {
   };
   if (native16()) {
     const float* logits = run_forward16(plan, batch, true);
-    const float loss = layers::softmax_cross_entropy(logits, batch.labels, batch.size, arch_spec_->num_classes, plan.dlogits.data());
+    const float loss = layers::softmax_cross_entropy(logits, batch.labels, rows, arch_spec_.num_classes, plan.dlogits.data());
     tensor::encode_16bit(plan.dlogits.span(), {plan.diffs16[n], plan.dlogits.size()}, compute_ == Compute::bf16);
     for (std::size_t i = n; i-- > 0;) {
       if (layers_[i]->aliases_input()) continue;
@@ -292,9 +324,8 @@ float Model::forward_backward(const data::Batch& batch) {
   std::vector<const float*> ins(n + 1);
   ins[0] = input;
   for (std::size_t i = 0; i < n; ++i) ins[i + 1] = layers_[i]->aliases_input() ? ins[i] : plan.acts[i + 1];
-  const float loss = layers::softmax_cross_entropy(ins[n], batch.labels, batch.size, arch_spec_->num_classes, plan.diffs[n]);
-  if (is_16bit(compute_))
-    round_to_compute({plan.diffs[n], static_cast<std::size_t>(batch.size) * arch_spec_->num_classes});
+  const float loss = layers::softmax_cross_entropy(ins[n], batch.labels, rows, arch_spec_.num_classes, plan.diffs[n]);
+  if (is_16bit(compute_)) round_to_compute({plan.diffs[n], static_cast<std::size_t>(rows) * arch_spec_.num_classes});
   for (std::size_t i = n; i-- > 0;) {
     if (layers_[i]->aliases_input()) continue;
     plan.layer_plans[i]->backward(ins[i], ins[i + 1], plan.diffs[i + 1], dx_needed(i) ? plan.diffs[i] : nullptr);
@@ -305,7 +336,8 @@ float Model::forward_backward(const data::Batch& batch) {
 float Model::forward_loss(const data::Batch& batch) {
   Plan& plan = plan_for(batch.size, false);
   const float* logits = logits_of(plan, batch);
-  return layers::softmax_cross_entropy(logits, batch.labels, batch.size, arch_spec_->num_classes, nullptr);
+  return layers::softmax_cross_entropy(logits, batch.labels, batch.size * arch_spec_.positions, arch_spec_.num_classes,
+                                      nullptr);
 }
 
 const float* Model::logits_of(Plan& plan, const data::Batch& batch) {
@@ -314,26 +346,38 @@ const float* Model::logits_of(Plan& plan, const data::Batch& batch) {
   return plan.acts.back() != nullptr ? plan.acts.back() : input;
 }
 
+std::span<const float> Model::logits(const float* inputs, int n) {
+  if (n < 1 || (native16() && n > batch_))  // native 16-bit: the stage is sized for the training batch
+    fail("logits of {} samples (1..{})", n, native16() ? batch_ : n);
+  Plan& plan = plan_for(n, false);
+  const float* out = logits_of(plan, {inputs, nullptr, n});
+  return {out, static_cast<std::size_t>(n) * arch_spec_.positions * arch_spec_.num_classes};
+}
+
 EvalResult Model::evaluate(const float* images, const std::int32_t* labels, std::int64_t n) {
   EvalResult r;
   if (n <= 0) return r;
   double loss_sum = 0.0;
   std::int64_t correct = 0;
-  const std::int64_t sample = layers::shape_size(arch_spec_->input_shape);
+  const std::int64_t sample = layers::shape_size(arch_spec_.input_shape);
+  const std::int64_t positions = arch_spec_.positions;
   // Native 16-bit storage: the stage is sized for the training batch (plans of up to that size).
   const int eval_chunk = native16() ? std::min(eval_batch_, batch_) : eval_batch_;
   for (std::int64_t first = 0; first < n;) {
     const int chunk = static_cast<int>(std::min<std::int64_t>(n - first, eval_chunk));
     Plan& plan = plan_for(chunk, false);
-    const data::Batch b{images + first * sample, labels + first, chunk};
+    const data::Batch b{images + first * sample, labels + first * positions, chunk};
     const float* logits = logits_of(plan, b);
-    loss_sum += static_cast<double>(layers::softmax_cross_entropy(logits, b.labels, chunk, arch_spec_->num_classes, nullptr)) * chunk;
-    correct += layers::count_correct(logits, b.labels, chunk, arch_spec_->num_classes);
+    const int rows = chunk * positions;
+    // Every sample has the same number of rows: the mean over chunks weighted by samples is the
+    // mean per row.
+    loss_sum += static_cast<double>(layers::softmax_cross_entropy(logits, b.labels, rows, arch_spec_.num_classes, nullptr)) * chunk;
+    correct += layers::count_correct(logits, b.labels, rows, arch_spec_.num_classes);
     first += chunk;
   }
   r.samples = n;
   r.loss = loss_sum / static_cast<double>(n);
-  r.accuracy = static_cast<double>(correct) / static_cast<double>(n);
+  r.accuracy = static_cast<double>(correct) / (static_cast<double>(n) * positions);
   return r;
 }
 

@@ -6,7 +6,7 @@
 
 #include "lowsync/comm/communicator.hpp"
 #include "lowsync/config/config.hpp"
-#include "lowsync/data/loader.hpp"
+#include "lowsync/data/batch_source.hpp"
 #include "lowsync/model/model.hpp"
 #include "lowsync/optim/optimizer.hpp"
 #include "lowsync/sync/strategy.hpp"
@@ -51,7 +51,7 @@ struct TrainState {
   model::Model& model;
   optim::Optimizer& optimizer;
   sync::Strategy& strategy;
-  data::Loader& loader;
+  data::BatchSource& loader;
   LoopState& loop;
 };
 

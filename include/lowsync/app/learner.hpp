@@ -39,6 +39,9 @@ class Learner {
   // Collective. Test loss and accuracy of the global model, the same on every rank.
   virtual model::EvalResult evaluate() = 0;
   virtual double epoch_progress() const = 0;
+  // Tokens per training sample of a text workload (T; then evaluation is on validation windows, the
+  // loss in nats per byte); 0 for images.
+  virtual int tokens_per_sample() const { return 0; }
   virtual std::int64_t syncs() const = 0;
   // Extra metrics.csv columns, after the common ones (fixed names; one value each per row).
   virtual std::vector<std::string> metric_names() const = 0;

@@ -10,6 +10,7 @@
 #include "lowsync/core/timer.hpp"
 #include "lowsync/data/dataset.hpp"
 #include "lowsync/data/loader.hpp"
+#include "lowsync/data/text.hpp"
 
 #include <nlohmann/json.hpp>
 
@@ -21,22 +22,40 @@
 namespace lowsync::app {
 
 // This rank's contiguous slice of a test set (evaluation is split over ranks, then combined).
+// Images: [count, sample_size] pixels and [count] labels; text: the validation windows, tokens
+// [count, T] as floats and targets [count, T].
 struct TestSlice {
-  std::vector<float> images;          // [n, sample_size]
-  std::vector<std::int32_t> labels;   // [n]
+  std::vector<float> images;
+  std::vector<std::int32_t> labels;
+  std::int64_t count = 0;  // samples (images or windows)
 };
 TestSlice test_slice(const data::Dataset& test, int rank, int world);
+// Windows [n r / world, n (r + 1) / world) of the corpus' evaluation windows (data::validation_windows,
+// `windows` of them: eval.windows).
+TestSlice validation_slice(const data::TextCorpus& corpus, int context, std::int64_t windows, int rank, int world);
+
+// The run trains on text (data.name a text dataset: the gpt workload).
+bool text_workload(const config::Config& cfg);
+// The model.gpt.* sizes as the model takes them (validated by model::arch_options).
+model::ArchOptions model_options(const config::Config& cfg);
+// Bytes of context of the text workload (model.gpt.ctx): a sample is a window of T + 1 bytes.
+int text_context(const config::Config& cfg);
 
 // Data that every learner reads the same way: each rank loads the files and computes the same
-// partition (data.partition), keeps its loader and its slice of the test set.
+// partition (data.partition), keeps its batch source and its slice of the test set (text: of the
+// validation windows).
 struct TrainingData {
-  data::ImageSplits files;                 // data.name from data.dir
-  std::unique_ptr<data::Loader> loader;    // this rank's partition of files.train
-  nlohmann::json label_histograms;         // [rank][class] counts, every rank
-  double share = 1.0;                      // this rank's fraction of the training samples
-  TestSlice test;                          // this rank's slice of files.test
+  data::ImageSplits files;                    // images: data.name from data.dir
+  data::TextCorpus text;                      // text: data.name from data.dir
+  std::unique_ptr<data::BatchSource> loader;  // this rank's partition of files.train or text's sources
+  nlohmann::json label_histograms;            // images: [rank][class] counts, every rank
+  nlohmann::json sources;                     // text: [rank][file names], every rank
+  int positions = 0;                          // text: tokens per sample (T); 0 for images
+  double share = 1.0;                         // this rank's fraction of the training samples (windows)
+  TestSlice test;                             // this rank's slice of files.test (text: validation windows)
 };
-// Collective in effect (same result on every rank, no communication). Logs the label histograms.
+// Collective in effect (same result on every rank, no communication). Logs the label histograms
+// (text: each rank's sources).
 std::unique_ptr<TrainingData> load_training_data(const config::Config& cfg, const comm::Communicator& comm);
 
 // Loss and accuracy summed over ranks' slices (weighted by their sample counts). Collective.

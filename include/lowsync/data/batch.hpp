@@ -1,4 +1,5 @@
-// A batch as the model sees it: row-major images [N, C, H, W] in fp32 and labels [N].
+// A batch as the model sees it. Images: row-major [N, C, H, W] fp32 and labels [N]. Text (the gpt
+// workload): tokens [N, T] as floats 0..255 (bytes) and next-byte targets [N, T].
 #pragma once
 
 #include <cstdint>
@@ -6,9 +7,9 @@
 namespace lowsync::data {
 
 struct Batch {
-  const float* images = nullptr;      // [N, 1, 28, 28], values in [0, 1]
-  const std::int32_t* labels = nullptr;  // [N], 0..9
-  int size = 0;                        // N
+  const float* images = nullptr;         // images [N, 1, 28, 28] in [0, 1]; text: tokens [N, T], 0..255
+  const std::int32_t* labels = nullptr;  // images [N], 0..9; text: targets [N, T], 0..255
+  int size = 0;                          // N
 };
 
 }  // namespace lowsync::data

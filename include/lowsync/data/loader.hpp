@@ -3,7 +3,7 @@
 #pragma once
 
 #include "lowsync/core/memory.hpp"
-#include "lowsync/data/batch.hpp"
+#include "lowsync/data/batch_source.hpp"
 #include "lowsync/data/dataset.hpp"
 
 #include <cstdint>
@@ -11,23 +11,18 @@
 
 namespace lowsync::data {
 
-struct LoaderCursor {
-  std::int64_t epoch = 0;
-  std::int64_t position = 0;  // next index into this epoch's order
-};
-
-class Loader {
+class Loader final : public BatchSource {
  public:
   Loader(const Dataset& dataset, std::vector<std::int64_t> indices, int batch, std::uint64_t seed,
          int rank);
   // Next batch; wraps into a new (reshuffled) epoch as needed. The batch stays valid until the
   // next call.
-  Batch next();
-  LoaderCursor cursor() const { return cursor_; }
-  void set_cursor(LoaderCursor c);
-  std::int64_t samples() const { return static_cast<std::int64_t>(indices_.size()); }
+  Batch next() override;
+  LoaderCursor cursor() const override { return cursor_; }
+  void set_cursor(LoaderCursor c) override;
+  std::int64_t samples() const override { return static_cast<std::int64_t>(indices_.size()); }
   const std::vector<std::int64_t>& indices() const { return indices_; }
-  double epoch_progress() const;
+  double epoch_progress() const override;
 
  private:
   void shuffle_for_epoch();

@@ -26,10 +26,15 @@ std::int64_t shape_size(const Shape& s);
 // its activation staging is 2 * chunk * (input + output) floats, at most 512 KB.
 inline constexpr std::size_t kStage16ChunkFloats = std::size_t{1} << 16;
 
+// How Model::initialize draws a parameter tensor: Kaiming-uniform U(-1/sqrt(fan_in), +) (mlp, cnn),
+// or the transformer scheme of ALGORITHMS.md §8 (normal(0, 0.02), zeros, ones).
+enum class ParamInit : std::uint8_t { kaiming_uniform, normal_002, zeros, ones };
+
 struct ParamSpec {
-  std::string name;     // "weight" or "bias"
+  std::string name;     // "weight" or "bias" ("ln1.weight", "qkv.bias" inside a transformer block)
   Shape shape;          // weight [out, in] or [out, in, kh, kw]; bias [out]
   std::int64_t fan_in;  // for Kaiming-uniform initialisation
+  ParamInit init = ParamInit::kaiming_uniform;
 };
 
 // oneDNN engine + stream shared by all layers, with optional per-primitive timing.
@@ -154,6 +159,11 @@ class Layer {
 // Linear: y = x W^T + b, W [out, in]; `relu` fuses max(y, 0) into the primitive (and its
 // backward into a oneDNN eltwise-backward on y).
 std::unique_ptr<Layer> make_linear(std::int64_t in, std::int64_t out, bool relu);
+// The same over `rows` rows per sample: input [rows, in] -> [rows, out], one GEMM over all
+// batch * rows rows (a transformer's [B*T, C] activations). bias = false: y = x W^T, no bias
+// tensor. init: the weight's ParamInit (the bias, if any, is zeros unless kaiming_uniform).
+std::unique_ptr<Layer> make_linear_rows(std::int64_t rows, std::int64_t in, std::int64_t out, bool bias,
+                                        ParamInit init = ParamInit::normal_002);
 // Conv2d, stride 1, no padding ("valid"), input [C, H, W]; optional fused ReLU.
 std::unique_ptr<Layer> make_conv2d(Shape input, std::int64_t out_channels, std::int64_t kernel, bool relu);
 // Max pooling, window = stride = `window`, input [C, H, W].

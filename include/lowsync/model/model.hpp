@@ -1,11 +1,13 @@
 // Model: a sequence of layers over ONE flat fp32 parameter buffer and ONE flat gradient buffer
 // (named views into them), so one collective covers all parameters or all gradients.
-// Architectures: mlp 784-512-256-10, cnn conv5x5(1->32)-pool-conv5x5(32->64)-pool-fc1024-512-10.
+// Architectures: mlp 784-512-256-10, cnn conv5x5(1->32)-pool-conv5x5(32->64)-pool-fc1024-512-10,
+// gpt the byte-level causal transformer of ALGORITHMS.md §8 (T logit rows per sample).
 #pragma once
 
 #include "lowsync/data/batch.hpp"
 #include "lowsync/layers/layer.hpp"
 #include "lowsync/core/memory.hpp"
+#include "lowsync/model/architecture.hpp"
 #include "lowsync/model/param_store.hpp"
 #include "lowsync/tensor/tensor.hpp"
 
@@ -25,6 +27,8 @@ struct ParamInfo {
   std::size_t count = 0;
 };
 
+// loss: mean cross-entropy per logit row (per position for gpt); accuracy: fraction of the
+// samples * positions predictions whose argmax is the label; samples: samples evaluated.
 struct EvalResult {
   double loss = 0.0;
   double accuracy = 0.0;
@@ -44,14 +48,13 @@ Compute parse_compute(const std::string& name);  // fp32 | fp8 | bf16 | fp16, el
 constexpr bool is_16bit(Compute c) { return c == Compute::bf16 || c == Compute::fp16; }
 enum class Storage : std::uint8_t { float32, native16 };
 
-struct Architecture;  // model/architecture.hpp
-
 class Model {
  public:
-  // arch = "mlp" | "cnn"; batch = training batch per rank (primitives are built for it once).
-  // storage = native16 needs a 16-bit compute.
+  // arch = "mlp" | "cnn" | "gpt"; batch = training batch per rank (primitives are built for it
+  // once). storage = native16 needs a 16-bit compute. options: the gpt sizes (arch_options()).
+  // A batch holds batch.size samples of input_shape() and batch.size * positions() labels.
   Model(const std::string& arch, int batch, std::uint64_t seed, Compute compute = Compute::fp32,
-        Storage storage = Storage::float32);
+        Storage storage = Storage::float32, const ArchOptions& options = {});
   Compute compute() const { return compute_; }
   bool native16() const { return storage_ == Storage::native16; }
   // 16-bit compute: round a buffer (parameters after an update or an average) to the 16-bit grid;
@@ -62,6 +65,9 @@ class Model {
   Model& operator=(const Model&) = delete;
 
   const std::string& arch() const { return arch_; }
+  const layers::Shape& input_shape() const { return arch_spec_.input_shape; }  // one sample
+  int num_classes() const { return arch_spec_.num_classes; }
+  int positions() const { return arch_spec_.positions; }  // logit rows (labels) per sample
   std::span<float> params() { return float_storage(params_); }
   std::span<float> grads() { return float_storage(grads_); }
   // Native 16-bit storage: bf16 or fp16 bit patterns (precision.compute).
@@ -86,14 +92,20 @@ class Model {
   int batch() const { return batch_; }
 
   // Forward + backward on the training batch (size == batch()); gradients are overwritten with
-  // d(mean loss)/d(params). Returns the mean loss.
+  // d(mean loss)/d(params). Returns the mean loss over batch.size * positions() rows.
   float forward_backward(const data::Batch& batch);
   // Forward only (no gradient); returns the mean loss. Used by zeroth-order training.
   float forward_loss(const data::Batch& batch);
-  // Loss and accuracy over n samples, in chunks of the evaluation batch.
+  // Forward only: the fp32 logits [n * positions(), num_classes()] of n samples (valid until the
+  // next call; native 16-bit storage: decoded from the 16-bit output).
+  std::span<const float> logits(const float* inputs, int n);
+  // Loss and accuracy over n samples (labels: n * positions()), in chunks of the evaluation batch
+  // (default 1000 samples; for positions() > 1 the training batch, since the activations of a
+  // transformer grow with T).
   EvalResult evaluate(const float* images, const std::int32_t* labels, std::int64_t n);
   void set_eval_batch(int n) { eval_batch_ = n; }
-  // Re-draw all parameters (Kaiming-uniform, like common frameworks) from `seed`.
+  // Re-draw all parameters from `seed`: each tensor as its layers::ParamSpec::init says
+  // (Kaiming-uniform for mlp/cnn, like common frameworks; ALGORITHMS.md §8 for gpt).
   void initialize(std::uint64_t seed);
   // FLOPs of one forward pass of one sample (multiply-add = 2).
   double forward_flops_per_sample() const;
@@ -119,7 +131,7 @@ class Model {
   const float* logits_of(Plan& plan, const data::Batch& batch);  // forward only, either storage
 
   std::string arch_;
-  const Architecture* arch_spec_ = nullptr;  // model/architecture.hpp (static table)
+  Architecture arch_spec_;  // shapes for the options the model was built with
   int batch_ = 0;
   std::vector<std::unique_ptr<layers::Layer>> layers_;
   std::vector<ParamInfo> infos_;

@@ -24,20 +24,21 @@ TEST(Architecture, EveryEntryChainsShapesFromInputToClasses) {
   for (const auto name : architecture_names()) {
     const Architecture& a = find_architecture(name);
     EXPECT_EQ(a.name, name);
-    const auto ls = a.build();
+    const auto ls = a.build(ArchOptions{});
     ASSERT_FALSE(ls.empty()) << name;
     layers::Shape shape = a.input_shape;
     for (const auto& l : ls) {
       EXPECT_EQ(l->input_shape(), shape) << name;
       shape = l->output_shape();
     }
-    EXPECT_EQ(shape, layers::Shape{a.num_classes}) << name;
+    // One row of num_classes logits per position.
+    EXPECT_EQ(layers::shape_size(shape), std::int64_t{a.num_classes} * a.positions) << name;
   }
 }
 
 TEST(Architecture, KnownSizes) {
   // 784*512 + 512 + 512*256 + 256 + 256*10 (the last layer has a bias too).
-  EXPECT_EQ(param_count(find_architecture("mlp").build()), 535818);
+  EXPECT_EQ(param_count(find_architecture("mlp").build({})), 535818);
   EXPECT_EQ(find_architecture("cnn").input_shape, (layers::Shape{1, 28, 28}));
 }
 
@@ -46,7 +47,7 @@ TEST(Architecture, UnknownNameNamesTheKeyAndTheChoices) {
     find_architecture("resnet");
     FAIL() << "resnet accepted";
   } catch (const Error& e) {
-    EXPECT_EQ(std::string(e.what()), "model.arch = 'resnet' is not one of mlp|cnn");
+    EXPECT_EQ(std::string(e.what()), "model.arch = 'resnet' is not one of mlp|cnn|gpt");
   }
 }
 

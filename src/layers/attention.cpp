@@ -1,7 +1,7 @@
 // Causal multi-head self-attention (ALGORITHMS.md §8) on oneDNN batched matmuls over [B, H, T, *]
 // views of the qkv rows (strided memory descriptors: no copies, no transposes) and oneDNN softmax:
-//   forward:  S = scale Q K^T + mask (mask: 0 on and below the diagonal, -inf above; an output
-//             scale and a binary post-op of the matmul), P = softmax(S) in place, O = P V.
+//   forward:  S = scale Q K^T (an output scale of the matmul), then -inf above the diagonal
+//             (the causal mask, written in place), P = softmax(S) in place, O = P V.
 //   backward: dP = dO V^T, dV = P^T dO, dS = softmax_backward(P, dP) in place,
 //             dQ = scale dS K, dK = scale dS^T Q.
 // Masked probabilities are exactly 0, so positions after t add exact zeros to row t: causality
@@ -10,6 +10,7 @@
 #include "lowsync/core/error.hpp"
 #include "lowsync/layers/transformer.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -27,13 +28,10 @@ class AttentionCore {
   AttentionCore(std::int64_t batch, std::int64_t ctx, std::int64_t width, std::int64_t heads, Executor& exec, dt type)
       : exec_(exec), width_bytes_(width * static_cast<std::int64_t>(memory::data_type_size(type))),
         scores_bytes_(static_cast<std::size_t>(batch * heads * ctx * ctx) * memory::data_type_size(type)),
-        probs_("attention.probs", scores_bytes_), mask_("attention.mask", static_cast<std::size_t>(ctx * ctx)) {
+        probs_("attention.probs", scores_bytes_), ctx_(ctx) {
     auto& eng = exec.engine();
     const std::int64_t b = batch, h = heads, t = ctx, d = width / heads, c = width;
     const float scale = 1.0f / std::sqrt(static_cast<float>(d));
-    for (std::int64_t i = 0; i < t; ++i)
-      for (std::int64_t j = 0; j < t; ++j)
-        mask_[static_cast<std::size_t>(i * t + j)] = j <= i ? 0.0f : -std::numeric_limits<float>::infinity();
 
     // Views of one third of the qkv rows [B, T, 3C] (or of its gradient) as [B, H, T, D], and its
     // transpose [B, H, D, T]; views of the attention output rows [B, T, C].
@@ -42,15 +40,12 @@ class AttentionCore {
     const memory::desc out_md({b, h, t, d}, type, dims{t * c, d, c, 1});
     const memory::desc scores_md({b, h, t, t}, type, tag::abcd);
     const memory::desc scores_t_md({b, h, t, t}, type, dims{h * t * t, t * t, 1, t});
-    const memory::desc mask_md({1, 1, t, t}, dt::f32, tag::abcd);
 
-    dnnl::primitive_attr scaled, scaled_masked;
+    // The causal mask is written after the matmul, not as its binary post-op: with that post-op
+    // oneDNN 2.6 falls back to its reference matmul (ref:any, ~100x slower: 0.94 s of a 3.8 s step).
+    dnnl::primitive_attr scaled;
     scaled.set_output_scales(0, {scale});
-    scaled_masked.set_output_scales(0, {scale});
-    dnnl::post_ops po;
-    po.append_binary(dnnl::algorithm::binary_add, mask_md);
-    scaled_masked.set_post_ops(po);
-    const dnnl::matmul::primitive_desc qk_pd({third_md, third_t_md, scores_md}, scaled_masked, eng);
+    const dnnl::matmul::primitive_desc qk_pd({third_md, third_t_md, scores_md}, scaled, eng);
     qk_ = dnnl::matmul(qk_pd);
     const dnnl::softmax_forward::primitive_desc sm_fwd_pd({dnnl::prop_kind::forward_training, scores_md, 3}, eng);
     softmax_fwd_ = dnnl::softmax_forward(sm_fwd_pd);
@@ -68,9 +63,7 @@ class AttentionCore {
     o_ = memory(out_md, eng, nullptr), do_ = memory(out_md, eng, nullptr);
     p_ = memory(scores_md, eng, probs_.data());
     p_t_ = memory(scores_t_md, eng, probs_.data());
-    const memory mask(mask_md, eng, mask_.data());
-    qk_args_ = {{DNNL_ARG_SRC, q_}, {DNNL_ARG_WEIGHTS, k_t_}, {DNNL_ARG_DST, p_},
-                {DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, mask}};
+    qk_args_ = {{DNNL_ARG_SRC, q_}, {DNNL_ARG_WEIGHTS, k_t_}, {DNNL_ARG_DST, p_}};
     softmax_fwd_args_ = {{DNNL_ARG_SRC, p_}, {DNNL_ARG_DST, p_}};
     pv_args_ = {{DNNL_ARG_SRC, p_}, {DNNL_ARG_WEIGHTS, v_}, {DNNL_ARG_DST, o_}};
     dv_args_ = {{DNNL_ARG_SRC, p_t_}, {DNNL_ARG_WEIGHTS, do_}, {DNNL_ARG_DST, dv_mem_}};
@@ -80,6 +73,7 @@ class AttentionCore {
     set_qkv(x);
     o_.set_data_handle(y);
     exec_.run(qk_, qk_args_);
+    apply_causal_mask();
     exec_.run(softmax_fwd_, softmax_fwd_args_);
     exec_.run(pv_, pv_args_);
   }
@@ -110,6 +104,23 @@ class AttentionCore {
   }
 
  private:
+  // Scores above the diagonal (key after query) become -inf, so softmax gives them 0.
+  void apply_causal_mask() {
+    const std::size_t elem = memory::data_type_size(p_.get_desc().data_type());
+    const std::int64_t t = ctx_, matrices = static_cast<std::int64_t>(scores_bytes_ / elem) / (t * t);
+    if (elem == 4) {
+      fill_upper(static_cast<float*>(p_.get_data_handle()), matrices, t, -std::numeric_limits<float>::infinity());
+    } else {  // bf16 0xFF80 and fp16 0xFC00 are their formats' -inf
+      const std::uint16_t neg_inf = p_.get_desc().data_type() == dt::bf16 ? 0xFF80u : 0xFC00u;
+      fill_upper(static_cast<std::uint16_t*>(p_.get_data_handle()), matrices, t, neg_inf);
+    }
+  }
+  template <class T>
+  static void fill_upper(T* scores, std::int64_t matrices, std::int64_t t, T value) {
+    for (std::int64_t m = 0; m < matrices; ++m)
+      for (std::int64_t i = 0; i < t; ++i) std::fill(scores + (m * t + i) * t + i + 1, scores + (m * t + i + 1) * t, value);
+  }
+
   void set_qkv(const void* x) {
     auto* base = static_cast<std::uint8_t*>(const_cast<void*>(x));
     q_.set_data_handle(base);
@@ -123,7 +134,7 @@ class AttentionCore {
   std::int64_t width_bytes_;  // byte offset of k (and 2x: of v) in a qkv row
   std::size_t scores_bytes_;
   lowsync::memory::TrackedBuffer<std::uint8_t> probs_;  // [B, H, T, T] P of the last forward
-  lowsync::memory::TrackedBuffer<float> mask_;          // [T, T] 0 / -inf
+  std::int64_t ctx_;                                    // T
   lowsync::memory::TrackedBuffer<std::uint8_t> dscores_;  // [B, H, T, T] dP, then dS in place
   memory q_, k_, v_, k_t_, v_t_, o_, do_, dq_mem_, dk_mem_, dv_mem_, p_, p_t_, ds_, ds_t_;
   dnnl::primitive qk_, softmax_fwd_, softmax_bwd_, pv_, dp_, dv_, dq_, dk_;

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The gpt comparison of issue #23: 4 ranks, by_source partition (alpha 0.3), every strategy at its
+# defaults (periodic H = 10, DiLoCo H = 50), one seed; prints one markdown row per strategy:
+# validation loss, bits per byte, MB sent per rank, syncs, wall seconds.
+#   tools/bench/gpt_compare.sh [OUT_DIR]     (STEPS=300 by default; the issue asks for 1,000)
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+out="${1:-$root/runs/gpt_compare}"
+steps="${STEPS:-300}"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
+rows=("none:sync.strategy=none" "allreduce:sync.strategy=allreduce" "periodic:sync.strategy=periodic sync.period=10"
+      "fda:sync.strategy=fda" "demo:sync.strategy=demo" "diloco:sync.strategy=diloco sync.period=50"
+      "powersgd:sync.strategy=powersgd")
+mkdir -p "$out"
+echo "| row | val loss (nats/byte) | bits/byte | MB sent per rank | syncs | wall s |"
+echo "|---|---:|---:|---:|---:|---:|"
+for row in "${rows[@]}"; do
+  name=${row%%:*}
+  sets=()
+  for kv in ${row#*:} model.arch=gpt data.partition=by_source data.alpha=0.3 train.steps="$steps" eval.every=0 log.progress=off; do
+    sets+=(--set "$kv")
+  done
+  if ! mpirun -q --oversubscribe -n 4 "$root/build/bin/lowsync" train "${sets[@]}" --force --out "$out/$name" >"$out/$name.log" 2>&1; then
+    echo "gpt_compare: $name failed; see $out/$name.log" >&2
+    continue
+  fi
+  /usr/bin/python3 - "$name" "$out/$name/summary.json" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[2]))
+print(f"| {sys.argv[1]} | {s['final_val_loss']:.4f} | {s['final_val_bits_per_byte']:.3f} | "
+      f"{s['bytes_sent_per_rank'] / 1e6:.1f} | {s.get('syncs')} | {s['wall_s']:.0f} |")
+PY
+done

@@ -365,7 +365,12 @@ def modeled(groups, links: list, path: Path) -> None:
         ax.set_xticklabels([str(n) for n in ns])
         ax.xaxis.set_minor_locator(NullLocator())
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g} s"))
-        ax.yaxis.set_minor_formatter(NullFormatter())
+        lo, hi = ax.get_ylim()
+        # Under a decade of range has no labelled major tick: label the minor ones instead.
+        few_decades = lo > 0 and math.floor(math.log10(hi)) - math.ceil(math.log10(lo)) < 1
+        # Decimals enough to tell the ticks apart when the times barely differ (compute-bound).
+        dec = max(0, 1 - math.floor(math.log10(hi - lo))) if hi > lo else 1
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _, d=dec: f"{v:.{d}f} s") if few_decades else NullFormatter())
         ax.set_xlabel("ranks")
         ax.set_ylabel("MODELED seconds to target")
         ax.set_title(f"{link.name}\nalpha={link.alpha_s * 1e6:.3g} us, {link.beta_Bps * 8 / 1e9:.3g} Gb/s",

@@ -10,7 +10,7 @@ seeds, in that order (a run's index is its Slurm array task id); fixed keys come
     out_root = "runs/sweeps/x"     # default runs/sweeps/<name>; a run writes to <out_root>/<run name>
     strategies = ["allreduce", "periodic"]
     precisions = ["fp32", "bf16/fp8_e4m3"]        # compute/wire; one word = both
-    partitions = ["iid", "dirichlet:0.1"]          # dirichlet:<alpha> also sets data.alpha
+    partitions = ["iid", "dirichlet:0.1"]          # dirichlet:<alpha> / by_source:<alpha> also set data.alpha
     ranks = [4]
     seeds = [1, 2]
     [set]
@@ -50,7 +50,8 @@ LAUNCH_SH = REPO_ROOT / "jobs" / "lib" / "launch.sh"
 
 COMPUTE_DTYPES = ("fp32", "bf16", "fp16", "fp8")
 WIRE_DTYPES = ("fp32", "bf16", "fp16", "fp8_e4m3", "fp8_e5m2")
-PARTITIONS = ("iid", "dirichlet", "shards")
+PARTITIONS = ("iid", "dirichlet", "shards", "by_source")  # by_source: text workloads (gpt)
+ALPHA_PARTITIONS = ("dirichlet", "by_source")
 # Keys set by the sweep axes; [set] and [strategy.*] may not set them as well.
 AXIS_KEYS = ("sync.strategy", "precision.compute", "precision.wire", "data.partition", "train.seed")
 TOP_LEVEL_KEYS = {"name", "config", "out_root", "strategies", "precisions", "partitions", "ranks",
@@ -139,11 +140,11 @@ def parse_partition(p) -> tuple[str, float | None]:
             except ValueError:
                 raise SweepError(f"sweep: partition {p!r}: alpha {alpha_text!r} is not a number") from None
     else:
-        raise SweepError(f"sweep: partition {p!r} must be 'iid', 'shards' or 'dirichlet[:alpha]'")
+        raise SweepError(f"sweep: partition {p!r} must be 'iid', 'shards', 'dirichlet[:alpha]' or 'by_source[:alpha]'")
     if name not in PARTITIONS:
         raise SweepError(f"sweep: partition {name!r} not in {PARTITIONS}")
-    if alpha is not None and name != "dirichlet":
-        raise SweepError(f"sweep: partition {p!r}: alpha only applies to dirichlet")
+    if alpha is not None and name not in ALPHA_PARTITIONS:
+        raise SweepError(f"sweep: partition {p!r}: alpha only applies to {' and '.join(ALPHA_PARTITIONS)}")
     return name, alpha
 
 

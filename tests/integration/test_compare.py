@@ -518,12 +518,17 @@ class SweepTest(unittest.TestCase):
                     "compare_gpt.toml": 153}  # the main job's grids (issue #24)
         for name, count in expected.items():
             self.assertEqual(len(self.listing(REPO / "jobs" / "sweeps" / name)), count, name)
+        # The gpt comparison runs on skewed sources, not IID windows (ALGORITHMS.md section 8).
+        for r in self.listing(REPO / "jobs" / "sweeps" / "compare_gpt.toml"):
+            sets = dict(s.split("=", 1) for s in r["sets"])
+            self.assertEqual((sets["data.partition"], sets["data.alpha"]), ("by_source", "0.3"), r["name"])
 
     def test_bad_sweeps_fail(self):
         bad = {
             "axis key in set": 'strategies=["allreduce"]\n[set]\n"sync.strategy"="fda"\n',
             "bad wire dtype": 'strategies=["allreduce"]\nprecisions=["fp32/fp9"]\n',
             "alpha on iid": 'strategies=["allreduce"]\npartitions=["iid:0.5"]\n',
+            "alpha on shards": 'strategies=["allreduce"]\npartitions=["shards:0.5"]\n',
             "unknown key": 'strategies=["allreduce"]\nrank=[2]\n',
             "no strategies": 'ranks=[2]\n',
             "orphan strategy table": 'strategies=["allreduce"]\n[strategy.fda]\n"sync.fda.estimator"="naive"\n',

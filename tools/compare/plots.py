@@ -129,8 +129,9 @@ def _seed_curves(s, x: str, metric: str):
 def _reference_lines(ax, g, metric: str) -> None:
     if g.floor is not None and g.floor.mean_quality is not None:
         ax.axhline(g.floor.mean_quality, color="tab:gray", linewidth=1.0, linestyle="--")
-        ax.text(1.0, g.floor.mean_quality, f" floor (none, {g.name})", transform=ax.get_yaxis_transform(),
-                fontsize=7, va="center", ha="left", color="tab:gray", clip_on=False)
+        # Inside the axes, at the right end: outside it, a legend placed right of the axes hid it.
+        ax.text(0.99, g.floor.mean_quality, f"floor (none, {g.name})", transform=ax.get_yaxis_transform(),
+                fontsize=7, va="bottom", ha="right", color="tab:gray")
     if g.ceiling is not None and g.ceiling.mean_quality is not None:
         ax.axhline(g.ceiling.mean_quality, color="tab:blue", linewidth=1.0, linestyle="--")
     if g.target is not None:

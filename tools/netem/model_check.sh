@@ -6,7 +6,7 @@
 # model's (OUT/PROFILE-nK/calibration.md). With TTT_STEPS > 0 it then trains every strategy to a
 # target accuracy on TTT_PROFILE at 2 ranks and compares the measured time-to-target order with the
 # model's (OUT/ttt/calibration.md). OUT/summary.md gathers the tables. Needs root (netem.sh).
-# env: PROFILES ("100mbit 1gbit 10gbit"), RANKS_LIST ("2 4"), STRATEGIES ("allreduce periodic fda demo"),
+# env: PROFILES ("100mbit 1gbit 10gbit"), RANKS_LIST ("2 4"), STRATEGIES ("allreduce periodic fda demo diloco powersgd"),
 #      STEPS (40), TTT_STEPS (0 = skip; e.g. 600), TTT_PROFILE (100mbit), TTT_TARGET (0.80),
 #      TTT_EVAL_EVERY (25), EXTRA_SETS (key=value words for every run), OUT (runs/netem-<time>)
 set -euo pipefail
@@ -21,7 +21,7 @@ done
 out="${OUT:-$root/runs/netem-$(date +%Y%m%d-%H%M%S)}"
 profiles=(${PROFILES-100mbit 1gbit 10gbit})  # PROFILES="" skips the matrix
 ranks_list=(${RANKS_LIST:-2 4})
-strategies=(${STRATEGIES:-allreduce periodic fda demo})
+strategies=(${STRATEGIES:-allreduce periodic fda demo diloco powersgd})
 steps="${STEPS:-40}"
 extra=(${EXTRA_SETS:-})
 export OMP_NUM_THREADS=1
@@ -33,6 +33,9 @@ declare -A rows=(
   [periodic]="sync.strategy=periodic sync.period=10 optim.name=sgd optim.lr=0.05"
   [fda]="sync.strategy=fda sync.fda.estimator=linear optim.name=sgd optim.lr=0.05"
   [demo]="sync.strategy=demo optim.lr=0.001 optim.demo.value=bf16"
+  # H = 10 rather than DiLoCo's 50 so that a 40-step run syncs 4 times.
+  [diloco]="sync.strategy=diloco sync.period=10 optim.name=adamw optim.lr=0.001"
+  [powersgd]="sync.strategy=powersgd optim.name=sgd optim.lr=0.05"
 )
 for s in "${strategies[@]}"; do
   [[ -n ${rows[$s]:-} ]] || { echo "model_check.sh: unknown strategy '$s' (have: ${!rows[*]})" >&2; exit 2; }

@@ -197,7 +197,8 @@ int main(int argc, char** argv) {
     if (cfg.string("comm.backend") == "nccl")
       lowsync::fail("comm.backend = \"nccl\": the NCCL backend is detected at build time but not implemented yet; use mpi");
     lowsync::comm::Communicator comm(MPI_COMM_WORLD, {cfg.boolean("comm.deterministic"),
-                                                      cfg.real("comm.timeout_seconds")});
+                                                      cfg.real("comm.timeout_seconds"),
+                                                      cfg.boolean("comm.separate_waits")});
     const std::filesystem::path out = agree_on_out_dir(comm, out_dir);
     const std::filesystem::path ckpt_dir =
         cfg.string("checkpoint.dir").empty() ? out / "checkpoints" : std::filesystem::path(cfg.string("checkpoint.dir"));

@@ -224,8 +224,13 @@ void Communicator::record(Collective c, std::string_view traffic, std::size_t pa
   ledger_.record(c, traffic, payload_bytes, wire_bytes(c, payload_bytes, size_, is_root), MPI_Wtime() - start);
 }
 
+void Communicator::wait_for_peers(std::string_view traffic) {
+  if (options_.separate_waits && size_ > 1 && !traffic.starts_with("obs")) barrier(kWaitTraffic);
+}
+
 void Communicator::allreduce_bytes(void* data, std::size_t count, DType t, ReduceOp op, std::string_view traffic) {
   Kokkos::fence();  // data may have been written by a Kokkos kernel
+  wait_for_peers(traffic);
   const double start = MPI_Wtime();
   const int n = checked_count(count, "allreduce");
   if (options_.deterministic && op == ReduceOp::sum && size_ > 1 && (t == DType::f32 || t == DType::f64)) {
@@ -271,6 +276,7 @@ void Communicator::deterministic_sum(void* data, std::size_t count, DType t) {
 void Communicator::broadcast_bytes(void* data, std::size_t count, DType t, int root, std::string_view traffic) {
   if (root < 0 || root >= size_) fail("broadcast: root {} is not a rank of {}", root, size_);
   Kokkos::fence();
+  wait_for_peers(traffic);
   const double start = MPI_Wtime();
   const int n = checked_count(count, "broadcast");
   if (size_ > 1) {
@@ -285,6 +291,7 @@ void Communicator::allgather_bytes(const void* send, std::size_t send_count, voi
   if (recv_count != send_count * static_cast<std::size_t>(size_))
     fail("allgather: receive buffer holds {} elements, expected {} x {} ranks", recv_count, send_count, size_);
   Kokkos::fence();
+  wait_for_peers(traffic);
   const double start = MPI_Wtime();
   const int n = checked_count(send_count, "allgather");
   {
@@ -300,6 +307,7 @@ void Communicator::alltoall_bytes(const void* send, std::size_t send_count, void
   if (send_count != recv_count || send_count % world != 0)
     fail("alltoall: send {} / receive {} elements, expected equal multiples of {} ranks", send_count, recv_count, size_);
   Kokkos::fence();
+  wait_for_peers(traffic);
   const double start = MPI_Wtime();
   const int block = checked_count(send_count / world, "alltoall");
   {
@@ -325,6 +333,7 @@ void Communicator::allgatherv_bytes(const void* send, std::size_t send_count, vo
   }
   if (total != recv_count) fail("allgatherv: receive buffer holds {} elements, counts sum to {}", recv_count, total);
   Kokkos::fence();
+  wait_for_peers(traffic);
   const double start = MPI_Wtime();
   {
     const Guard guard(watchdog_, Collective::allgatherv, traffic, step_);
@@ -340,6 +349,7 @@ void Communicator::gather_bytes(const void* send, std::size_t send_count, void* 
   if (rank_ == root && recv_count != send_count * static_cast<std::size_t>(size_))
     fail("gather: root receive buffer holds {} elements, expected {} x {} ranks", recv_count, send_count, size_);
   Kokkos::fence();
+  wait_for_peers(traffic);
   const double start = MPI_Wtime();
   const int n = checked_count(send_count, "gather");
   {

@@ -100,6 +100,8 @@ std::vector<KeySpec> build_schema() {
       // communication
       choice("comm.backend", "mpi", {"mpi", "nccl"}, "collective backend (nccl only when built with it)"),
       boolean("comm.deterministic", false, "rank-ordered sums: bitwise repeatable runs (a little slower)"),
+      boolean("comm.separate_waits", false,
+              "a barrier (ledger class obs.wait) before each strategy collective: its seconds are the transfer alone (model checks)"),
       real("comm.timeout_seconds", 300.0, 0.0, kBig, "abort if a collective takes longer (0 = no watchdog)"),
       real("net.alpha_us", 2.0, 0.0, kBig, "network model: per-message latency in microseconds"),
       real("net.beta_gbps", 100.0, 1e-9, kBig, "network model: link bandwidth in Gbit/s"),

@@ -47,7 +47,7 @@ link=$(/usr/bin/python3 -c "import json,sys; c=json.load(open(sys.argv[1])); pri
   "$tmp/calibration.json")
 common=(--set net.alpha_us="${link% *}" --set net.beta_gbps="${link#* }" --set model.arch=mlp --set optim.name=sgd --set optim.lr=0.05 --set train.batch=32
         --set data.train_limit=3000 --set train.steps=30 --set eval.every=0 --set log.every=30
-        --set log.progress=off)
+        --set log.progress=off --set comm.separate_waits=true)
 for s in allreduce periodic; do
   sets=(--set sync.strategy=$s)
   [[ $s == periodic ]] && sets+=(--set sync.period=5)

@@ -151,6 +151,33 @@ TEST(Communicator, RejectsBadArguments) {
   EXPECT_THROW(comm.allgatherv(std::span<const float>(a), std::span<float>(a), counts, "test"), Error);
 }
 
+// comm.separate_waits: the last rank arrives late; without the option the others book that wait
+// as allreduce seconds, with it the wait lands in "obs.wait" and the allreduce holds the transfer.
+// The 0.4 s lateness is ~100x a 4-float allreduce here, so the bounds have room for a loaded machine.
+TEST(Communicator, SeparateWaitsBooksTheLateRankApart) {
+  if (world_size() < 2) GTEST_SKIP() << "needs 2+ ranks";
+  const bool late = world_rank() == world_size() - 1;
+  for (const bool separate : {false, true}) {
+    Communicator comm(MPI_COMM_WORLD, {false, 60.0, separate});
+    std::vector<float> v(4, 1.0f);
+    if (late) std::this_thread::sleep_for(std::chrono::milliseconds(400));
+    comm.allreduce(std::span<float>(v), ReduceOp::sum, "grad");
+    comm.allreduce(std::span<float>(v), ReduceOp::sum, "obs.metrics");  // obs traffic: never waited for
+    EXPECT_EQ(v[0], static_cast<float>(world_size() * world_size()));
+    const LedgerEntry grad = comm.ledger().by_traffic("grad");
+    const LedgerEntry wait = comm.ledger().by_traffic(kWaitTraffic);
+    EXPECT_EQ(grad.calls, 1u);
+    EXPECT_EQ(wait.calls, separate ? 1u : 0u) << "one barrier, before the grad allreduce only";
+    if (late) continue;  // the late rank waits for nobody
+    if (separate) {
+      EXPECT_GT(wait.seconds, 0.3);
+      EXPECT_LT(grad.seconds, 0.2);
+    } else {
+      EXPECT_GT(grad.seconds, 0.3);
+    }
+  }
+}
+
 TEST(Communicator, AnyAgreesOnAFlagSeenByOneRank) {
   Communicator comm(MPI_COMM_WORLD);
   EXPECT_FALSE(comm.any(false));

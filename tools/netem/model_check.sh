@@ -55,7 +55,11 @@ calibrate() {
 train() {
   local profile=$1 k=$2 dir=$3 s=$4 sets=()
   shift 4
-  for kv in ${rows[$s]} model.arch=mlp log.progress=off "$@" "${extra[@]}"; do sets+=(--set "$kv"); done
+  # comm.separate_waits: a barrier before each strategy collective books the wait for the slowest
+  # rank's compute apart (obs.wait), so the measured seconds are the transfer the model predicts.
+  for kv in ${rows[$s]} model.arch=mlp log.progress=off comm.separate_waits=true "$@" "${extra[@]}"; do
+    sets+=(--set "$kv")
+  done
   local t0=$SECONDS
   if ! "$netem" --ranks "$k" --profile "$profile" -- "$lowsync" train "${sets[@]}" --force --out "$dir/$s" \
       >"$dir/$s.log" 2>&1; then

@@ -32,6 +32,11 @@ struct CommOptions {
   // allgather): bitwise identical run after run, same bytes as a ring, a little slower.
   bool deterministic = false;
   double timeout_seconds = 0.0;  // 0 = no watchdog
+  // A barrier (ledger class "obs.wait") before each blocking collective of a non-obs class, so
+  // the collective's seconds hold its transfer once every rank has arrived (what the network
+  // model predicts) and the wait for the slowest rank's compute is booked apart. For checking
+  // the model (tools/netem); costs one barrier latency per collective.
+  bool separate_waits = false;
 };
 
 // Watches one collective at a time from a helper thread (see communicator.cpp). arm/disarm
@@ -204,6 +209,7 @@ class Communicator {
   [[noreturn]] static void fail_sizes(std::size_t send, std::size_t recv);
   void deterministic_sum(void* data, std::size_t count, DType t);
   void record(Collective c, std::string_view traffic, std::size_t payload_bytes, double start, bool is_root);
+  void wait_for_peers(std::string_view traffic);  // CommOptions::separate_waits
 
   MPI_Comm comm_ = MPI_COMM_NULL;
   int rank_ = 0;

@@ -23,6 +23,9 @@ std::string_view collective_name(Collective c);
 // An "obs.*" class: in the ledger and under the watchdog, but not in the strategy's byte totals,
 // so bytes_sent does not depend on the checkpoint cadence.
 inline constexpr std::string_view kCheckpointTraffic = "obs.checkpoint";
+// CommOptions::separate_waits: the barrier before a collective, i.e. the time spent waiting for
+// the slowest rank to arrive.
+inline constexpr std::string_view kWaitTraffic = "obs.wait";
 
 struct LedgerEntry {
   std::uint64_t calls = 0;

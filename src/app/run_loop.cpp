@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cmath>
 #include <cstdio>
 #include <numbers>
@@ -86,8 +87,29 @@ std::string shell_quote(const std::string& word) {
 // Control flags agreed by all ranks at every step boundary (one small "obs.control" allreduce).
 enum Control : std::size_t { kStopSignal, kTimeLimit, kCheckpointDue, kNonfiniteLoss, kControlCount };
 
+// The slowest rank's seconds in each non-obs ledger entry (in entries() order), or nothing when
+// the ranks' ledgers do not list the same entries. A one-way collective returns on its root as
+// soon as the data is handed to the network, so the root's seconds understate the transfer; the
+// slowest rank's are the collective's completion time, what the network model predicts.
+std::vector<double> slowest_rank_seconds(comm::Communicator& comm) {
+  std::vector<double> seconds;
+  std::uint64_t shape = 1469598103934665603ull;  // FNV-1a over the entries' names
+  for (const auto& [key, e] : comm.ledger().entries()) {
+    if (key.second.starts_with("obs")) continue;
+    seconds.push_back(e.seconds);
+    for (const char c : std::string(comm::collective_name(key.first)) + "/" + key.second + ";")
+      shape = (shape ^ static_cast<unsigned char>(c)) * 1099511628211ull;
+  }
+  const auto count = static_cast<std::int64_t>(seconds.size()), hash = static_cast<std::int64_t>(shape >> 1);
+  std::int64_t agree[4] = {count, -count, hash, -hash};
+  comm.allreduce(std::span<std::int64_t>(agree, 4), comm::ReduceOp::max, "obs.summary");
+  if (agree[0] != -agree[1] || agree[2] != -agree[3]) return {};  // every rank sees the same verdict
+  comm.allreduce(std::span<double>(seconds), comm::ReduceOp::max, "obs.summary");
+  return seconds;
+}
+
 // The ledger as summary.json reports it: everything but our own "obs.*" traffic.
-Json ledger_fields(const comm::ByteLedger& ledger) {
+Json ledger_fields(const comm::ByteLedger& ledger, std::span<const double> slowest) {
   Json by_traffic = Json::object(), by_collective = Json::object(), entries = Json::array();
   for (const auto& [key, e] : ledger.entries()) {
     if (key.second.starts_with("obs")) continue;
@@ -96,6 +118,7 @@ Json ledger_fields(const comm::ByteLedger& ledger) {
     by_collective[collective] = by_collective.value(collective, 0.0) + static_cast<double>(e.calls);
     entries.push_back({{"collective", collective}, {"traffic", key.second}, {"calls", e.calls},
                        {"payload_bytes", e.payload_bytes}, {"wire_bytes", e.wire_bytes}, {"seconds", e.seconds}});
+    if (entries.size() <= slowest.size()) entries.back()["seconds_max_rank"] = slowest[entries.size() - 1];
   }
   // Monitoring (traffic classes "*_monitor", e.g. FDA's variance state) versus everything else
   // the strategy sends (model, grad, optimizer state, ...): rank 0's wire bytes, summing to its
@@ -411,7 +434,7 @@ TrainResult RunLoop::run(Learner& learner, const std::optional<std::filesystem::
     summary["tokens_per_s"] = summary["samples_per_s"].get<double>() * tokens;
     summary["tokens_per_sample"] = tokens;
   }
-  summary.update(ledger_fields(comm.ledger()));
+  summary.update(ledger_fields(comm.ledger(), slowest_rank_seconds(comm)));
   summary.update(learner.summary_fields());
   if (rank == 0) io::write_file_atomic(out_dir_ / "summary.json", summary.dump(2) + "\n");
   if (!stop_reason.empty()) {

@@ -74,6 +74,14 @@ for r in json.load(open(f"{sys.argv[1]}/rows.json")):
     if abs(py - cpp) > 1e-6 * max(cpp, 1e-9):
         sys.exit(1)
 PY
+# The measured side is each collective's slowest rank (a broadcast's root returns early).
+/usr/bin/python3 - "$tmp" <<'PY' || fail "summary.json ledger entries lack seconds_max_rank >= rank 0's seconds"
+import json, sys
+for s in ("allreduce", "periodic"):
+    for e in json.load(open(f"{sys.argv[1]}/{s}/summary.json"))["ledger"]:
+        if not e.get("seconds_max_rank", -1.0) >= e["seconds"]:
+            sys.exit(1)
+PY
 # lowsync compare --calibration carries the same section.
 "$lowsync" compare "$tmp/allreduce" "$tmp/periodic" --out "$tmp/report" --calibration "$tmp/calibration.json" \
   --no-plots >/dev/null 2>&1 || fail "lowsync compare --calibration"

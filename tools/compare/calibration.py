@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """The network model against measured runs on a calibrated link (issue 21): for each run, the
-measured communication seconds per step (summary.json ledger "seconds", rank mean, obs traffic
-left out) next to the alpha-beta model's for the same calls and payloads with the link's
+measured communication seconds per step (summary.json ledger "seconds_max_rank": per collective the
+slowest rank's seconds, or rank 0's "seconds" for runs before it; obs traffic left out) next to the alpha-beta model's for the same calls and payloads with the link's
 alpha and beta (tools/bench/bench_comm --json), the error, and whether the row is bandwidth-bound;
 then time to target, measured against modeled, and whether the model ranks the runs the same way.
 `lowsync compare --calibration FILE` adds this section to report.md; run alone it prints the
@@ -98,7 +98,10 @@ def _ledger(run: RunData) -> list[dict] | None:
     for e in ledger:
         if not isinstance(e, dict) or str(e.get("traffic", "")).startswith("obs"):
             continue
-        calls, payload, seconds = _num(e.get("calls")), _num(e.get("payload_bytes")), _num(e.get("seconds"))
+        # The slowest rank's seconds when the run has them: a collective is done when the last rank
+        # has its data (the root of a broadcast returns as soon as its sends are queued).
+        seconds = _num(e.get("seconds_max_rank", e.get("seconds")))
+        calls, payload = _num(e.get("calls")), _num(e.get("payload_bytes"))
         if not isinstance(e.get("collective"), str) or None in (calls, payload, seconds):
             return None
         out.append({"collective": e["collective"], "calls": calls, "payload": payload, "seconds": seconds})
@@ -127,17 +130,25 @@ def row(run: RunData, link) -> Row | None:
 class TimeToTarget:
     label: str
     steps: float
-    measured_s: float   # wall seconds at the first evaluation at or above the target
+    measured_s: float   # training seconds (compute + comm, metrics.csv) at the first evaluation at or above the target
     modeled_s: float    # steps x (measured compute s/step + modeled comm s/step)
+    wall_s: float       # wall clock at that evaluation (also holds evaluations, start-up and waits)
 
 
 def time_to_target(run: RunData, link, target: float) -> TimeToTarget | None:
-    steps, measured, compute = run.steps_to_target(target), run.time_to_target(target), run.compute_s_per_step
+    steps, compute, row = run.steps_to_target(target), run.compute_s_per_step, run.target_row(target)
     entries, n = _ledger(run), run.ranks
-    if None in (steps, measured, compute, entries, n) or n < 2:
+    if None in (steps, compute, row, entries, n) or n < 2:
         return None
+    wall, step_compute, step_comm = _num(row.get("wall_s")), _num(row.get("compute_s")), _num(row.get("comm_s"))
+    if wall is None:
+        return None
+    # The same seconds the model counts: training (compute + communication), not the evaluations
+    # and start-up that the wall clock also holds (a run that evaluates more often before reaching
+    # the target would otherwise rank later for it).
+    measured = step_compute + step_comm if None not in (step_compute, step_comm) else wall
     comm, _ = modeled_per_step(entries, n, run.steps, link)
-    return TimeToTarget(run.label, steps, measured, steps * (compute + comm))
+    return TimeToTarget(run.label, steps, measured, steps * (compute + comm), wall)
 
 
 def ranking(values: dict[str, float]) -> list[str]:
@@ -155,8 +166,9 @@ def section(runs: list[RunData], calibration_path, target: float) -> list[str]:
     out = [f"## Calibration: communication per step, measured vs modeled ({cal.label or cal.path.name})", "",
            f"Link calibrated by bench_comm ({cal.path}): alpha = {link.alpha_s * 1e6:.1f} us (ping-pong), "
            f"beta = {link.beta_Bps / 1e6:.4g} MB/s (MPI_Allreduce fit when measured, else ping-pong) ({link.beta_Bps * 8 / 1e9:.4g} Gbit/s). Measured = the seconds "
-           "each rank spent in the strategy's collectives per step (byte ledger, rank mean, obs traffic left "
-           "out: it includes waiting for a slower rank); modeled = the alpha-beta formulas for the same calls "
+           "the strategy's collectives took per step (byte ledger, per collective the slowest rank's "
+           "seconds, obs traffic left out; runs with comm.separate_waits book the wait for a late rank apart, "
+           "otherwise it is included); modeled = the alpha-beta formulas for the same calls "
            "and payloads at the run's rank count. Error = (modeled - measured) / measured. A row is "
            f"bandwidth-bound when payload/beta is at least {BANDWIDTH_BOUND_SHARE:.0%} of its modeled time; "
            f"target: within {TARGET_ERROR:.0%} on those.", ""]
@@ -186,14 +198,15 @@ def section(runs: list[RunData], calibration_path, target: float) -> list[str]:
     measured_order = ranking({t.label: t.measured_s for t in ttt})
     modeled_order = ranking({t.label: t.modeled_s for t in ttt})
     out += ["Modeled = measured steps to target x (measured compute s/step + modeled comm s/step); measured "
-            "= wall time at the first evaluation at or above the target (it also holds evaluations and "
-            "start-up, which the model leaves out).", "",
-            "| Run | Steps to target | Measured | Modeled | Error | Measured rank | Modeled rank |",
-            "|---|---:|---:|---:|---:|---:|---:|"]
+            "= training seconds (compute + communication, metrics.csv, rank mean) at the first evaluation at "
+            "or above the target; wall = the wall clock there, which also holds the evaluations, start-up and "
+            "waits for a slower rank that neither side counts.", "",
+            "| Run | Steps to target | Measured | Modeled | Error | Measured rank | Modeled rank | Wall |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for t in sorted(ttt, key=lambda t: t.measured_s):
         out.append(f"| {t.label} | {t.steps:.0f} | {fmt_s(t.measured_s)} | {fmt_s(t.modeled_s)} | "
                    f"{(t.modeled_s - t.measured_s) / t.measured_s:+.0%} | {measured_order.index(t.label) + 1} | "
-                   f"{modeled_order.index(t.label) + 1} |")
+                   f"{modeled_order.index(t.label) + 1} | {fmt_s(t.wall_s)} |")
     same = measured_order == modeled_order
     out += ["", "Same order, measured and modeled: " + ("**yes**" if same else
             f"**no** (measured: {' < '.join(measured_order)}; modeled: {' < '.join(modeled_order)})"), ""]

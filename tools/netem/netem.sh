@@ -56,14 +56,19 @@ if [[ $(id -u) != 0 ]]; then
 fi
 tc=$(command -v tc || echo /usr/sbin/tc)
 
-# Rate in bit/s -> tbf burst: enough for a 64 KiB GSO segment and ~1 ms of traffic (tbf drops a
-# packet larger than its bucket), queue limit ~50 ms of traffic (at least 256 KiB).
+# Rate in bit/s -> tbf burst of ~1 ms of traffic (at least 4 full frames), queue limit ~50 ms of
+# traffic (at least 256 KiB). The bucket refills while the ranks compute, and a message that fits
+# in it leaves at veth speed: with a 128 KiB bucket at 100 Mbit/s (10 ms of traffic) DeMo's 20 KB
+# all-gathers and the first 128 KiB of every burst were unshaped. tbf drops a packet larger than
+# its bucket, so the veths' GSO segments are capped at half the bucket (gso_max_size).
 rate_bits() {
   local n=${1%%[a-z]*} u=${1##*[0-9]}
   case $u in kbit) echo $((n * 1000)) ;; mbit) echo $((n * 1000000)) ;; gbit) echo $((n * 1000000000)) ;; esac
 }
 bits=$(rate_bits "$profile")
-burst=$(( bits / 8 / 1000 )); (( burst < 131072 )) && burst=131072
+mtu=${NETEM_MTU:-1500}
+burst=$(( bits / 8 / 1000 )); (( burst < 4 * (mtu + 64) )) && burst=$(( 4 * (mtu + 64) ))
+gso=$(( burst / 2 )); (( gso > 65536 )) && gso=65536; (( gso < mtu )) && gso=$mtu
 limit=${NETEM_LIMIT:-$(( bits / 8 / 20 ))}; (( limit < 262144 )) && limit=262144
 
 # Unique names and a private subnet per invocation, so parallel runs (ctest -j) do not collide.
@@ -100,7 +105,6 @@ fail_setup() {
   exit 77
 }
 quiet() { "$@" >/dev/null 2>&1; }
-mtu=${NETEM_MTU:-1500}
 quiet ip netns add "$prefix-br" || fail_setup "ip netns add failed: no CAP_SYS_ADMIN or no namespace support"
 created+=("$prefix-br")
 quiet ip -n "$prefix-br" link add br0 type bridge || fail_setup "no bridge support"
@@ -113,6 +117,8 @@ for ((k = 0; k < ranks; k++)); do
   created+=("$ns")
   quiet ip -n "$ns" link add eth0 mtu "$mtu" type veth peer name "p$k" mtu "$mtu" netns "$prefix-br" \
     || fail_setup "no veth support"
+  quiet ip -n "$ns" link set dev eth0 gso_max_size "$gso" || fail_setup "cannot cap GSO on $ns"
+  quiet ip -n "$prefix-br" link set dev "p$k" gso_max_size "$gso" || fail_setup "cannot cap GSO on p$k"
   quiet ip -n "$ns" addr add "$subnet.$((k + 1))/24" dev eth0
   quiet ip -n "$ns" link set lo up
   # A collective after a pause (compute, a barrier) must not restart TCP from slow start.
@@ -130,7 +136,7 @@ if [[ $check_only == 1 ]]; then
   echo "netem.sh: $ranks namespaces at $profile created and torn down"
   exit 0
 fi
-echo "netem.sh: $ranks ranks, one per namespace, links $profile (tbf burst $burst B, limit $limit B, mtu $mtu), subnet $subnet.0/24" >&2
+echo "netem.sh: $ranks ranks, one per namespace, links $profile (tbf burst $burst B, limit $limit B, mtu $mtu, gso $gso B), subnet $subnet.0/24" >&2
 
 # Open MPI: TCP only, pinned to the namespaces' subnet; a rank waiting on the slow link yields its
 # core (the machine is shared) instead of spinning. mpirun runs in the bridge namespace (the

@@ -514,7 +514,7 @@ class SweepTest(unittest.TestCase):
 
     def test_shipped_sweeps_expand(self):
         expected = {"strategies.toml": 20, "precision.toml": 18, "smoke.toml": 4,  # precision: + FDA rows (issue #17)
-                    "compare.toml": 99, "compare_adamw.toml": 72, "compare_wire.toml": 27,
+                    "compare.toml": 132, "compare_adamw.toml": 96, "compare_wire.toml": 36,
                     "compare_gpt.toml": 153}  # the main job's grids (issue #24)
         for name, count in expected.items():
             self.assertEqual(len(self.listing(REPO / "jobs" / "sweeps" / name)), count, name)

@@ -369,8 +369,8 @@ class SweepFilesTest(unittest.TestCase):
 
     EXPECTED = {"smoke.toml": 4, "strategies.toml": 20, "precision.toml": 18,
                 "precision_compute.toml": 4, "precision_storage.toml": 20, "fda_compare.toml": 32,
-                "demo_compare.toml": 3, "demo_compare_cnn.toml": 3, "compare.toml": 99,
-                "compare_adamw.toml": 72, "compare_wire.toml": 27, "compare_gpt.toml": 153,
+                "demo_compare.toml": 3, "demo_compare_cnn.toml": 3, "compare.toml": 132,
+                "compare_adamw.toml": 96, "compare_wire.toml": 36, "compare_gpt.toml": 153,
                 "powersgd.toml": 15, "diloco.toml": 7, "diloco_lr.toml": 27}
 
     def expand(self, path: Path) -> list[dict]:

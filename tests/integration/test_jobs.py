@@ -371,7 +371,7 @@ class SweepFilesTest(unittest.TestCase):
                 "precision_compute.toml": 4, "precision_storage.toml": 20, "fda_compare.toml": 32,
                 "demo_compare.toml": 3, "demo_compare_cnn.toml": 3, "compare.toml": 132,
                 "compare_adamw.toml": 96, "compare_wire.toml": 36, "compare_gpt.toml": 153,
-                "powersgd.toml": 15, "diloco.toml": 7, "diloco_lr.toml": 27}
+                "powersgd.toml": 15, "diloco.toml": 7, "diloco_lr.toml": 36}
 
     def expand(self, path: Path) -> list[dict]:
         r = run([PY, SWEEP, "list", path, "--format", "json", "--out-root", "/nonexistent/out"])

@@ -30,6 +30,15 @@ MAX_PIXELS = 4000
 MAX_LEGEND = 24
 
 
+# One marker per local optimizer: the same strategy under SGD and AdamW (none, allreduce) shares
+# its color, so the marker tells the two apart.
+OPTIMIZER_MARKERS = {"sgd": "o", "adamw": "s", "demo": "^", "zo": "D"}
+
+
+def marker(optimizer: str) -> str:
+    return OPTIMIZER_MARKERS.get(optimizer, "v")
+
+
 def color(family: str) -> str:
     if family not in FAMILY_COLORS:
         FAMILY_COLORS[family] = SPARE_COLORS[len(FAMILY_COLORS) % len(SPARE_COLORS)]
@@ -134,6 +143,10 @@ def _reference_lines(ax, g, metric: str) -> None:
                 fontsize=7, va="bottom", ha="right", color="tab:gray")
     if g.ceiling is not None and g.ceiling.mean_quality is not None:
         ax.axhline(g.ceiling.mean_quality, color="tab:blue", linewidth=1.0, linestyle="--")
+        # Left, under the line: the right end holds the allreduce runs themselves, and a target
+        # label (left, above its line) may sit at the same height.
+        ax.text(0.01, g.ceiling.mean_quality, f"ceiling (allreduce, {g.name})", transform=ax.get_yaxis_transform(),
+                fontsize=7, va="top", ha="left", color="tab:blue")
     if g.target is not None:
         ax.axhline(g.target, color="black", linewidth=0.9, linestyle=":")
         ax.text(0.01, g.target, f"target {_q(g.target, metric)} ({g.name})", va="bottom", fontsize=7,
@@ -239,7 +252,7 @@ def frontier(runs, groups, settings, front, metric: str, path: Path) -> None:
         label = f"{fam} ({opt})" if (fam, opt) not in drawn else None
         drawn.add((fam, opt))
         ax.plot([axis.x(r.total_bytes) for r in ok], [r.final_quality(metric) for r in ok],
-                color=color(fam), marker="o", markersize=4, linewidth=0.8, alpha=0.8,
+                color=color(fam), marker=marker(opt), markersize=4, linewidth=0.8, alpha=0.8,
                 linestyle="-" if len(ok) > 1 else "none", label=label)
     bad = [r for r in runs if r.status != "ok" and r.total_bytes is not None]
     for r in bad:
@@ -254,9 +267,10 @@ def frontier(runs, groups, settings, front, metric: str, path: Path) -> None:
         ys = [r.final_quality(metric) for r in front]
         ax.step(xs, ys, where="post", color="black", linewidth=1.8, label="Pareto frontier (all runs)")
         ax.plot(xs, ys, marker="D", color="black", markersize=5, linestyle="none")
-        for r in front:
+        for i, r in enumerate(front):
+            last = i == len(front) - 1  # the rightmost point: its label goes left, inside the axes
             ax.annotate(r.label, (axis.x(r.total_bytes), r.final_quality(metric)), fontsize=6,
-                        xytext=(4, -9), textcoords="offset points")
+                        xytext=(-4 if last else 4, -9), textcoords="offset points", ha="right" if last else "left")
     for g in groups:
         _reference_lines(ax, g, metric)
     axis.apply(ax, "x")
@@ -268,7 +282,7 @@ def frontier(runs, groups, settings, front, metric: str, path: Path) -> None:
     ax.set_xlabel("total bytes sent per rank over the run (log)" + ("; 0 B at the left" if axis.has_zero else ""))
     ax.set_ylabel(f"final {_ylabel(metric)}")
     ax.set_title("every run: final quality vs bytes; lines join one strategy's knob sweep at one lr "
-                 "and seed", fontsize=10)
+                 "and seed; marker = optimizer (o sgd, s adamw, ^ demo)", fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
     _legend(ax)
     _save(fig, path)

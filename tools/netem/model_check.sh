@@ -6,7 +6,8 @@
 # model's (OUT/PROFILE-nK/calibration.md). With TTT_STEPS > 0 it then trains every strategy to a
 # target accuracy on TTT_PROFILE at 2 ranks and compares the measured time-to-target order with the
 # model's (OUT/ttt/calibration.md). OUT/summary.md gathers the tables. Needs root (netem.sh).
-# env: PROFILES ("100mbit 1gbit 10gbit"), RANKS_LIST ("2 4"), STRATEGIES ("allreduce periodic fda demo diloco powersgd"),
+# env: PROFILES ("100mbit 1gbit 10gbit"), RANKS_LIST ("2 4"), STRATEGIES ("allreduce periodic fda demo diloco powersgd";
+#      also streaming, streaming_overlap),
 #      STEPS (40), TTT_STEPS (0 = skip; e.g. 600), TTT_PROFILE (100mbit), TTT_TARGET (0.80),
 #      TTT_EVAL_EVERY (25), EXTRA_SETS (key=value words for every run), OUT (runs/netem-<time>)
 set -euo pipefail
@@ -36,6 +37,10 @@ declare -A rows=(
   # H = 10 rather than DiLoCo's 50 so that a 40-step run syncs 4 times.
   [diloco]="sync.strategy=diloco sync.period=10 optim.name=adamw optim.lr=0.001"
   [powersgd]="sync.strategy=powersgd optim.name=sgd optim.lr=0.05"
+  # Streaming DiLoCo (not in the default list): 4 fragments, one synced every 5 steps, blocking or
+  # with each fragment's allreduce waited for 8 steps later (the model hides 8 steps of compute).
+  [streaming]="sync.strategy=diloco sync.period=20 sync.diloco.fragments=4 optim.name=adamw optim.lr=0.001"
+  [streaming_overlap]="sync.strategy=diloco sync.period=20 sync.diloco.fragments=4 sync.diloco.overlap=8 optim.name=adamw optim.lr=0.001"
 )
 for s in "${strategies[@]}"; do
   [[ -n ${rows[$s]:-} ]] || { echo "model_check.sh: unknown strategy '$s' (have: ${!rows[*]})" >&2; exit 2; }

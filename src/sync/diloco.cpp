@@ -1,14 +1,14 @@
 // DiLoCo / Streaming DiLoCo (ALGORITHMS.md §6; sync/diloco.hpp). A round of fragment f at step t:
 //   fp32 wire: one sum allreduce of the replicas' fragment (the bytes of the pseudo-gradient);
 //              mean = sum / K as periodic averaging computes it, Delta = theta_g - mean.
-//   other wires: Delta_k = theta_g - theta_k travels encoded (average_via_wire: allgather, fp32
-//              sum in rank order), the mean of the Delta_k is the pseudo-gradient.
+//   other wires: Delta_k = theta_g - theta_k travels encoded (average_via_wire: reduce-scatter in
+//              the wire format, fp32 sum in rank order, the encoded mean all-gathered), the mean of
+//              the Delta_k is the pseudo-gradient.
 // Then the outer Nesterov step on theta_g, m (fp32) and the replica merge, at t (tau = 0) or at
 // t + tau (the allreduce started non-blocking at t). A non-finite pseudo-gradient on any rank is
 // agreed by one int allreduce and every rank skips that outer step.
 #include "lowsync/sync/diloco.hpp"
 
-#include "lowsync/comm/ledger.hpp"
 #include "lowsync/core/error.hpp"
 #include "lowsync/core/log.hpp"
 #include "lowsync/sync/basic.hpp"
@@ -144,16 +144,12 @@ void DilocoStrategy::on_start(StepContext& ctx) {
   rounds_ = std::vector<Round>(fragments_.size());
   reissue_ = false;
   // Modeled wire bytes of one round of each fragment on this rank (the ledger's formulas: a ring
-  // allreduce of the fp32 values, or an allgather of the encoded Delta_k); the largest is the peak
-  // a link carries at once.
+  // allreduce of the fp32 values, or average_via_wire's reduce-scatter of the encoded Delta_k);
+  // the largest is the peak a link carries at once.
   max_sync_bytes_ = 0;
   for (const Fragment& fr : fragments_) {
     const std::span<const std::size_t> counts(tensor_counts_.data() + fr.first_tensor, fr.num_tensors);
-    max_sync_bytes_ = std::max<std::uint64_t>(
-        max_sync_bytes_, options_.wire == WireFormat::fp32
-                             ? comm::wire_bytes(comm::Collective::allreduce, 4 * fr.count, ctx.comm.size(), false)
-                             : comm::wire_bytes(comm::Collective::allgather,
-                                                wire_bytes_per_contribution(options_.wire, counts), ctx.comm.size(), false));
+    max_sync_bytes_ = std::max(max_sync_bytes_, average_via_wire_bytes(options_.wire, counts, ctx.comm.size()));
   }
   const auto& infos = ctx.model.param_infos();
   log::info("diloco: H = {} inner steps, outer Nesterov lr {} momentum {}, pseudo-gradient over a {} wire{}",

@@ -1,9 +1,12 @@
 // Wire formats for strategies (see sync/wire.hpp; ALGORITHMS.md §1 "Per-tensor scaled quantizer",
 // "Per-round algorithm", "Bytes per round per client"). Encoders write one rank's contribution into
-// a byte buffer so the communicator records exactly the bytes that travel; decoders always
-// accumulate in fp32 in rank order so every rank (or the server) gets bitwise the same sum.
+// a byte buffer so the communicator records exactly the bytes that travel. The averages are
+// reduce-scatters in the wire format: the owner of a shard accumulates the decoded copies in fp32
+// in rank order and encodes the result, and every rank decodes the same gathered bytes, so all
+// ranks (or the sharded server) get bitwise the same values.
 #include "lowsync/sync/wire.hpp"
 
+#include "lowsync/comm/ledger.hpp"
 #include "lowsync/core/error.hpp"
 #include "lowsync/core/rng.hpp"
 #include "lowsync/sync/basic.hpp"
@@ -82,6 +85,92 @@ void check_layout(std::span<const std::size_t> counts, std::size_t elements, std
   if (bytes != expected_bytes) fail("{}: {} bytes, the wire format needs {}", what, bytes, expected_bytes);
 }
 
+// wire_encode with the SR stream of tensor (or piece) t keyed by key_of(t): wire_encode keys
+// tensors by (seed, round, rank, t), average_via_wire its shard pieces by their own keys.
+template <class KeyOf>
+bool encode_pieces(std::span<const float> x, std::span<const std::size_t> counts, WireFormat format,
+                   tensor::Rounding rounding, bool search_scale, std::span<std::uint8_t> out, const KeyOf& key_of) {
+  check_layout(counts, x.size(), out.size(), wire_bytes_per_contribution(format, counts), "wire_encode");
+  switch (format) {
+    case WireFormat::fp32:
+      std::memcpy(out.data(), x.data(), x.size_bytes());
+      return all_finite(x);
+    case WireFormat::bf16:
+    case WireFormat::fp16:
+      // 16-bit formats carry inf/NaN themselves; the receiver's finiteness check catches them.
+      encode16_to_bytes(x, out.data(), format == WireFormat::bf16);
+      return all_finite(x);
+    case WireFormat::fp8_e4m3:
+    case WireFormat::fp8_e5m2: break;
+  }
+  const auto f = fp8_format(format);
+  const std::size_t num_tensors = counts.size();
+  std::uint8_t* codes = out.data() + 4 * num_tensors;
+  // One pass per tensor gives both its amax (the scale) and whether the upload is finite.
+  std::vector<float> amax(num_tensors);
+  bool finite = true;
+  for (std::size_t t = 0, offset = 0; t < num_tensors; offset += counts[t], ++t) {
+    amax[t] = tensor::amax_abs_or_inf(x.subspan(offset, counts[t]));
+    finite = finite && amax[t] <= std::numeric_limits<float>::max();
+  }
+  if (!finite) {
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    for (std::size_t t = 0; t < num_tensors; ++t) std::memcpy(out.data() + 4 * t, &nan, 4);
+    std::fill(codes, out.data() + out.size(), std::uint8_t{0});
+    return false;
+  }
+  std::size_t offset = 0;
+  for (std::size_t t = 0; t < num_tensors; ++t) {
+    const auto xt = x.subspan(offset, counts[t]);
+    const float scale = search_scale ? tensor::best_scale(xt, f) : tensor::fp8_scale_from_amax(amax[t], f);
+    tensor::quantize_with_scale(xt, {codes + offset, counts[t]}, f, rounding, key_of(t), scale);
+    std::memcpy(out.data() + 4 * t, &scale, 4);
+    offset += counts[t];
+  }
+  return true;
+}
+
+// average_via_wire's reduce-scatter layout (sync/wire.hpp): the n values, zero-padded to N S,
+// cut into N shards of S = ceil(n / N) values (at least 1); rank r owns shard r. A piece is the
+// part of one tensor, or the padding, that lies in one shard: a shard travels as a contribution
+// whose "tensors" are its pieces, so an fp8 shard keeps a scale per tensor piece (a piece of a
+// large-magnitude tensor does not set the scale of a small one beside it) and the zero padding
+// has its own. Pieces are numbered through the shards in order, the id in the SR stream keys.
+struct ShardPlan {
+  std::size_t shard = 0;                  // S
+  std::vector<std::size_t> piece_counts;  // values of every piece, shard 0's first; N S in all
+  std::vector<std::size_t> first_piece;   // [N + 1] shard r's pieces are [first_piece[r], first_piece[r + 1])
+  std::size_t block_bytes = 0;            // the largest encoded shard
+
+  std::span<const std::size_t> pieces(std::size_t r) const {
+    return std::span<const std::size_t>(piece_counts).subspan(first_piece[r], first_piece[r + 1] - first_piece[r]);
+  }
+};
+
+ShardPlan plan_shards(std::span<const std::size_t> counts, int world, WireFormat format) {
+  const std::size_t n = total(counts), ranks = static_cast<std::size_t>(world);
+  ShardPlan plan;
+  plan.shard = std::max<std::size_t>(1, (n + ranks - 1) / ranks);
+  // Every cut inside the padded vector: the tensor boundaries and n, where the padding starts.
+  std::vector<std::size_t> cuts;
+  for (std::size_t t = 0, offset = 0; t < counts.size(); ++t) cuts.push_back(offset += counts[t]);
+  plan.first_piece.push_back(0);
+  auto cut = cuts.begin();
+  for (std::size_t r = 0; r < ranks; ++r) {
+    const std::size_t lo = r * plan.shard, hi = lo + plan.shard;
+    std::size_t from = lo;
+    for (; cut != cuts.end() && *cut < hi; ++cut) {
+      if (*cut <= from) continue;  // a boundary on the shard's start, or an empty tensor
+      plan.piece_counts.push_back(*cut - from);
+      from = *cut;
+    }
+    plan.piece_counts.push_back(hi - from);
+    plan.first_piece.push_back(plan.piece_counts.size());
+    plan.block_bytes = std::max(plan.block_bytes, wire_bytes_per_contribution(format, plan.pieces(r)));
+  }
+  return plan;
+}
+
 }  // namespace
 
 WireFormat parse_wire_format(std::string_view name) {
@@ -119,46 +208,10 @@ std::size_t wire_bytes_per_contribution(WireFormat format, std::span<const std::
 bool wire_encode(std::span<const float> x, std::span<const std::size_t> counts, WireFormat format,
                  tensor::Rounding rounding, bool search_scale, std::uint64_t seed, std::int64_t round,
                  int rank, std::span<std::uint8_t> out) {
-  check_layout(counts, x.size(), out.size(), wire_bytes_per_contribution(format, counts), "wire_encode");
-  switch (format) {
-    case WireFormat::fp32:
-      std::memcpy(out.data(), x.data(), x.size_bytes());
-      return all_finite(x);
-    case WireFormat::bf16:
-    case WireFormat::fp16:
-      // 16-bit formats carry inf/NaN themselves; the receiver's finiteness check catches them.
-      encode16_to_bytes(x, out.data(), format == WireFormat::bf16);
-      return all_finite(x);
-    case WireFormat::fp8_e4m3:
-    case WireFormat::fp8_e5m2: break;
-  }
-  const auto f = fp8_format(format);
-  const std::size_t num_tensors = counts.size();
-  std::uint8_t* codes = out.data() + 4 * num_tensors;
-  // One pass per tensor gives both its amax (the scale) and whether the upload is finite.
-  std::vector<float> amax(num_tensors);
-  bool finite = true;
-  for (std::size_t t = 0, offset = 0; t < num_tensors; offset += counts[t], ++t) {
-    amax[t] = tensor::amax_abs_or_inf(x.subspan(offset, counts[t]));
-    finite = finite && amax[t] <= std::numeric_limits<float>::max();
-  }
-  if (!finite) {
-    const float nan = std::numeric_limits<float>::quiet_NaN();
-    for (std::size_t t = 0; t < num_tensors; ++t) std::memcpy(out.data() + 4 * t, &nan, 4);
-    std::fill(codes, out.data() + out.size(), std::uint8_t{0});
-    return false;
-  }
-  std::size_t offset = 0;
-  for (std::size_t t = 0; t < num_tensors; ++t) {
-    const auto xt = x.subspan(offset, counts[t]);
-    const float scale = search_scale ? tensor::best_scale(xt, f) : tensor::fp8_scale_from_amax(amax[t], f);
-    const std::uint64_t key = stream_key({seed, static_cast<std::uint64_t>(round), static_cast<std::uint64_t>(rank),
-                                          static_cast<std::uint64_t>(t)});
-    tensor::quantize_with_scale(xt, {codes + offset, counts[t]}, f, rounding, key, scale);
-    std::memcpy(out.data() + 4 * t, &scale, 4);
-    offset += counts[t];
-  }
-  return true;
+  return encode_pieces(x, counts, format, rounding, search_scale, out, [&](std::size_t t) {
+    return stream_key({seed, static_cast<std::uint64_t>(round), static_cast<std::uint64_t>(rank),
+                       static_cast<std::uint64_t>(t)});
+  });
 }
 
 bool wire_decode(std::span<const std::uint8_t> in, std::span<const std::size_t> counts, WireFormat format,
@@ -196,32 +249,94 @@ bool wire_decode(std::span<const std::uint8_t> in, std::span<const std::size_t> 
   return true;
 }
 
+std::uint64_t average_via_wire_bytes(WireFormat format, std::span<const std::size_t> counts, int world) {
+  if (format == WireFormat::fp32) return comm::wire_bytes(comm::Collective::allreduce, 4 * total(counts), world, false);
+  const std::uint64_t block = plan_shards(counts, world, format).block_bytes;
+  return comm::wire_bytes(comm::Collective::allgather, 4, world, false) +
+         comm::wire_bytes(comm::Collective::alltoall, block * static_cast<std::uint64_t>(world), world, false) +
+         comm::wire_bytes(comm::Collective::allgather, block, world, false);
+}
+
 int average_via_wire(comm::Communicator& comm, std::span<float> data, std::span<const std::size_t> counts,
                      WireFormat format, std::uint64_t seed, std::int64_t round, std::string_view traffic) {
   if (format == WireFormat::fp32) {
     average_in_place(comm, data, traffic);
     return 0;
   }
-  const std::size_t bytes = wire_bytes_per_contribution(format, counts);
-  const int world = comm.size();
-  // Scratch sized by the model: allocated per call, which costs little next to the collective.
-  memory::TrackedBuffer<std::uint8_t> send("wire.send", bytes);
-  memory::TrackedBuffer<std::uint8_t> recv("wire.recv", bytes * static_cast<std::size_t>(world));
-  memory::TrackedBuffer<float> decoded("wire.decoded", data.size());
-  wire_encode(data, counts, format, tensor::Rounding::stochastic, false, seed, round, comm.rank(), send.span());
-  comm.allgather(std::span<const std::uint8_t>(send.span()), recv.span(), traffic);
-  // Every rank decodes the same bytes in the same order with the same float operations.
-  std::fill(data.begin(), data.end(), 0.0f);
-  int contributors = 0;
-  for (int r = 0; r < world; ++r) {
-    if (!wire_decode(recv.span().subspan(static_cast<std::size_t>(r) * bytes, bytes), counts, format, decoded.span()))
-      continue;
-    ++contributors;
-    add_into(data, decoded.span());
+  if (total(counts) != data.size())
+    fail("{} average: tensor counts cover {} elements, the buffer has {}", traffic, total(counts), data.size());
+  const int world = comm.size(), me = comm.rank();
+  const auto ranks = static_cast<std::size_t>(world), mine = static_cast<std::size_t>(me);
+  const ShardPlan plan = plan_shards(counts, world, format);
+  const std::size_t n = data.size(), shard = plan.shard, block = plan.block_bytes;
+  // The values of shard r in data (the rest of the S is padding).
+  const auto shard_values = [&](std::size_t r) { return std::min(shard, n - std::min(n, r * shard)); };
+  const auto shard_bytes = [&](std::size_t r) { return wire_bytes_per_contribution(format, plan.pieces(r)); };
+  // Scratch sized by the model: allocated per call, which costs little next to the collectives.
+  // alltoall and allgather move equal blocks, so every encoded shard travels padded (zeros) to
+  // the largest one: with fp8 the shards differ by 4 bytes per extra piece.
+  memory::TrackedBuffer<float> values("wire.shard", shard);    // one shard in fp32: an upload, a decoded copy
+  memory::TrackedBuffer<float> sum("wire.shard_sum", shard);   // this rank's shard: sum, then mean
+  memory::TrackedBuffer<std::uint8_t> send("wire.send", ranks * block);
+  memory::TrackedBuffer<std::uint8_t> recv("wire.recv", ranks * block);
+  memory::TrackedBuffer<std::uint8_t> mean("wire.mean", block);
+  const auto u64 = [](auto v) { return static_cast<std::uint64_t>(v); };
+
+  // Upload: shard r of this rank's data, encoded into block r (fp8: SR keyed by (seed, round,
+  // this rank, piece), amax scale per piece; 16-bit: nearest-even). "Finite" is decided on the
+  // encoded bytes, as the owners will read them (a finite value can overflow fp16).
+  std::fill(send.data(), send.data() + send.size(), std::uint8_t{0});
+  bool finite = true;
+  for (std::size_t r = 0; r < ranks; ++r) {
+    const std::size_t lo = std::min(n, r * shard), count = shard_values(r);
+    std::copy_n(data.data() + lo, count, values.data());
+    std::fill(values.data() + count, values.data() + shard, 0.0f);
+    const auto out = send.span().subspan(r * block, shard_bytes(r));
+    const bool encoded = encode_pieces(values.span(), plan.pieces(r), format, tensor::Rounding::stochastic, false,
+                                       out, [&](std::size_t p) {
+                                         return stream_key({seed, u64(round), u64(me), u64(plan.first_piece[r] + p)});
+                                       });
+    const bool bf16 = format == WireFormat::bf16;
+    finite = finite && (is_fp8(format) ? encoded : all_finite_16bit_bytes(out.data(), shard, bf16));
   }
+  // Every rank learns which uploads are excluded, so all divide by the same count.
+  const std::int32_t finite_flag = finite ? 1 : 0;
+  std::vector<std::int32_t> finite_by_rank(ranks);
+  comm.allgather(std::span<const std::int32_t>(&finite_flag, 1), std::span<std::int32_t>(finite_by_rank), traffic);
+  const int contributors = static_cast<int>(std::count(finite_by_rank.begin(), finite_by_rank.end(), 1));
   if (contributors == 0) fail("{} average: every rank's contribution is non-finite ({} wire)", traffic, wire_format_name(format));
+
+  // Reduce-scatter: this rank gets every rank's copy of its shard, sums the finite ones in fp32
+  // in rank order and scales by 1 / contributors.
+  comm.alltoall(std::span<const std::uint8_t>(send.span()), recv.span(), traffic);
+  const auto my_pieces = plan.pieces(mine);
+  const std::size_t my_bytes = shard_bytes(mine);
+  std::fill(sum.data(), sum.data() + shard, 0.0f);
+  for (std::size_t k = 0; k < ranks; ++k) {
+    if (finite_by_rank[k] == 0) continue;
+    // Decodes: the flag was computed from these very bytes.
+    wire_decode(recv.span().subspan(k * block, my_bytes), my_pieces, format, values.span());
+    add_into(sum.span(), values.span());
+  }
   const float inv = 1.0f / static_cast<float>(contributors);
-  for (float& x : data) x *= inv;
+  for (float& x : sum.span()) x *= inv;
+
+  // The mean travels in the wire format too (fp8: SR keyed by (seed, round, kWireMeanStream,
+  // owner, piece), amax scale per piece; 16-bit: nearest-even); one allgather hands every rank
+  // every encoded shard and every rank, this one included, decodes them all: the replicas stay
+  // bitwise identical. A shard whose mean does not encode (an fp32 sum that overflowed) decodes
+  // to NaN everywhere, where an fp32 allreduce would give inf.
+  std::fill(mean.data(), mean.data() + block, std::uint8_t{0});
+  encode_pieces(sum.span(), my_pieces, format, tensor::Rounding::stochastic, false, mean.span().first(my_bytes),
+                [&](std::size_t p) {
+                  return stream_key({seed, u64(round), kWireMeanStream, u64(me), u64(plan.first_piece[mine] + p)});
+                });
+  comm.allgather(std::span<const std::uint8_t>(mean.span()), recv.span(), traffic);
+  for (std::size_t r = 0; r < ranks; ++r) {
+    if (!wire_decode(recv.span().subspan(r * block, shard_bytes(r)), plan.pieces(r), format, values.span()))
+      std::fill(values.data(), values.data() + shard, std::numeric_limits<float>::quiet_NaN());
+    std::copy_n(values.data(), shard_values(r), data.data() + std::min(n, r * shard));
+  }
   return world - contributors;
 }
 

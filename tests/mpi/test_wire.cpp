@@ -1,7 +1,9 @@
 // ranks: 1 2 4
-// Wire formats (sync/wire.hpp): an fp8/bf16-wire average equals the fp32 average of the decoded
-// uploads exactly (fp32 accumulation in rank order, rebuilt here from each rank's data, which is
-// a pure function of its rank); excluded non-finite uploads; the sharded fp32 server model round
+// Wire formats (sync/wire.hpp): the reduce-scatter average of an fp8/16-bit wire equals, bitwise
+// on every rank, a reference built here with the tensor codecs from each rank's data (a pure
+// function of its rank): shards cut into tensor pieces, each rounded with its documented SR key,
+// summed in fp32 in rank order, the mean rounded again; shards that cut tensors, fewer values
+// than ranks, excluded non-finite uploads, its bytes by formula; the sharded fp32 server model round
 // against an independent reference (brute-force scale search with the reference codec), for fp8
 // and 16-bit wires, tiny shards and failures; the ledger counts the real encoded bytes.
 #include "support/reference_fp8.hpp"
@@ -30,11 +32,11 @@ using testing::world_size;
 const std::vector<std::size_t> kCounts = {300, 17, 1000, 1};
 
 // Rank r's data: tensors of different magnitudes so per-tensor scales matter.
-std::vector<float> rank_data(int r, std::uint64_t salt = 0) {
+std::vector<float> rank_data(int r, std::uint64_t salt = 0, const std::vector<std::size_t>& counts = kCounts) {
   std::vector<float> x;
   const float magnitudes[] = {0.05f, 3.0f, 1e-3f, 20.0f};
-  for (std::size_t t = 0; t < kCounts.size(); ++t)
-    for (std::size_t i = 0; i < kCounts[t]; ++i)
+  for (std::size_t t = 0; t < counts.size(); ++t)
+    for (std::size_t i = 0; i < counts[t]; ++i)
       x.push_back(magnitudes[t] * normal01(stream_key({77, salt, static_cast<std::uint64_t>(r), t}), i));
   return x;
 }
@@ -66,62 +68,160 @@ std::vector<float> fp8_upload(const std::vector<float>& x, tensor::Fp8Format f, 
   return out;
 }
 
-TEST(Wire, Fp8AllgatherAverageEqualsFp32MeanOfDecodedUploads) {
-  for (auto [format, f] : {std::pair{WireFormat::fp8_e4m3, tensor::Fp8Format::e4m3},
-                           std::pair{WireFormat::fp8_e5m2, tensor::Fp8Format::e5m2}}) {
-    comm::Communicator comm(MPI_COMM_WORLD, {false, 60.0});
-    const int K = world_size();
-    std::vector<float> data = rank_data(world_rank());
-    const int excluded = average_via_wire(comm, data, kCounts, format, 5, 9, "grad");
-    EXPECT_EQ(excluded, 0);
-    std::vector<float> expect(data.size(), 0.0f);
-    for (int r = 0; r < K; ++r) {
-      const auto up = fp8_upload(rank_data(r), f, 5, 9, r);
-      for (std::size_t i = 0; i < up.size(); ++i) expect[i] += up[i];
+// average_via_wire's shard layout, rebuilt here from its description in sync/wire.hpp: S =
+// ceil(n / K) values per shard (at least 1), the vector zero-padded to K S; the pieces of shard r
+// are its overlaps with the tensors, in order, then its padding; pieces are numbered through the
+// shards (the id in the SR keys).
+struct ShardLayout {
+  std::size_t shard = 0;
+  std::vector<std::vector<std::size_t>> pieces;  // [K] piece lengths of each shard
+  std::vector<std::size_t> first_id;             // [K] id of each shard's first piece
+};
+
+ShardLayout shard_layout(const std::vector<std::size_t>& counts, std::size_t K) {
+  std::size_t n = 0;
+  for (std::size_t c : counts) n += c;
+  ShardLayout layout;
+  layout.shard = std::max<std::size_t>(1, (n + K - 1) / K);
+  std::size_t id = 0;
+  for (std::size_t r = 0; r < K; ++r) {
+    const std::size_t lo = r * layout.shard, hi = lo + layout.shard;
+    std::vector<std::size_t> pieces;
+    std::size_t start = 0;
+    for (std::size_t c : counts) {
+      const std::size_t a = std::max(lo, start), b = std::min(hi, start + c);
+      if (a < b) pieces.push_back(b - a);
+      start += c;
     }
-    for (float& v : expect) v *= 1.0f / static_cast<float>(K);
-    EXPECT_TRUE(bitwise_equal(data, expect)) << wire_format_name(format);
-    // One allgather of d codes + 4 bytes per tensor scale.
-    const std::uint64_t d = 1318, T = kCounts.size();
-    EXPECT_EQ(wire_bytes_of(comm, "grad"), static_cast<std::uint64_t>(K - 1) * (d + 4 * T));
+    if (hi > std::max(lo, n)) pieces.push_back(hi - std::max(lo, n));
+    layout.first_id.push_back(id);
+    id += pieces.size();
+    layout.pieces.push_back(pieces);
   }
+  return layout;
 }
 
-TEST(Wire, SixteenBitAverageEqualsFp32MeanOfRoundedUploads) {
-  for (WireFormat format : {WireFormat::bf16, WireFormat::fp16}) {
-    comm::Communicator comm(MPI_COMM_WORLD, {false, 60.0});
-    const int K = world_size();
-    std::vector<float> data = rank_data(world_rank());
-    average_via_wire(comm, data, kCounts, format, 5, 1, "grad");
-    std::vector<float> expect(data.size(), 0.0f);
-    for (int r = 0; r < K; ++r) {
-      const auto x = rank_data(r);
-      for (std::size_t i = 0; i < x.size(); ++i)
-        expect[i] += format == WireFormat::bf16 ? tensor::bf16_round(x[i]) : tensor::fp16_round(x[i]);
-    }
-    for (float& v : expect) v *= 1.0f / static_cast<float>(K);
-    EXPECT_TRUE(bitwise_equal(data, expect)) << wire_format_name(format);
-    EXPECT_EQ(wire_bytes_of(comm, "grad"), static_cast<std::uint64_t>(K - 1) * 2 * 1318);
+// x rounded through the wire format, one piece: fp8 = tensor::quantize (amax scale, SR with
+// `key`) and dequantize; 16-bit = nearest-even.
+void round_piece(std::span<const float> x, std::span<float> out, WireFormat format, std::uint64_t key) {
+  if (!is_fp8(format)) {
+    for (std::size_t i = 0; i < x.size(); ++i)
+      out[i] = format == WireFormat::bf16 ? tensor::bf16_round(x[i]) : tensor::fp16_round(x[i]);
+    return;
   }
+  const auto f = format == WireFormat::fp8_e4m3 ? tensor::Fp8Format::e4m3 : tensor::Fp8Format::e5m2;
+  std::vector<std::uint8_t> q(x.size());
+  const float s = tensor::quantize(x, q, f, tensor::Rounding::stochastic, key);
+  tensor::dequantize(q, s, f, out);
+}
+
+// What average_via_wire must produce on every rank: each contributing rank's shards rounded piece
+// by piece (key (seed, round, rank, piece id)), summed in fp32 in rank order, times
+// 1/contributors, the mean rounded piece by piece again (key (seed, round, kWireMeanStream,
+// owner, piece id)).
+std::vector<float> reference_average(const std::vector<std::vector<float>>& all, const std::vector<std::size_t>& counts,
+                                     WireFormat format, std::uint64_t seed, std::int64_t round, int excluded_rank) {
+  const std::size_t K = all.size(), n = all[0].size();
+  const ShardLayout layout = shard_layout(counts, K);
+  const std::size_t padded = K * layout.shard;
+  const auto r64 = static_cast<std::uint64_t>(round);
+  // Calls fn(owner, piece id, first value, length) for every piece in order.
+  const auto for_pieces = [&](auto&& fn) {
+    for (std::size_t r = 0; r < K; ++r) {
+      std::size_t first = r * layout.shard;
+      for (std::size_t p = 0; p < layout.pieces[r].size(); ++p) {
+        fn(r, layout.first_id[r] + p, first, layout.pieces[r][p]);
+        first += layout.pieces[r][p];
+      }
+    }
+  };
+  std::vector<float> sum(padded, 0.0f), rounded(padded);
+  int contributors = 0;
+  for (std::size_t k = 0; k < K; ++k) {
+    if (static_cast<int>(k) == excluded_rank) continue;
+    ++contributors;
+    std::vector<float> x = all[k];
+    x.resize(padded, 0.0f);
+    for_pieces([&](std::size_t, std::size_t id, std::size_t first, std::size_t len) {
+      round_piece({x.data() + first, len}, {rounded.data() + first, len}, format, stream_key({seed, r64, k, id}));
+    });
+    for (std::size_t i = 0; i < padded; ++i) sum[i] += rounded[i];
+  }
+  const float inv = 1.0f / static_cast<float>(contributors);
+  for (float& v : sum) v *= inv;
+  for_pieces([&](std::size_t owner, std::size_t id, std::size_t first, std::size_t len) {
+    round_piece({sum.data() + first, len}, {rounded.data() + first, len}, format,
+                stream_key({seed, r64, kWireMeanStream, owner, id}));
+  });
+  rounded.resize(n);
+  return rounded;
+}
+
+// Wire bytes per rank of one call, from the ledger's formulas: the int32 flag allgather, the
+// alltoall of K blocks and the allgather of one block; a block is the largest encoded shard
+// (16-bit: 2 S; fp8: S codes + a 4-byte scale per piece).
+std::uint64_t reduce_scatter_bytes(const std::vector<std::size_t>& counts, std::size_t K, WireFormat format) {
+  const ShardLayout layout = shard_layout(counts, K);
+  std::uint64_t block = 0;
+  for (const auto& pieces : layout.pieces)
+    block = std::max<std::uint64_t>(block, is_fp8(format) ? layout.shard + 4 * pieces.size() : 2 * layout.shard);
+  return (K - 1) * 4 + (K - 1) * block + (K - 1) * block;
+}
+
+// One average_via_wire call on every rank against reference_average, bitwise, and its bytes.
+void expect_average_matches_reference(WireFormat format, const std::vector<std::size_t>& counts, bool last_rank_nan) {
+  comm::Communicator comm(MPI_COMM_WORLD, {false, 60.0});
+  const int K = world_size();
+  std::vector<std::vector<float>> all;
+  for (int r = 0; r < K; ++r) all.push_back(rank_data(r, 0, counts));
+  if (last_rank_nan) all.back()[5 % all.back().size()] = NAN;
+  std::vector<float> data = all[static_cast<std::size_t>(world_rank())];
+  if (last_rank_nan && K == 1) {  // no finite contribution is left: an error
+    EXPECT_THROW(average_via_wire(comm, data, counts, format, 5, 2, "grad"), Error);
+    return;
+  }
+  EXPECT_EQ(average_via_wire(comm, data, counts, format, 5, 2, "grad"), last_rank_nan ? 1 : 0);
+  const auto expect = reference_average(all, counts, format, 5, 2, last_rank_nan ? K - 1 : -1);
+  // Every rank against the same reference: the replicas are bitwise identical too.
+  EXPECT_TRUE(bitwise_equal(data, expect)) << wire_format_name(format);
+  EXPECT_EQ(wire_bytes_of(comm, "grad"), reduce_scatter_bytes(counts, static_cast<std::size_t>(K), format))
+      << wire_format_name(format);
+  EXPECT_EQ(wire_bytes_of(comm, "grad"), average_via_wire_bytes(format, counts, K)) << wire_format_name(format);
+}
+
+TEST(Wire, Fp8ReduceScatterAverageMatchesReference) {
+  for (WireFormat format : {WireFormat::fp8_e4m3, WireFormat::fp8_e5m2})
+    expect_average_matches_reference(format, kCounts, false);
+}
+
+TEST(Wire, SixteenBitReduceScatterAverageMatchesReference) {
+  for (WireFormat format : {WireFormat::bf16, WireFormat::fp16})
+    expect_average_matches_reference(format, kCounts, false);
+}
+
+// Three values: on 4 ranks shards of one value, the last one all padding; on 2 ranks a shard
+// holds a piece of each tensor, the other a piece and the padding.
+TEST(Wire, ReduceScatterAverageOfFewerValuesThanRanks) {
+  for (WireFormat format : {WireFormat::fp8_e4m3, WireFormat::bf16})
+    expect_average_matches_reference(format, {1, 2}, false);
 }
 
 TEST(Wire, NonFiniteUploadIsExcludedEverywhere) {
-  comm::Communicator comm(MPI_COMM_WORLD, {false, 60.0});
-  const int K = world_size();
-  std::vector<float> data = rank_data(world_rank());
-  if (world_rank() == K - 1) data[5] = NAN;
-  if (K == 1) {
-    EXPECT_THROW(average_via_wire(comm, data, kCounts, WireFormat::fp8_e4m3, 5, 2, "grad"), Error);
-    return;
+  for (WireFormat format : {WireFormat::fp8_e4m3, WireFormat::bf16})
+    expect_average_matches_reference(format, kCounts, true);
+}
+
+// The bytes against fp32 on the MLP's tensors: the ring allreduce of 4d, 2(K-1)/K 2d for a
+// 16-bit wire, about 2(K-1)/K d for fp8.
+TEST(Wire, ReduceScatterBytesAgainstFp32) {
+  const std::vector<std::size_t> mlp = {401408, 512, 131072, 256, 2560, 10};
+  const double d = 535818;
+  for (int K : {2, 4, 8, 16}) {
+    const double ring = 2.0 * (K - 1) / K * 4 * d;
+    EXPECT_EQ(average_via_wire_bytes(WireFormat::fp32, mlp, K), static_cast<std::uint64_t>(ring));
+    EXPECT_NEAR(average_via_wire_bytes(WireFormat::bf16, mlp, K) / ring, 0.5, 1e-4) << K;
+    EXPECT_NEAR(average_via_wire_bytes(WireFormat::fp8_e4m3, mlp, K) / ring, 0.25, 1e-3) << K;
   }
-  EXPECT_EQ(average_via_wire(comm, data, kCounts, WireFormat::fp8_e4m3, 5, 2, "grad"), 1);
-  std::vector<float> expect(data.size(), 0.0f);
-  for (int r = 0; r < K - 1; ++r) {
-    const auto up = fp8_upload(rank_data(r), tensor::Fp8Format::e4m3, 5, 2, r);
-    for (std::size_t i = 0; i < up.size(); ++i) expect[i] += up[i];
-  }
-  for (float& v : expect) v *= 1.0f / static_cast<float>(K - 1);
-  EXPECT_TRUE(bitwise_equal(data, expect));
 }
 
 // Native 16-bit storage (average_native16): more values than one chunk (and a last chunk that does

@@ -21,7 +21,8 @@ class NoneStrategy final : public Strategy {
   bool supports_native16() const override { return true; }
 };
 
-// precision.wire != fp32: gradients travel encoded (allgather), summed in fp32 (sync/wire.hpp).
+// precision.wire != fp32: gradients are reduce-scattered encoded, summed in fp32 and the mean
+// all-gathered encoded (average_via_wire, sync/wire.hpp).
 class AllreduceStrategy final : public Strategy {
  public:
   explicit AllreduceStrategy(WireFormat wire = WireFormat::fp32, std::uint64_t seed = 1) : wire_(wire), seed_(seed) {}

@@ -1,6 +1,8 @@
 // Wire formats of what strategies send (precision.wire; ALGORITHMS.md §1 and "How these
 // combine"): fp32, bf16, fp16, fp8_e4m3, fp8_e5m2. Two shared paths every strategy calls:
-//   average_via_wire  gradient-style mean: encode -> allgather -> decode in rank order, fp32 sum.
+//   average_via_wire  gradient-style mean, reduce-scattered in the wire format: encoded shards
+//                     by alltoall, each owner sums its shard in fp32 in rank order and encodes the
+//                     mean, the encoded means all-gathered; every rank decodes the same bytes.
 //   ServerAverager    model averaging with an fp32 server model (§1 per-round algorithm) sharded
 //                     over the ranks: SR uplink reduce-scattered (alltoall of encoded shards, fp32
 //                     accumulation in rank order), each rank updates its 1/K of W, a collective
@@ -49,14 +51,39 @@ bool wire_encode(std::span<const float> x, std::span<const std::size_t> counts, 
 bool wire_decode(std::span<const std::uint8_t> in, std::span<const std::size_t> counts, WireFormat format,
                  std::span<float> out);
 
+// average_via_wire's tag ("mean") in the SR stream keys of the encoded mean, which keeps them
+// apart from the uploads' streams.
+inline constexpr std::uint64_t kWireMeanStream = 0x6d65616e;
+
 // data = mean over ranks of data, through the wire format. fp32: one sum allreduce (as
-// average_in_place). Otherwise every rank encodes (fp8: SR, amax scale), one allgather of the
-// encoded bytes, then every rank decodes the contributions in rank order 0..K-1 and sums them in
-// fp32, and scales by 1/(contributors): all ranks compute bitwise the same mean. Excluded
-// (non-finite) contributions are skipped; if every rank is excluded, lowsync::Error on all ranks.
-// Returns the number of excluded contributions.
+// average_in_place). Otherwise a reduce-scatter + allgather in the wire format, 2 (N-1)/N of the
+// encoded size on the wire per rank (half an fp32 ring allreduce for 16-bit, about a quarter for
+// fp8), where an allgather of the whole encoded vectors would cost N-1 times it:
+//   shards:   the n values zero-padded to N S, S = ceil(n / N) (at least 1); rank r owns shard r.
+//             A piece = the part of one tensor (or the padding) inside one shard; pieces are
+//             numbered 0, 1, ... through shards 0..N-1. A shard is encoded as a contribution whose
+//             tensors are its pieces (wire_encode's layout), so fp8 keeps a scale per tensor piece.
+//   finite:   each rank encodes its N shards (fp8: SR from stream_key({seed, round, rank, piece}),
+//             amax scale per piece; 16-bit: nearest-even), then one allgather of an int32 "my
+//             encoded upload is finite" per rank: every rank excludes the same contributors, and
+//             none left is a lowsync::Error on every rank.
+//   reduce:   one alltoall of the encoded shards (blocks padded with zeros to the largest encoded
+//             shard, as the collective needs equal blocks); rank r decodes the finite ranks' copies
+//             of shard r, sums them in fp32 in rank order 0..N-1 and multiplies by 1/contributors.
+//   mean:     rank r encodes its mean shard (fp8: SR from stream_key({seed, round,
+//             kWireMeanStream, r, piece}), amax scale per piece; 16-bit: nearest-even); one
+//             allgather of the encoded shards, and every rank (the owner too) decodes all of them
+//             into data: all ranks hold bitwise the same mean. A mean shard that is not finite (an
+//             fp32 sum overflowed) arrives as NaN.
+// So the mean is quantized twice (the uploads, then the mean). Wire bytes per rank:
+// average_via_wire_bytes. Returns the number of excluded contributions.
 int average_via_wire(comm::Communicator& comm, std::span<float> data, std::span<const std::size_t> counts,
                      WireFormat format, std::uint64_t seed, std::int64_t round, std::string_view traffic);
+
+// Wire bytes one rank sends in one average_via_wire call (the ledger's formulas): fp32, a ring
+// allreduce of 4n bytes; otherwise (N-1) * 4 for the flags + (N-1)/N * N B for the alltoall +
+// (N-1) * B for the allgather, B = the largest encoded shard (16-bit: 2S; fp8: S + 4 per piece).
+std::uint64_t average_via_wire_bytes(WireFormat format, std::span<const std::size_t> counts, int world);
 
 // The same mean for a buffer in native 16-bit storage (bf16 or fp16 bit patterns), summed in
 // fp32 and stored back rounded to nearest-even, in chunks of kNative16Chunk values so the scratch

@@ -403,7 +403,9 @@ void expect_server_rounds_match_reference(WireFormat format, const std::vector<s
   }
   // The master is not its quantized copy: some element differs from the broadcast (a tensor of
   // one or two values can sit exactly on the grid of its best scale).
-  if (d > 100) EXPECT_FALSE(bitwise_equal(master, broadcast));
+  if (d > 100) {
+    EXPECT_FALSE(bitwise_equal(master, broadcast));
+  }
   EXPECT_EQ(wire_bytes_of(comm, "model"), 2 * server_round_bytes(static_cast<std::uint64_t>(K), d, counts.size(), format))
       << wire_format_name(format);
 }

@@ -269,8 +269,10 @@ def frontier(runs, groups, settings, front, metric: str, path: Path) -> None:
         ax.plot(xs, ys, marker="D", color="black", markersize=5, linestyle="none")
         for i, r in enumerate(front):
             last = i == len(front) - 1  # the rightmost point: its label goes left, inside the axes
+            # Alternately below and above the point: neighbours at close bytes do not overprint.
             ax.annotate(r.label, (axis.x(r.total_bytes), r.final_quality(metric)), fontsize=6,
-                        xytext=(-4 if last else 4, -9), textcoords="offset points", ha="right" if last else "left")
+                        xytext=(-4 if last else 4, -9 if i % 2 == 0 else 4), textcoords="offset points",
+                        ha="right" if last else "left")
     for g in groups:
         _reference_lines(ax, g, metric)
     axis.apply(ax, "x")
@@ -327,6 +329,10 @@ def loss_curves(groups, path: Path) -> None:
                 ax.plot(*zip(*pos), color=color(s.family) if s.ranked else UNRANKED,
                         linestyle="-" if gi == 0 else "--", label=s.label)
     ax.set_yscale("log")
+    # Losses span about a decade: label the minor ticks too (a log axis labels only powers of 10).
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:.2g}"))
+    ax.tick_params(axis="y", which="minor", labelsize=7)
     ax.set_xlabel("step")
     ax.set_ylabel("training loss (log; seed mean)")
     ax.set_title("training loss of the best settings", fontsize=10)

@@ -21,6 +21,7 @@
 #include <mpi.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -115,13 +116,14 @@ int main(int argc, char** argv) {
 
     // 2. calibration
     if (rank == 0) std::printf("\n%12s %14s %14s %14s %14s %6s\n", "bytes", "pingpong_us", "allreduce_us", "algbw_GBps", "busbw_GBps", "iters");
-    std::vector<double> xs, ys, ars;
+    std::vector<double> xs, ys, ars, bcs;
     const std::size_t max_bytes =
         max_bytes_arg > 0 ? static_cast<std::size_t>(max_bytes_arg) : quick ? (std::size_t{1} << 22) : (std::size_t{64} << 20);
     std::vector<char> buf(max_bytes);
     std::vector<float> fbuf(max_bytes / 4 + 1);
-    // One ping-pong (rank 0 <-> 1, one way = half the round trip) and one allreduce of `bytes`.
-    auto iteration = [&](std::size_t bytes, double& pp, double& ar) {
+    // One ping-pong (rank 0 <-> 1, one way = half the round trip), one allreduce and one broadcast
+    // (root 0) of `bytes`.
+    auto iteration = [&](std::size_t bytes, double& pp, double& ar, double& bc) {
       MPI_Barrier(MPI_COMM_WORLD);
       double t = MPI_Wtime();
       if (rank == 0) {
@@ -136,31 +138,38 @@ int main(int argc, char** argv) {
       t = MPI_Wtime();
       MPI_Allreduce(MPI_IN_PLACE, fbuf.data(), static_cast<int>(bytes / 4), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
       ar = MPI_Wtime() - t;
+      MPI_Barrier(MPI_COMM_WORLD);
+      t = MPI_Wtime();
+      MPI_Bcast(buf.data(), static_cast<int>(bytes), MPI_CHAR, 0, MPI_COMM_WORLD);
+      bc = MPI_Wtime() - t;
     };
     for (std::size_t bytes = 4; bytes <= max_bytes; bytes *= 4) {
       // An untimed first iteration opens connections and grows TCP's window; rank 0 sizes the
       // iteration count from its time so every size takes about seconds_per_size.
-      double pp0 = 0.0, ar0 = 0.0;
-      iteration(bytes, pp0, ar0);
+      double pp0 = 0.0, ar0 = 0.0, bc0 = 0.0;
+      iteration(bytes, pp0, ar0, bc0);
       int iters = bytes < (1u << 20) ? 100 : 15;
       if (rank == 0) {
-        const double once = 2.0 * pp0 + ar0;
+        const double once = 2.0 * pp0 + ar0 + bc0;
         if (once * iters > seconds_per_size) iters = std::max(3, static_cast<int>(seconds_per_size / std::max(once, 1e-9)));
       }
       MPI_Bcast(&iters, 1, MPI_INT, 0, MPI_COMM_WORLD);
       // Medians of single iterations: on a loaded machine a mean is dominated by the rare
       // iteration during which a rank was descheduled.
-      std::vector<double> pps, ars1;
+      std::vector<double> pps, ars1, bcs1;
       for (int i = 0; i < iters; ++i) {
-        double pp = 0.0, ar = 0.0;
-        iteration(bytes, pp, ar);
+        double pp = 0.0, ar = 0.0, bc = 0.0;
+        iteration(bytes, pp, ar, bc);
         pps.push_back(pp);
         ars1.push_back(ar);
+        bcs1.push_back(bc);
       }
-      // Rank 0 times the ping-pong; the allreduce time is the slowest rank's median.
+      // Rank 0 times the ping-pong; the allreduce and broadcast times are the slowest rank's
+      // medians (a broadcast's root returns as soon as its sends are queued).
       const double pp = median(pps);
-      double ar = median(ars1);
-      MPI_Allreduce(MPI_IN_PLACE, &ar, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+      double ar_bc[2] = {median(ars1), median(bcs1)};
+      MPI_Allreduce(MPI_IN_PLACE, ar_bc, 2, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+      const double ar = ar_bc[0];
       const double algbw = static_cast<double>(bytes) / ar / 1e9;
       const double busbw = algbw * 2.0 * (size - 1) / size;
       if (rank == 0) std::printf("%12zu %14.2f %14.2f %14.4f %14.4f %6d\n", bytes, pp * 1e6, ar * 1e6, algbw, busbw, iters);
@@ -168,27 +177,35 @@ int main(int argc, char** argv) {
       xs.push_back(static_cast<double>(bytes));
       ys.push_back(pp);
       ars.push_back(ar);
+      bcs.push_back(ar_bc[1]);
     }
     if (rank == 0) {
       std::vector<double> small;
       for (std::size_t i = 0; i < xs.size(); ++i)
         if (xs[i] <= 1024) small.push_back(ys[i]);
       const double alpha = median(small);
-      std::vector<double> betas, ar_betas;
+      std::vector<double> betas, ar_betas, bc_betas;
       const double n = size, ar_alpha = 2.0 * (n - 1) * alpha, ar_factor = 2.0 * (n - 1) / n;
+      const double bc_alpha = std::ceil(std::log2(n)) * alpha;
       for (std::size_t i = 0; i < xs.size(); ++i) {
         if (xs[i] >= (1u << 20) && ys[i] > alpha) betas.push_back(xs[i] / (ys[i] - alpha));
         // The bandwidth the ring-allreduce formula needs to match the measured allreduce.
         if (xs[i] >= (1u << 20) && ars[i] > ar_alpha) ar_betas.push_back(ar_factor * xs[i] / (ars[i] - ar_alpha));
+        // Likewise the broadcast formula, ceil(log2 N) alpha + S / beta.
+        if (xs[i] >= (1u << 20) && bcs[i] > bc_alpha) bc_betas.push_back(xs[i] / (bcs[i] - bc_alpha));
       }
       if (betas.empty()) betas.push_back(xs.back() / std::max(ys.back(), 1e-12));
       const double beta = median(betas);
       const double ar_beta = ar_betas.empty() ? 0.0 : median(ar_betas);
+      const double bc_beta = bc_betas.empty() ? 0.0 : median(bc_betas);
       std::printf("\nfit: alpha = %.2f us, beta = %.4g GB/s (%.4g Gbit/s): --set net.alpha_us=%.2f --set net.beta_gbps=%.4g\n",
                   alpha * 1e6, beta / 1e9, 8.0 * beta / 1e9, alpha * 1e6, 8.0 * beta / 1e9);
       if (ar_beta > 0)
         std::printf("allreduce at %d ranks, >= 1 MiB: the ring formula matches with beta = %.4g GB/s (%.2fx the ping-pong beta)\n",
                     size, ar_beta / 1e9, ar_beta / beta);
+      if (bc_beta > 0)
+        std::printf("broadcast at %d ranks, >= 1 MiB: the formula matches with beta = %.4g GB/s (%.2fx the ping-pong beta)\n",
+                    size, bc_beta / 1e9, bc_beta / beta);
       if (!json_path.empty()) {
         std::FILE* f = std::fopen(json_path.c_str(), "w");
         if (f == nullptr) {
@@ -201,10 +218,11 @@ int main(int argc, char** argv) {
             if (static_cast<unsigned char>(c) >= 0x20) quoted += c;
           }
           std::fprintf(f, "{\n  \"label\": \"%s\",\n  \"ranks\": %d,\n  \"alpha_s\": %.9g,\n  \"beta_Bps\": %.9g,\n"
-                       "  \"allreduce_beta_Bps\": %.9g,\n  \"points\": [", quoted.c_str(), size, alpha, beta, ar_beta);
+                       "  \"allreduce_beta_Bps\": %.9g,\n  \"broadcast_beta_Bps\": %.9g,\n  \"points\": [", quoted.c_str(), size,
+                       alpha, beta, ar_beta, bc_beta);
           for (std::size_t i = 0; i < xs.size(); ++i)
-            std::fprintf(f, "%s\n    {\"bytes\": %.0f, \"pingpong_s\": %.9g, \"allreduce_s\": %.9g}", i ? "," : "", xs[i],
-                         ys[i], ars[i]);
+            std::fprintf(f, "%s\n    {\"bytes\": %.0f, \"pingpong_s\": %.9g, \"allreduce_s\": %.9g, \"broadcast_s\": %.9g}",
+                         i ? "," : "", xs[i], ys[i], ars[i], bcs[i]);
           std::fprintf(f, "\n  ]\n}\n");
           std::fclose(f);
           std::printf("calibration written to %s\n", json_path.c_str());

@@ -54,15 +54,26 @@ def load(path) -> Calibration:
     if duplex is not None and duplex > 0:
         ONE_WAY_BETA[link.name] = link.beta_Bps
         link = netmodel.Link(link.name, link.alpha_s, duplex)
+    # Open MPI's broadcast of a few MB at 4 ranks moved the message over the root's link about 3
+    # times on a shaped link (0.54-0.71 s for 2.14 MB at 100 Mbit/s against 0.17 s one way): where
+    # bench_comm timed MPI_Bcast, broadcasts take the beta that fits it (>= 1 MiB, slowest rank).
+    bcast = _num(data.get("broadcast_beta_Bps"))
+    if bcast is not None and bcast > 0:
+        BROADCAST_BETA[link.name] = bcast
     return Calibration(Path(path), label, int(ranks) if ranks else None, link)
 
 
 ONE_WAY_BETA: dict[str, float] = {}  # link name -> ping-pong beta, where it differs from link.beta_Bps
+BROADCAST_BETA: dict[str, float] = {}  # link name -> the beta that fits MPI_Bcast, when measured
 ONE_WAY = ("broadcast", "send", "recv", "gather")
 
 
 def _link_for(collective: str, link, single_beta: bool):
-    if single_beta or collective not in ONE_WAY or link.name not in ONE_WAY_BETA:
+    if single_beta:
+        return link
+    if collective == "broadcast" and link.name in BROADCAST_BETA:
+        return netmodel.Link(link.name, link.alpha_s, BROADCAST_BETA[link.name])
+    if collective not in ONE_WAY or link.name not in ONE_WAY_BETA:
         return link
     return netmodel.Link(link.name, link.alpha_s, ONE_WAY_BETA[link.name])
 
@@ -186,7 +197,9 @@ def section(runs: list[RunData], calibration_path, target: float) -> list[str]:
     link = cal.link
     out = [f"## Calibration: communication per step, measured vs modeled ({cal.label or cal.path.name})", "",
            f"Link calibrated by bench_comm ({cal.path}): alpha = {link.alpha_s * 1e6:.1f} us (ping-pong), "
-           f"beta = {link.beta_Bps / 1e6:.4g} MB/s (MPI_Allreduce fit when measured, else ping-pong) ({link.beta_Bps * 8 / 1e9:.4g} Gbit/s). Measured = the seconds "
+           f"beta = {link.beta_Bps / 1e6:.4g} MB/s (MPI_Allreduce fit when measured, else ping-pong) ({link.beta_Bps * 8 / 1e9:.4g} Gbit/s)"
+           + (f"; broadcasts: {BROADCAST_BETA[link.name] / 1e6:.4g} MB/s (MPI_Bcast fit)" if link.name in BROADCAST_BETA else "")
+           + ". Measured = the seconds "
            "the strategy's collectives took per step (byte ledger, per collective the slowest rank's "
            "seconds, obs traffic left out; runs with comm.separate_waits book the wait for a late rank apart, "
            "otherwise it is included); modeled = the alpha-beta formulas for the same calls "

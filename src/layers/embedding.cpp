@@ -1,12 +1,13 @@
 // Token + position embedding (ALGORITHMS.md §8) as Kokkos kernels: forward gathers
 // token[x[n, t]] + position[t] into each row; backward scatter-adds dy into the token gradient
-// (one thread per channel, so no two threads touch one value and the sums are deterministic) and
+// (threads own blocks of channels, so no two threads touch one value and the sums are deterministic) and
 // sums dy over the batch into the position gradient.
 #include "lowsync/core/error.hpp"
 #include "lowsync/layers/transformer.hpp"
 
 #include <Kokkos_Core.hpp>
 
+#include <algorithm>
 #include <cmath>
 
 namespace lowsync::layers {
@@ -37,19 +38,32 @@ class EmbeddingPlan final : public LayerPlan {
   void backward(const float* x, const float*, const float* dy, float*) override {
     const std::int64_t rows = batch_ * ctx_, ctx = ctx_, width = width_, batch = batch_, vocab = vocab_;
     float *dtok = dtok_, *dpos = dpos_;
-    // dtoken[v, c] = sum of dy[r, c] over rows r with x[r] = v, in row order (one thread per c).
+    // dtoken[v, c] = sum of dy[r, c] over rows r with x[r] = v, in row order. Threads split the
+    // channels into blocks of kBlock; each walks the rows in order over its own block, so no two
+    // threads touch one value and the sums are deterministic, and the inner loop is contiguous (a
+    // thread per channel strode through dy a row apart).
+    constexpr std::int64_t kBlock = 32;
+    const std::int64_t blocks = (width + kBlock - 1) / kBlock;
     Kokkos::parallel_for(
-        "embedding_backward_token", Kokkos::RangePolicy<Host>(0, width_), [=](const std::int64_t c) {
-          for (std::int64_t v = 0; v < vocab; ++v) dtok[v * width + c] = 0.0f;
-          for (std::int64_t r = 0; r < rows; ++r) dtok[static_cast<std::int64_t>(x[r]) * width + c] += dy[r * width + c];
+        "embedding_backward_token", Kokkos::RangePolicy<Host>(0, blocks), [=](const std::int64_t b) {
+          const std::int64_t c0 = b * kBlock, c1 = std::min(width, c0 + kBlock);
+          for (std::int64_t v = 0; v < vocab; ++v)
+            for (std::int64_t c = c0; c < c1; ++c) dtok[v * width + c] = 0.0f;
+          for (std::int64_t r = 0; r < rows; ++r) {
+            float* dt = dtok + static_cast<std::int64_t>(x[r]) * width;
+            const float* dr = dy + r * width;
+            for (std::int64_t c = c0; c < c1; ++c) dt[c] += dr[c];
+          }
         });
-    // dposition[t, c] = sum over n of dy[n*T + t, c]
+    // dposition[t, c] = sum over n of dy[n*T + t, c], in n order (one thread per position t)
     Kokkos::parallel_for(
-        "embedding_backward_position", Kokkos::RangePolicy<Host>(0, ctx_ * width_), [=](const std::int64_t i) {
-          const std::int64_t t = i / width, c = i % width;
-          float s = 0.0f;
-          for (std::int64_t n = 0; n < batch; ++n) s += dy[(n * ctx + t) * width + c];
-          dpos[i] = s;
+        "embedding_backward_position", Kokkos::RangePolicy<Host>(0, ctx_), [=](const std::int64_t t) {
+          float* dp = dpos + t * width;
+          for (std::int64_t c = 0; c < width; ++c) dp[c] = 0.0f;
+          for (std::int64_t n = 0; n < batch; ++n) {
+            const float* dr = dy + (n * ctx + t) * width;
+            for (std::int64_t c = 0; c < width; ++c) dp[c] += dr[c];
+          }
         });
   }
 

@@ -314,7 +314,7 @@ class Bf16LinearPlan16 final : public LayerPlan16 {
  public:
   Bf16LinearPlan16(int n, std::int64_t in, std::int64_t out, bool relu, Executor& exec, const Native16Tensors& t)
       : exec_(exec), n_(n), out_(out), relu_(relu), b_(t.params[1]), db_(t.grads[1]),
-        g16_("linear16.dy_bf16", static_cast<std::size_t>(n) * out), db_sum_("linear16.db", static_cast<std::size_t>(out)) {
+        g16_("linear16.dy_bf16", relu ? static_cast<std::size_t>(n) * out : 0), db_sum_("linear16.db", static_cast<std::size_t>(out)) {
     auto& eng = exec.engine();
     const Bf16LinearPrims p = make_bf16_linear_prims(eng, n, in, out, relu);
     fwd_ = dnnl::matmul(p.fwd);
@@ -325,12 +325,13 @@ class Bf16LinearPlan16 final : public LayerPlan16 {
     if (!p.bias_bf16) b_f32_ = lowsync::memory::TrackedBuffer<float>("linear16.b_f32", static_cast<std::size_t>(out));
     const memory bias(p.fwd.bias_desc(), eng, p.bias_bf16 ? static_cast<void*>(t.params[1]) : b_f32_.data());
     y_ = memory(p.fwd.dst_desc(), eng, nullptr);
-    const memory g_t(p.bwd_weights.src_desc(), eng, g16_.data()), dw(p.bwd_weights.dst_desc(), eng, t.grads[0]);
-    const memory g(p.bwd_data.src_desc(), eng, g16_.data()), w(p.bwd_data.weights_desc(), eng, t.params[0]);
+    g_t_ = memory(p.bwd_weights.src_desc(), eng, relu ? g16_.data() : nullptr);
+    g_ = memory(p.bwd_data.src_desc(), eng, relu ? g16_.data() : nullptr);
+    const memory dw(p.bwd_weights.dst_desc(), eng, t.grads[0]), w(p.bwd_data.weights_desc(), eng, t.params[0]);
     dx_ = memory(p.bwd_data.dst_desc(), eng, nullptr);
     fwd_args_ = {{DNNL_ARG_SRC, x_}, {DNNL_ARG_WEIGHTS, w_t}, {DNNL_ARG_BIAS, bias}, {DNNL_ARG_DST, y_}};
-    bwd_w_args_ = {{DNNL_ARG_SRC, g_t}, {DNNL_ARG_WEIGHTS, x_}, {DNNL_ARG_DST, dw}};
-    bwd_data_args_ = {{DNNL_ARG_SRC, g}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DST, dx_}};
+    bwd_w_args_ = {{DNNL_ARG_SRC, g_t_}, {DNNL_ARG_WEIGHTS, x_}, {DNNL_ARG_DST, dw}};
+    bwd_data_args_ = {{DNNL_ARG_SRC, g_}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DST, dx_}};
   }
 
   void forward(const std::uint16_t* x, std::uint16_t* y, bool) override {
@@ -341,17 +342,28 @@ class Bf16LinearPlan16 final : public LayerPlan16 {
   }
 
   void backward(const std::uint16_t* x, const std::uint16_t* y, const std::uint16_t* dy, std::uint16_t* dx) override {
-    // g = dy where y > 0 (ReLU; y = max(pre, 0) was kept); db = fp32 column sums of g.
-    std::fill(db_sum_.data(), db_sum_.data() + out_, 0.0f);
-    for (std::int64_t i = 0; i < n_; ++i) {
-      const std::uint16_t* dy_row = dy + i * out_;
-      const std::uint16_t* y_row = y + i * out_;
-      std::uint16_t* g_row = g16_.data() + i * out_;
-      for (std::int64_t j = 0; j < out_; ++j) {
-        const bool passes = !relu_ || tensor::bf16_decode(y_row[j]) > 0.0f;
-        g_row[j] = passes ? dy_row[j] : std::uint16_t{0};
-        if (passes) db_sum_[j] += tensor::bf16_decode(dy_row[j]);
+    // g = dy where y > 0 (ReLU; y = max(pre, 0) was kept), else g = dy in place; db = fp32 column
+    // sums of g, row by row.
+    float* db = db_sum_.data();
+    std::fill(db, db + out_, 0.0f);
+    if (relu_) {
+      for (std::int64_t i = 0; i < n_; ++i) {
+        const std::uint16_t* dy_row = dy + i * out_;
+        const std::uint16_t* y_row = y + i * out_;
+        std::uint16_t* g_row = g16_.data() + i * out_;
+        for (std::int64_t j = 0; j < out_; ++j) {
+          const bool passes = tensor::bf16_decode(y_row[j]) > 0.0f;
+          g_row[j] = passes ? dy_row[j] : std::uint16_t{0};
+          db[j] += tensor::bf16_decode(g_row[j]);
+        }
       }
+    } else {
+      for (std::int64_t i = 0; i < n_; ++i) {
+        const std::uint16_t* dy_row = dy + i * out_;
+        for (std::int64_t j = 0; j < out_; ++j) db[j] += tensor::bf16_decode(dy_row[j]);
+      }
+      g_t_.set_data_handle(const_cast<std::uint16_t*>(dy));
+      g_.set_data_handle(const_cast<std::uint16_t*>(dy));
     }
     tensor::bf16_encode(db_sum_.span(), {db_, static_cast<std::size_t>(out_)});
     x_.set_data_handle(const_cast<std::uint16_t*>(x));
@@ -367,9 +379,9 @@ class Bf16LinearPlan16 final : public LayerPlan16 {
   std::int64_t n_, out_;
   bool relu_;
   std::uint16_t *b_, *db_;
-  lowsync::memory::TrackedBuffer<std::uint16_t> g16_;     // [N, out] the masked output gradient
+  lowsync::memory::TrackedBuffer<std::uint16_t> g16_;     // [N, out] the masked output gradient (ReLU only)
   lowsync::memory::TrackedBuffer<float> db_sum_, b_f32_;  // [out]; b_f32_ only if bf16 bias is refused
-  dnnl::memory x_, y_, dx_;
+  dnnl::memory x_, y_, dx_, g_t_, g_;                      // g_t_, g_: g16_ (ReLU) or the dy passed in
   dnnl::primitive fwd_, bwd_weights_, bwd_data_;
   std::unordered_map<int, dnnl::memory> fwd_args_, bwd_w_args_, bwd_data_args_;
 };

@@ -17,15 +17,22 @@ float softmax_cross_entropy(const float* logits, const std::int32_t* labels, int
         const float* row = logits + static_cast<std::ptrdiff_t>(i) * classes;
         float mx = row[0];
         for (int c = 1; c < classes; ++c) mx = std::max(mx, row[c]);
+        // With a gradient to write, each exp is computed once and kept in it (exp was half of
+        // this kernel, and this kernel 5% of a gpt step).
+        float* d = dlogits != nullptr ? dlogits + static_cast<std::ptrdiff_t>(i) * classes : nullptr;
         float denom = 0.0f;
-        for (int c = 0; c < classes; ++c) denom += std::exp(row[c] - mx);
+        if (d != nullptr) {
+          for (int c = 0; c < classes; ++c) d[c] = std::exp(row[c] - mx);
+          for (int c = 0; c < classes; ++c) denom += d[c];
+        } else {
+          for (int c = 0; c < classes; ++c) denom += std::exp(row[c] - mx);
+        }
         const float log_denom = std::log(denom);
         sum += static_cast<double>(log_denom - (row[labels[i]] - mx));
-        if (dlogits != nullptr) {
-          float* d = dlogits + static_cast<std::ptrdiff_t>(i) * classes;
-          const float inv = 1.0f / denom;
-          for (int c = 0; c < classes; ++c)
-            d[c] = (std::exp(row[c] - mx) * inv - (c == labels[i] ? 1.0f : 0.0f)) * inv_n;
+        if (d != nullptr) {
+          const float inv = 1.0f / denom, e_label = d[labels[i]];
+          for (int c = 0; c < classes; ++c) d[c] = d[c] * inv * inv_n;
+          d[labels[i]] = (e_label * inv - 1.0f) * inv_n;
         }
       },
       total);

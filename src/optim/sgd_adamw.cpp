@@ -72,20 +72,36 @@ struct Rounded {  // float buffers, rounded to the 16-bit grid at every store (o
   }
 };
 
-template <bool Stochastic>
-struct Bits {  // native 16-bit storage: bf16 or fp16 bit patterns
+// Native 16-bit storage: bf16 or fp16 bit patterns. The format is a template parameter, not a
+// per-element flag, so the update loops have no branch in them and vectorise (with
+// -fno-math-errno for the sqrt, CMakeLists.txt): the scalar bf16 AdamW was 8.5% of a gpt step.
+template <bool Stochastic, bool Bf16>
+struct Bits {
   using T = std::uint16_t;
-  bool bf16;
   StochasticParams sr;
-  float load(T h) const { return tensor::decode_16bit(h, bf16); }
-  T put(float x) const { return tensor::encode_16bit(x, bf16); }
+  float load(T h) const {
+    if constexpr (Bf16)
+      return tensor::bf16_decode(h);
+    else
+      return tensor::fp16_decode(h);
+  }
+  T put(float x) const {
+    if constexpr (Bf16)
+      return tensor::bf16_encode(x);
+    else
+      return tensor::fp16_encode(x);
+  }
   T put_param(float x, std::size_t i) const {
     if constexpr (!Stochastic)
       return put(x);
     else
-      return tensor::encode_16bit_stochastic(x, sr.u(i), bf16);
+      return tensor::encode_16bit_stochastic(x, sr.u(i), Bf16);
   }
 };
+template <bool Stochastic>
+using BitsBf16 = Bits<Stochastic, true>;
+template <bool Stochastic>
+using BitsFp16 = Bits<Stochastic, false>;
 
 // Runs f with the storage policy P<false> or P<true> (stochastic parameter rounding).
 template <template <bool> class P, class... Args, class F>
@@ -177,9 +193,13 @@ class Sgd final : public Optimizer {
     const float lr = static_cast<float>(lr_);
     if (native16_) {
       std::uint16_t* v = momentum() ? velocity_.h.data() : nullptr;
-      with_rounding<Bits>(rounding_.at(step_count_), [&](auto st) {
+      const auto update = [&](auto st) {
         sgd_update(st, params.bits().data(), grads.bits().data(), v, params.size(), lr, weight_decay_, momentum_);
-      }, storage_ == Storage::bf16);
+      };
+      if (storage_ == Storage::bf16)
+        with_rounding<BitsBf16>(rounding_.at(step_count_), update);
+      else
+        with_rounding<BitsFp16>(rounding_.at(step_count_), update);
     } else {
       float* v = momentum() ? velocity_.f.data() : nullptr;
       with_rounding<Rounded>(rounding_.at(step_count_), [&](auto st) {
@@ -216,9 +236,13 @@ class AdamW final : public Optimizer {
     const StochasticParams sr = rounding_.at(step_count_);  // before next_coeffs counts this step
     const AdamCoeffs k = next_coeffs();
     if (native16_) {
-      with_rounding<Bits>(sr, [&](auto st) {
+      const auto update = [&](auto st) {
         adamw_update(st, params.bits().data(), grads.bits().data(), m_.h.data(), v_.h.data(), params.size(), k);
-      }, storage_ == Storage::bf16);
+      };
+      if (storage_ == Storage::bf16)
+        with_rounding<BitsBf16>(sr, update);
+      else
+        with_rounding<BitsFp16>(sr, update);
     } else {
       with_rounding<Rounded>(sr, [&](auto st) {
         adamw_update(st, params.fp32().data(), grads.fp32().data(), m_.f.data(), v_.f.data(), params.size(), k);

@@ -5,7 +5,7 @@
 // shared machine), and step_time / the sum of the oneDNN primitive times of the same steps
 // (Executor profiling; Kokkos kernels and framework overhead are the difference).
 // Targets (issue 23): fp32 >= 20,000 tokens/s (2x PyTorch 1.13's ~10,000 here), bf16 >= 30,000,
-// step / primitives <= 1.15.
+// step / primitives <= 1.15. tools/bench/gpt_speed.sh runs it beside the same model in PyTorch.
 //   build/bin/bench_gpt [--benchmark_filter=fp32]
 #include "lowsync/config/config.hpp"
 #include "lowsync/core/rng.hpp"

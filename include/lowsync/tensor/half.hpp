@@ -20,11 +20,13 @@ using Fp16Bits = std::uint16_t;
 // sign and top payload bits kept (truncating a signalling NaN's payload could give inf).
 constexpr Bf16Bits bf16_encode(float x) {
   const std::uint32_t f = std::bit_cast<std::uint32_t>(x);
-  if ((f & 0x7fffffffu) > 0x7f800000u) return static_cast<Bf16Bits>((f >> 16) | 0x0040u);
   // Adding 0x7fff plus the kept LSB rounds half-way cases to the even neighbour; the carry may
   // run into the exponent, which is the correct next binade (or inf past the largest value).
   const std::uint32_t rounding_bias = 0x7fffu + ((f >> 16) & 1u);
-  return static_cast<Bf16Bits>((f + rounding_bias) >> 16);
+  const std::uint32_t rounded = (f + rounding_bias) >> 16;
+  const std::uint32_t quiet_nan = (f >> 16) | 0x0040u;
+  // A select, not an early return, so loops over this codec vectorise.
+  return static_cast<Bf16Bits>((f & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
 }
 
 // bf16 -> float is exact: bf16 is the top half of a float.

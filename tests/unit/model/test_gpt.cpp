@@ -135,10 +135,11 @@ TEST(Gpt, LogitsAtAPositionDependOnlyOnEarlierBytes) {
         for (int p = 0; p < t; ++p) {
           const std::size_t row = static_cast<std::size_t>(s * t + p) * 256;
           const bool same = std::equal(kept.begin() + row, kept.begin() + row + 256, after.begin() + row);
-          if (p <= cut)
+          if (p <= cut) {
             ASSERT_TRUE(same) << "compute " << static_cast<int>(c) << " cut " << cut << " position " << p;
-          else if (p == cut + 1)
+          } else if (p == cut + 1) {
             EXPECT_FALSE(same) << "position " << p << " ignores its own byte";
+          }
         }
       }
     }

@@ -345,6 +345,39 @@ class NetModelTest(unittest.TestCase):
         self.assertAlmostEqual(self.nm.bucket_pipeline_seconds(grad, bwd, 2, fast), bwd, places=6)
 
 
+class CalibrationBetaTest(unittest.TestCase):
+    """tools/compare/calibration.py picks the beta per kind and size of call from bench_comm's
+    calibration file; the expected betas are computed here from the file's own numbers."""
+
+    def test_beta_per_collective_and_size(self):
+        import calibration
+        alpha, n = 10e-6, 2
+        # Allreduce times chosen so the ring formula (2(n-1) alpha + 2(n-1)/n S / beta) gives
+        # beta 12e6 at 16 KiB and 6e6 at 64 KiB; 1 KiB is latency and ignored.
+        points = [{"bytes": 1024, "pingpong_s": 1e-4, "allreduce_s": 1e-4},
+                  {"bytes": 16384, "pingpong_s": 1e-3, "allreduce_s": 2 * alpha + 16384 / 12e6},
+                  {"bytes": 65536, "pingpong_s": 1e-3, "allreduce_s": 2 * alpha + 65536 / 6e6}]
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / "calibration.json"
+            path.write_text(json.dumps({"label": "t", "ranks": n, "alpha_s": alpha, "beta_Bps": 12.5e6,
+                                        "allreduce_beta_Bps": 7e6, "broadcast_beta_Bps": 4e6, "points": points}))
+            link = calibration.load(path).link
+
+            def beta(collective, per_call):
+                return calibration._link_for(collective, link, False, per_call).beta_Bps
+
+            self.assertAlmostEqual(beta("allreduce", 2 * MIB), 7e6, delta=1)  # the >= 1 MiB fit
+            self.assertAlmostEqual(beta("allgather", 16384), 12e6, delta=1)
+            self.assertAlmostEqual(beta("allreduce", 65536), 6e6, delta=1)
+            # Half way between 16 KiB and 64 KiB in log size: the geometric mean of the two betas.
+            self.assertAlmostEqual(beta("allgather", 32768), math.sqrt(12e6 * 6e6), delta=1)
+            self.assertAlmostEqual(beta("allreduce", 4096), 12e6, delta=1)  # clamped below
+            self.assertAlmostEqual(beta("allreduce", 512 * 1024), 6e6, delta=1)  # clamped above
+            self.assertAlmostEqual(beta("broadcast", 16384), 4e6, delta=1)
+            self.assertAlmostEqual(beta("send", 16384), 12.5e6, delta=1)
+            self.assertAlmostEqual(calibration._link_for("allgather", link, True, 16384).beta_Bps, 7e6, delta=1)
+
+
 class CompareEdgeCaseTest(unittest.TestCase):
     """Runs that send no bytes, NaN accuracy, and bad input."""
 

@@ -60,21 +60,61 @@ def load(path) -> Calibration:
     bcast = _num(data.get("broadcast_beta_Bps"))
     if bcast is not None and bcast > 0:
         BROADCAST_BETA[link.name] = bcast
+    # Below 1 MiB the allreduce fit does not hold: a message that fits in the shaper's bucket and
+    # TCP's window does not see the duplex slowdown (DeMo's 20 KB all-gathers at 2 ranks were
+    # modeled 35-40% slow with the >= 1 MiB beta). Where bench_comm measured MPI_Allreduce at
+    # every size, a collective below 1 MiB per call takes the beta the ring formula needs to match
+    # the measured allreduce of the same size (log-interpolated between measured sizes).
+    if duplex is not None and duplex > 0 and ranks:
+        SIZED_BETA[link.name] = _sized_betas(data.get("points"), int(ranks), link.alpha_s)
     return Calibration(Path(path), label, int(ranks) if ranks else None, link)
 
 
 ONE_WAY_BETA: dict[str, float] = {}  # link name -> ping-pong beta, where it differs from link.beta_Bps
 BROADCAST_BETA: dict[str, float] = {}  # link name -> the beta that fits MPI_Bcast, when measured
+SIZED_BETA: dict[str, list[tuple[float, float]]] = {}  # link name -> [(bytes, beta)] below 1 MiB
 ONE_WAY = ("broadcast", "send", "recv", "gather")
+SIZED_BELOW = float(1 << 20)  # the allreduce fit is taken over >= 1 MiB; sizes below use SIZED_BETA
 
 
-def _link_for(collective: str, link, single_beta: bool):
+def _sized_betas(points, n: int, alpha: float) -> list[tuple[float, float]]:
+    """(bytes, beta) from bench_comm's allreduce points: the beta with which the ring formula
+    2(n-1) alpha + 2(n-1)/n S / beta gives the measured time, for 4 KiB <= S < 1 MiB (smaller
+    messages are latency: their beta is noise)."""
+    out = []
+    for p in points if isinstance(points, list) else []:
+        size, t = _num(p.get("bytes")) if isinstance(p, dict) else None, _num(p.get("allreduce_s")) if isinstance(p, dict) else None
+        if size is None or t is None or not (4096 <= size < SIZED_BELOW):
+            continue
+        rest = t - 2 * (n - 1) * alpha
+        if rest > 0:
+            out.append((size, 2 * (n - 1) / n * size / rest))
+    return sorted(out)
+
+
+def sized_beta(link, per_call: float) -> float | None:
+    """The measured beta at per_call bytes (log-interpolated; clamped to the measured range), or
+    None at >= 1 MiB or without measured points."""
+    pts = SIZED_BETA.get(link.name)
+    if not pts or per_call >= SIZED_BELOW or per_call <= 0:
+        return None
+    if per_call <= pts[0][0]:
+        return pts[0][1]
+    for (s0, b0), (s1, b1) in zip(pts, pts[1:]):
+        if per_call <= s1:
+            w = math.log(per_call / s0) / math.log(s1 / s0)
+            return math.exp((1 - w) * math.log(b0) + w * math.log(b1))
+    return pts[-1][1]
+
+
+def _link_for(collective: str, link, single_beta: bool, per_call: float = math.inf):
     if single_beta:
         return link
     if collective == "broadcast" and link.name in BROADCAST_BETA:
         return netmodel.Link(link.name, link.alpha_s, BROADCAST_BETA[link.name])
     if collective not in ONE_WAY or link.name not in ONE_WAY_BETA:
-        return link
+        beta = sized_beta(link, per_call) if collective not in ONE_WAY else None
+        return link if beta is None else netmodel.Link(link.name, link.alpha_s, beta)
     return netmodel.Link(link.name, link.alpha_s, ONE_WAY_BETA[link.name])
 
 
@@ -137,8 +177,9 @@ def modeled_per_step(entries: list[dict], n: int, steps: int, link, single_beta=
     latency_only = netmodel.Link("latency only", link.alpha_s, math.inf)
     total = alpha = 0.0
     for e in entries:
+        per_call = e["payload"] / e["calls"] if e["calls"] > 0 else math.inf
         t = netmodel.collective_time(e["collective"], n, e["payload"], e["calls"],
-                                     _link_for(e["collective"], link, single_beta))
+                                     _link_for(e["collective"], link, single_beta, per_call))
         a = netmodel.collective_time(e["collective"], n, e["payload"], e["calls"], latency_only)
         if hidden_s > 0 and e["collective"] == "allreduce" and e.get("traffic") == "diloco" and e["calls"] > 0:
             exposed = max(0.0, t / e["calls"] - hidden_s) * e["calls"]

@@ -377,6 +377,26 @@ class CalibrationBetaTest(unittest.TestCase):
             self.assertAlmostEqual(beta("send", 16384), 12.5e6, delta=1)
             self.assertAlmostEqual(calibration._link_for("allgather", link, True, 16384).beta_Bps, 7e6, delta=1)
 
+            # A shaper's bucket (emulated links): the first 12,500 bytes of one call per step are
+            # free. 2 ranks, 10 steps, one 16 KiB all-gather per step: alpha + (16384 - 12500) / beta.
+            c = json.loads(path.read_text())
+            c["shaper_bucket_bytes"] = 12500
+            path.write_text(json.dumps(c))
+            link = calibration.load(path).link
+            entry = {"collective": "allgather", "traffic": "demo", "calls": 10, "payload": 10 * 16384}
+            per_step, _ = calibration.modeled_per_step([entry], n, 10, link)
+            self.assertAlmostEqual(per_step, alpha + (16384 - 12500) / 12e6, places=12)
+            # Twice as many calls as steps: only one call per step follows compute.
+            entry = dict(entry, calls=20, payload=20 * 16384)
+            per_step, _ = calibration.modeled_per_step([entry], n, 10, link)
+            self.assertAlmostEqual(per_step, 2 * alpha + 2 * 16384 / 12e6 - 12500 / 12e6, places=12)
+            # Never below the latency term, and not applied to the single-beta (trainer) model.
+            entry = {"collective": "allgather", "traffic": "demo", "calls": 10, "payload": 10 * 4096}
+            per_step, _ = calibration.modeled_per_step([entry], n, 10, link)
+            self.assertAlmostEqual(per_step, alpha, places=12)
+            per_step, _ = calibration.modeled_per_step([entry], n, 10, link, single_beta=True)
+            self.assertAlmostEqual(per_step, alpha + 4096 / 7e6, places=12)
+
 
 class CompareEdgeCaseTest(unittest.TestCase):
     """Runs that send no bytes, NaN accuracy, and bad input."""

@@ -54,6 +54,22 @@ calibrate() {
     --seconds-per-size 2 --label "$profile (tc tbf), $k ranks" --json "$dir/calibration.json" >"$dir/calibration.log" 2>&1 \
     || { echo "model_check.sh: calibration failed, see $dir/calibration.log" >&2; tail -3 "$dir/calibration.log" >&2; exit 1; }
   grep '^fit:' "$dir/calibration.log" | sed "s/^/model_check.sh: $profile n=$k /"
+  record_bucket "$dir"
+}
+
+# record_bucket DIR: the tbf bucket netem.sh set up (its "tbf burst N B" line in calibration.log)
+# goes into calibration.json as shaper_bucket_bytes, which calibration.py credits to each call
+# that follows compute.
+record_bucket() {
+  /usr/bin/python3 - "$1" <<'PY'
+import json, re, sys
+d = sys.argv[1]
+m = re.search(r"tbf burst (\d+) B", open(f"{d}/calibration.log").read())
+if m:
+    c = json.load(open(f"{d}/calibration.json"))
+    c["shaper_bucket_bytes"] = int(m.group(1))
+    open(f"{d}/calibration.json", "w").write(json.dumps(c, indent=2) + "\n")
+PY
 }
 
 # train PROFILE K DIR STRATEGY SETTINGS...: one run over the link.

@@ -60,9 +60,9 @@ def load(path) -> Calibration:
     bcast = _num(data.get("broadcast_beta_Bps"))
     if bcast is not None and bcast > 0:
         BROADCAST_BETA[link.name] = bcast
-    # Below 1 MiB the allreduce fit does not hold: a message that fits in the shaper's bucket and
-    # TCP's window does not see the duplex slowdown (DeMo's 20 KB all-gathers at 2 ranks were
-    # modeled 35-40% slow with the >= 1 MiB beta). Where bench_comm measured MPI_Allreduce at
+    # Below 1 MiB the allreduce fit does not hold: a message that fits in TCP's window does not see
+    # the duplex slowdown (bench_comm's allreduce at 16-64 KiB ran at the line rate on 100 Mbit/s,
+    # twice the >= 1 MiB fit). Where bench_comm measured MPI_Allreduce at
     # every size, a collective below 1 MiB per call takes the beta the ring formula needs to match
     # the measured allreduce of the same size (log-interpolated between measured sizes).
     if duplex is not None and duplex > 0 and ranks:
@@ -91,7 +91,9 @@ def _sized_betas(points, n: int, alpha: float) -> list[tuple[float, float]]:
     messages are latency: their beta is noise)."""
     out = []
     for p in points if isinstance(points, list) else []:
-        size, t = _num(p.get("bytes")) if isinstance(p, dict) else None, _num(p.get("allreduce_s")) if isinstance(p, dict) else None
+        if not isinstance(p, dict):
+            continue
+        size, t = _num(p.get("bytes")), _num(p.get("allreduce_s"))
         if size is None or t is None or not (4096 <= size < SIZED_BELOW):
             continue
         rest = t - 2 * (n - 1) * alpha

@@ -398,6 +398,37 @@ class CalibrationBetaTest(unittest.TestCase):
             self.assertAlmostEqual(per_step, alpha + 4096 / 7e6, places=12)
 
 
+class CalibrationTimeToTargetTest(unittest.TestCase):
+    """calibration.time_to_target charges the start-up broadcast of the model once, whenever the
+    target is reached, and the per-step traffic for the steps taken."""
+
+    def test_startup_broadcast_charged_once(self):
+        import calibration
+        from runs import RunData
+        with tempfile.TemporaryDirectory() as d:
+            root = Path(d)
+            cal = root / "calibration.json"
+            cal.write_text(json.dumps({"ranks": RANKS, "alpha_s": 0.0, "beta_Bps": 1e6}))
+            link = calibration.load(cal).link
+            steps = STEPS
+            grad = {"collective": "allreduce", "traffic": "model", "calls": steps // 10,
+                    "payload_bytes": steps // 10 * PAYLOAD, "seconds": 0.002 * (steps // 10)}
+            bcast = {"collective": "broadcast", "traffic": "model", "calls": 1, "payload_bytes": PAYLOAD,
+                     "seconds": 0.01}
+            run_dir = make_run(root, "p", "periodic", 10, 40.0, 0.9, extra_summary={"ledger": [grad, bcast]})
+            run = RunData.load(run_dir)
+            target = 0.5
+            ttt = calibration.time_to_target(run, link, target)
+            reached = run.steps_to_target(target)
+            self.assertIsNotNone(ttt)
+            # alpha 0: a 1 MiB allreduce at 4 ranks (Rabenseifner) moves 2 (N-1)/N S, a broadcast S.
+            per_step = (steps // 10) * 2 * (RANKS - 1) / RANKS * PAYLOAD / 1e6 / steps
+            want = reached * (0.01 + per_step) + PAYLOAD / 1e6
+            self.assertAlmostEqual(ttt.modeled_s, want, places=9)
+            # Spread over the run (the old rule) it would have been charged reached/steps of it.
+            self.assertGreater(ttt.modeled_s - reached * (0.01 + per_step), reached / steps * PAYLOAD / 1e6)
+
+
 class CompareEdgeCaseTest(unittest.TestCase):
     """Runs that send no bytes, NaN accuracy, and bad input."""
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 from runs import RunData, _num
 
@@ -51,7 +52,7 @@ PRESETS = (Link("100 Gb/s InfiniBand", 2e-6, 12.5e9), Link("25 GbE", 20e-6, 3.1e
 def load_calibration(path) -> Link:
     """The link measured by `mpirun -n 2 build/bin/bench_comm --json FILE` (alpha_s, beta_Bps)."""
     try:
-        data = json.loads(open(path).read())
+        data = json.loads(Path(path).read_text())
         alpha, beta = float(data["alpha_s"]), float(data["beta_Bps"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path}: not a bench_comm calibration ({e})") from None

@@ -16,9 +16,8 @@ import statistics
 import sys
 from pathlib import Path
 
-
-def fmt_s(s: float) -> str:
-    return f"{s * 1e3:.3g} ms" if s < 1 else f"{s:.3g} s"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "compare"))
+from calibration import fmt_s  # noqa: E402  (the calibration report's own format)
 
 
 def parse_s(text: str) -> float:

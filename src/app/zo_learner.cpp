@@ -149,7 +149,9 @@ class ZoLearner final : public Learner {
     comm.allreduce(std::span<std::int64_t>(&prune_peak_, 1), comm::ReduceOp::max, "obs.summary");
     memory::reset_peak();
 
-    model_ = std::make_unique<model::SparseMlp>(batch, seed, mask_);
+    const int q = static_cast<int>(cfg.integer("optim.zo.q"));
+    const int per_pass = std::min(q, static_cast<int>(cfg.integer("optim.zo.directions_per_pass")));
+    model_ = std::make_unique<model::SparseMlp>(batch, seed, mask_, per_pass);
     layers_json_ = Json::array();
     std::size_t offset = 0;  // into the compressed values
     for (const auto& info : model::mlp_param_infos()) {
@@ -163,7 +165,8 @@ class ZoLearner final : public Learner {
                   static_cast<double>(kept) / static_cast<double>(info.count));
     }
     optim::ZoSettings zs;
-    zs.num_directions = static_cast<int>(cfg.integer("optim.zo.q"));
+    zs.num_directions = q;
+    zs.directions_per_pass = per_pass;
     zs.mu = static_cast<float>(cfg.real("optim.zo.mu"));
     zs.difference = cfg.string("optim.zo.difference") == "central" ? optim::ZoDifference::kCentral : optim::ZoDifference::kForward;
     zs.seed = stream_key({seed, kTagZo});
@@ -172,9 +175,9 @@ class ZoLearner final : public Learner {
                                       optim::make_zo_update(cfg, model_->nnz()), comm);
     const int forwards = zs.difference == optim::ZoDifference::kCentral ? 2 * zs.num_directions : zs.num_directions + 1;
     flops_per_step_ = forwards * model_->forward_flops_per_sample() * batch;
-    log::info("mlp ({} parameters, {} kept, prune {}), {} ranks x batch {}, zo {} q={} mu={} {}, update {}, {} steps",
+    log::info("mlp ({} parameters, {} kept, prune {}), {} ranks x batch {}, zo {} q={} ({} per pass) mu={} {}, update {}, {} steps",
               model_->num_params(), model_->nnz(), prune_.method, comm.size(), batch, cfg.string("optim.zo.form"),
-              zs.num_directions, zs.mu, cfg.string("optim.zo.difference"), cfg.string("optim.zo.update"),
+              zs.num_directions, zs.directions_per_pass, zs.mu, cfg.string("optim.zo.difference"), cfg.string("optim.zo.update"),
               cfg.integer("train.steps"));
   }
 
@@ -229,8 +232,6 @@ class ZoLearner final : public Learner {
     for (const auto& s : zo_->update().state()) state += static_cast<std::int64_t>(s.data.size());
     // Kept values, their gradient estimate and the update's state, all fp32 and compressed.
     const std::int64_t values = 2 * nnz + state;
-    std::int64_t widest = 0;
-    for (const auto& spec : model::mlp_layer_specs()) widest = std::max<std::int64_t>(widest, static_cast<std::int64_t>(spec.out));
     return {
         {"arch", "mlp"},
         {"strategy", "zo." + cfg_.string("optim.zo.form")},
@@ -239,8 +240,9 @@ class ZoLearner final : public Learner {
         {"num_params", model_->num_params()},
         {"kept_params", model_->nnz()},
         {"param_grad_optim_bytes", {{"values", values}, {"stored", 4 * values}, {"in_compute_dtype", 4 * values}, {"staging", 0}}},
-        // Two ping-pong activation buffers [widest layer, batch] (no activation gradients: no backward).
-        {"activation_bytes", 2 * widest * batch_per_rank() * static_cast<std::int64_t>(sizeof(float))},
+        // The input and two ping-pong buffers, each holding optim.zo.directions_per_pass copies, and
+        // a row's scratch (no activation gradients: no backward).
+        {"activation_bytes", static_cast<std::int64_t>(model_->activation_bytes())},
         {"strategy_state_bytes", {{"per_rank", 0}, {"rank0", 0}, {"tables", 0}}},
         {"forward_flops_per_sample", model_->forward_flops_per_sample()},
         {"train_flops_per_step", flops_per_step_},

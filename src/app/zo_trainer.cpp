@@ -27,9 +27,12 @@ ZoTrainer::ZoTrainer(model::SparseMlp& model, const optim::ZoSettings& settings,
 double ZoTrainer::step(const data::Batch& batch, std::int64_t step) {
   auto& params = model_.params();
   const auto loss = [&] { return model_.forward_loss(batch); };
+  const auto perturbed = [&](const model::Perturbations& p, std::span<double> losses) {
+    model_.perturbed_losses(batch, p, losses);
+  };
   const auto t = static_cast<std::uint64_t>(step);
   if (form_ == Form::kFedSgd) {
-    optim::ZoProbe probe = shared_.probe(params, t, loss);
+    optim::ZoProbe probe = shared_.probe(t, loss, perturbed);
     dropped_ += probe.num_dropped;
     // Equal batches on every rank: the union-batch loss difference is the mean of the local
     // ones. A NaN (dropped) entry anywhere makes the sum NaN, so every rank drops it.
@@ -40,7 +43,7 @@ double ZoTrainer::step(const data::Batch& batch, std::int64_t step) {
     update_->step(params.values(), grad_.span());
     return probe.loss;
   }
-  optim::ZoProbe probe = local_.probe(params, t, loss);
+  optim::ZoProbe probe = local_.probe(t, loss, perturbed);
   dropped_ += probe.num_dropped;
   local_.apply_estimate(probe.loss_diffs, t, params, grad_.span());
   update_->step(params.values(), grad_.span());

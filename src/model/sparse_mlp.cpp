@@ -1,17 +1,20 @@
 // SparseMlp: forward-only MLP over compressed kept weights with a sparse kernel (feature-major
 // activations; per output row the kept (column, value) pairs are listed once, then the row's
 // outputs are summed in vector registers over them, 16 samples per register), two reused
-// activation buffers; and DenseMlpRef, the plain dense forward/backward used
+// activation buffers, and several zeroth-order directions per pass (each row's perturbed copies
+// formed on the fly from counter-based normals, the input shared in the first layer); and DenseMlpRef, the plain dense forward/backward used
 // by the data-free NTK pruning phase and as a test reference.
 #include "lowsync/model/sparse_mlp.hpp"
 
 #include "lowsync/core/error.hpp"
 #include "lowsync/core/rng.hpp"
+#include "lowsync/core/rng_block.hpp"
 #include "lowsync/layers/layer.hpp"
 
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <cstring>
 
 namespace lowsync::model {
 namespace {
@@ -52,6 +55,66 @@ void row_dot(const std::uint32_t* cols, const float* vals, std::size_t m, float 
     for (std::size_t t = 0; t < m; ++t) acc += vals[t] * x[static_cast<std::size_t>(cols[t]) * n + b];
     y[b] = acc;
   }
+}
+
+// 16 fp32 lanes (one AVX-512 register; two AVX2 ones). GCC vector arithmetic is lane-wise IEEE
+// fp32, and with -ffp-contract=off a multiply and an add stay two roundings, as in the scalar loop.
+using Lanes16 = float __attribute__((vector_size(64)));
+
+// row_dot for G weight rows (directions) over one shared input: y[g * ys + b] = bias[g * bs] +
+// sum_t w[g * ws + t] * x[cols[t] * n + b]. Each input tile is loaded once for the G directions;
+// every output is the same sequence of fp32 operations as row_dot's (bitwise equal). Written with
+// explicit vectors: left to itself GCC vectorised this nest across t with shuffles, 3x slower.
+template <std::size_t G>
+void row_dot_group(const std::uint32_t* cols, const float* w, std::size_t ws, std::size_t m, const float* bias,
+                   std::size_t bs, const float* x, std::size_t n, float* y, std::size_t ys) {
+  constexpr std::size_t kTile = 16;
+  std::size_t b0 = 0;
+  for (; b0 + kTile <= n; b0 += kTile) {
+    Lanes16 acc[G];
+    for (std::size_t g = 0; g < G; ++g)
+      for (std::size_t b = 0; b < kTile; ++b) acc[g][b] = bias[g * bs];
+    for (std::size_t t = 0; t < m; ++t) {
+      Lanes16 xi;
+      std::memcpy(&xi, x + static_cast<std::size_t>(cols[t]) * n + b0, sizeof xi);
+      for (std::size_t g = 0; g < G; ++g) acc[g] += w[g * ws + t] * xi;
+    }
+    for (std::size_t g = 0; g < G; ++g) std::memcpy(y + g * ys + b0, &acc[g], sizeof acc[g]);
+  }
+  for (std::size_t b = b0; b < n; ++b)
+    for (std::size_t g = 0; g < G; ++g) {
+      float acc = bias[g * bs];
+      for (std::size_t t = 0; t < m; ++t) acc += w[g * ws + t] * x[static_cast<std::size_t>(cols[t]) * n + b];
+      y[g * ys + b] = acc;
+    }
+}
+
+// row_dot_group over any number of directions, in groups of at most 4 (4 x 16 partial sums stay
+// in registers).
+void row_dot_shared(const std::uint32_t* cols, const float* w, std::size_t ws, std::size_t m, const float* bias,
+                    std::size_t bs, std::size_t dirs, const float* x, std::size_t n, float* y, std::size_t ys) {
+  if (dirs == 1) return row_dot(cols, w, m, bias[0], x, n, y);
+  std::size_t g0 = 0;
+  for (; g0 + 4 <= dirs; g0 += 4) row_dot_group<4>(cols, w + g0 * ws, ws, m, bias + g0 * bs, bs, x, n, y + g0 * ys, ys);
+  switch (dirs - g0) {
+    case 3: row_dot_group<3>(cols, w + g0 * ws, ws, m, bias + g0 * bs, bs, x, n, y + g0 * ys, ys); break;
+    case 2: row_dot_group<2>(cols, w + g0 * ws, ws, m, bias + g0 * bs, bs, x, n, y + g0 * ys, ys); break;
+    case 1: row_dot(cols, w + g0 * ws, m, bias[g0 * bs], x, n, y + g0 * ys); break;
+    default: break;
+  }
+}
+
+// Mean softmax cross-entropy of logits z, feature-major [10, n], accumulated in double.
+double logits_loss(const float* z, const std::int32_t* labels, std::size_t n) {
+  double total = 0.0;
+  for (std::size_t b = 0; b < n; ++b) {
+    float mx = z[b];
+    for (std::size_t c = 1; c < kClasses; ++c) mx = std::max(mx, z[c * n + b]);
+    double denom = 0.0;
+    for (std::size_t c = 0; c < kClasses; ++c) denom += std::exp(static_cast<double>(z[c * n + b] - mx));
+    total += std::log(denom) - static_cast<double>(z[static_cast<std::size_t>(labels[b]) * n + b] - mx);
+  }
+  return total / static_cast<double>(n);
 }
 
 }  // namespace
@@ -181,51 +244,93 @@ void DenseMlpRef::backward(std::span<const float> w, const float* x, std::span<c
 
 // ---- sparse forward ----
 
-SparseMlp::SparseMlp(int batch, std::uint64_t seed, std::shared_ptr<const Mask> mask)
-    : batch_(batch), specs_(mlp_layer_specs()) {
+SparseMlp::SparseMlp(int batch, std::uint64_t seed, std::shared_ptr<const Mask> mask, int directions_per_pass)
+    : batch_(batch), directions_(directions_per_pass), specs_(mlp_layer_specs()) {
   if (batch < 1) fail("train.batch must be >= 1, got {}", batch);
+  if (directions_per_pass < 1) fail("sparse mlp: directions per pass must be >= 1, got {}", directions_per_pass);
   const std::size_t d = mlp_num_params();
   if (!mask) mask = std::make_shared<const Mask>(d, true);
   if (mask->size() != d) fail("sparse mlp: mask has {} entries, the mlp {} parameters", mask->size(), d);
   params_ = SparseParams(mask);
   float* v = params_.values().data();
   for_each_kept(params_, [=](std::size_t k, std::size_t j) { v[k] = mlp_initial_value(seed, j); });
-  std::size_t widest = kInputs;
-  for (const auto& s : specs_) {
+  std::size_t widest_in = 0, widest_out = 0, act_width[2] = {0, 0};
+  for (std::size_t l = 0; l < specs_.size(); ++l) {
+    const auto& s = specs_[l];
     weight_k_.push_back(mask->range_nnz(0, s.weight_offset));
     bias_k_.push_back(mask->range_nnz(0, s.bias_offset));
-    widest = std::max(widest, s.out);
+    widest_in = std::max(widest_in, s.in);
+    widest_out = std::max(widest_out, s.out);
+    act_width[l % 2] = std::max(act_width[l % 2], s.out);
   }
-  std::size_t widest_in = 0;
-  for (const auto& s : specs_) widest_in = std::max(widest_in, s.in);
+  const auto n = static_cast<std::size_t>(batch), dirs = static_cast<std::size_t>(directions_per_pass);
+  const std::size_t widest = std::max(widest_in, widest_out);
+  input_ = memory::TrackedBuffer<float>("zo.input", kInputs * n);
+  act_[0] = memory::TrackedBuffer<float>("zo.act_a", dirs * act_width[0] * n);
+  act_[1] = memory::TrackedBuffer<float>("zo.act_b", dirs * act_width[1] * n);
   row_cols_ = memory::TrackedBuffer<std::uint32_t>("zo.row_cols", widest_in);
+  row_index_ = memory::TrackedBuffer<std::uint64_t>("zo.row_index", widest);
   row_vals_ = memory::TrackedBuffer<float>("zo.row_vals", widest_in);
-  buf_a_ = memory::TrackedBuffer<float>("zo.act_a", widest * static_cast<std::size_t>(batch));
-  buf_b_ = memory::TrackedBuffer<float>("zo.act_b", widest * static_cast<std::size_t>(batch));
+  row_w_ = memory::TrackedBuffer<float>("zo.row_w", dirs * widest_in);
+  bias_w_ = memory::TrackedBuffer<float>("zo.bias_w", dirs * widest_out);
+  normals_ = memory::TrackedBuffer<float>("zo.normals", widest);
 }
 
-const float* SparseMlp::forward(const float* images, int n_int) {
+std::size_t SparseMlp::activation_bytes() const {
+  return input_.bytes() + act_[0].bytes() + act_[1].bytes() + row_cols_.bytes() + row_index_.bytes() +
+         row_vals_.bytes() + row_w_.bytes() + bias_w_.bytes() + normals_.bytes();
+}
+
+const float* SparseMlp::forward(const float* images, int n_int, const Perturbations* p) {
   LOWSYNC_ASSERT(n_int >= 1 && n_int <= batch_, "sparse mlp forward of {} samples on batch {}", n_int, batch_);
+  const std::size_t dirs = p != nullptr ? p->keys.size() : 1;
+  LOWSYNC_ASSERT(dirs >= 1 && dirs <= static_cast<std::size_t>(directions_), "sparse mlp forward of {} directions, room for {}",
+                 dirs, directions_);
   const auto n = static_cast<std::size_t>(n_int);
-  float* x = buf_a_.data();
-  float* y = buf_b_.data();
+  float* x = input_.data();
   for (std::size_t b = 0; b < n; ++b)  // [n, 784] -> feature-major [784, n]
     for (std::size_t i = 0; i < kInputs; ++i) x[i * n + b] = images[b * kInputs + i];
   const Mask& mask = params_.mask();
   const std::uint64_t* words = mask.words();
   const float* v = params_.values().data();
+  std::uint32_t* cols = row_cols_.data();
+  std::uint64_t* index = row_index_.data();
+  float* vals = row_vals_.data();
+  float* u = normals_.data();
+  // Direction i's copy of value `value` at the kept coordinate whose normal is `normal`: the fp32
+  // formula of optim::zo_perturb (mu * u rounded first, coef +-1 or +-2 exact).
+  const auto perturbed = [p](float value, float normal) { return value + p->coef * (p->mu * normal); };
+  const float* in = x;
+  std::size_t in_stride = 0;  // between the directions' inputs; 0 while they share the batch
   for (std::size_t l = 0; l < specs_.size(); ++l) {
     const auto& s = specs_[l];
-    // Per output row: its kept (column, value) pairs in ascending column order, then the row's
-    // outputs accumulated in registers over those pairs, tile by tile of the batch. Each output
-    // is bias (or 0 when pruned) + w_1 x_1 + w_2 x_2 + ... in ascending column order, one fp32
-    // multiply and one add per term, as the plain loop computes it (bitwise the same).
-    std::size_t kb = bias_k_[l];
+    float* out = act_[l % 2].data();
+    const std::size_t out_stride = s.out * n;
+    // This layer's biases for every direction, [dirs][out] (0 where pruned).
+    float* bias = bias_w_.data();
+    std::size_t num_bias = 0;
+    for (std::size_t o = 0; o < s.out; ++o)
+      if (mask.test(s.bias_offset + o)) index[num_bias++] = s.bias_offset + o;
+    for (std::size_t i = 0; i < dirs; ++i) {
+      if (p != nullptr) normal01_gather(p->keys[i], index, num_bias, u);
+      std::size_t kb = bias_k_[l], t = 0;
+      for (std::size_t o = 0; o < s.out; ++o) {
+        float value = 0.0f;
+        if (mask.test(s.bias_offset + o)) {
+          value = v[kb++];
+          if (p != nullptr) value = perturbed(value, u[t]);
+          ++t;
+        }
+        bias[i * s.out + o] = value;
+      }
+    }
+    // Per output row: its kept (column, value) pairs in ascending column order, each direction's
+    // copy of the values, then the row's outputs accumulated in registers over those pairs, tile
+    // by tile of the batch. Each output is bias (or 0 when pruned) + w_1 x_1 + w_2 x_2 + ... in
+    // ascending column order, one fp32 multiply and one add per term, as the plain loop computes
+    // it (bitwise the same).
     std::size_t k = weight_k_[l];
-    std::uint32_t* cols = row_cols_.data();
-    float* vals = row_vals_.data();
     for (std::size_t o = 0; o < s.out; ++o) {
-      const float bias = mask.test(s.bias_offset + o) ? v[kb++] : 0.0f;
       const std::size_t first = s.weight_offset + o * s.in, last = first + s.in;
       std::size_t m = 0;
       for (std::size_t wi = first / 64; wi * 64 < last; ++wi) {
@@ -233,31 +338,50 @@ const float* SparseMlp::forward(const float* images, int n_int) {
         if (wi * 64 < first) bits &= ~0ULL << (first - wi * 64);
         if ((wi + 1) * 64 > last) bits &= (last - wi * 64) >= 64 ? ~0ULL : ((1ULL << (last - wi * 64)) - 1);
         for (; bits != 0; bits &= bits - 1) {
-          cols[m] = static_cast<std::uint32_t>(wi * 64 + static_cast<std::size_t>(std::countr_zero(bits)) - first);
+          const std::size_t j = wi * 64 + static_cast<std::size_t>(std::countr_zero(bits));
+          cols[m] = static_cast<std::uint32_t>(j - first);
+          index[m] = j;
           vals[m++] = v[k++];
         }
       }
-      row_dot(cols, vals, m, bias, x, n, y + o * n);
+      const float* w = vals;
+      std::size_t w_stride = 0;
+      if (p != nullptr) {
+        float* rw = row_w_.data();
+        for (std::size_t i = 0; i < dirs; ++i) {
+          normal01_gather(p->keys[i], index, m, u);
+          for (std::size_t t = 0; t < m; ++t) rw[i * m + t] = perturbed(vals[t], u[t]);
+        }
+        w = rw;
+        w_stride = m;
+      }
+      if (in_stride == 0) {
+        row_dot_shared(cols, w, w_stride, m, bias + o, s.out, dirs, in, n, out + o * n, out_stride);
+      } else {
+        for (std::size_t i = 0; i < dirs; ++i)
+          row_dot(cols, w + i * w_stride, m, bias[i * s.out + o], in + i * in_stride, n, out + i * out_stride + o * n);
+      }
     }
     if (s.relu)
-      for (std::size_t e = 0; e < s.out * n; ++e) y[e] = std::max(y[e], 0.0f);
-    std::swap(x, y);
+      for (std::size_t e = 0; e < dirs * out_stride; ++e) out[e] = std::max(out[e], 0.0f);
+    in = out;
+    in_stride = out_stride;
   }
-  return x;  // logits [10, n]
+  return in;  // logits [dirs][10, n]
 }
 
 double SparseMlp::forward_loss(const float* images, const std::int32_t* labels, int n) {
-  const float* z = forward(images, n);
+  return logits_loss(forward(images, n, nullptr), labels, static_cast<std::size_t>(n));
+}
+
+void SparseMlp::perturbed_losses(const float* images, const std::int32_t* labels, int n, const Perturbations& p,
+                                 std::span<double> losses) {
+  if (p.keys.empty() || p.keys.size() > static_cast<std::size_t>(directions_) || losses.size() != p.keys.size())
+    fail("sparse mlp: {} directions with {} losses in one pass (room for {})", p.keys.size(), losses.size(),
+         directions_);
+  const float* z = forward(images, n, &p);
   const auto cols = static_cast<std::size_t>(n);
-  double total = 0.0;
-  for (std::size_t b = 0; b < cols; ++b) {
-    float mx = z[b];
-    for (std::size_t c = 1; c < kClasses; ++c) mx = std::max(mx, z[c * cols + b]);
-    double denom = 0.0;
-    for (std::size_t c = 0; c < kClasses; ++c) denom += std::exp(static_cast<double>(z[c * cols + b] - mx));
-    total += std::log(denom) - static_cast<double>(z[static_cast<std::size_t>(labels[b]) * cols + b] - mx);
-  }
-  return total / static_cast<double>(n);
+  for (std::size_t i = 0; i < losses.size(); ++i) losses[i] = logits_loss(z + i * kClasses * cols, labels, cols);
 }
 
 EvalResult SparseMlp::evaluate(const float* images, const std::int32_t* labels, std::int64_t n) {
@@ -268,10 +392,9 @@ EvalResult SparseMlp::evaluate(const float* images, const std::int32_t* labels, 
   for (std::int64_t first = 0; first < n;) {
     const int chunk = static_cast<int>(std::min<std::int64_t>(n - first, batch_));
     const float* img = images + first * static_cast<std::int64_t>(kInputs);
-    loss_sum += forward_loss(img, labels + first, chunk) * chunk;
-    // forward_loss left the logits in place: the buffer it returned is still valid.
-    const float* z = (specs_.size() % 2 == 1) ? buf_b_.data() : buf_a_.data();
+    const float* z = forward(img, chunk, nullptr);
     const auto cols = static_cast<std::size_t>(chunk);
+    loss_sum += logits_loss(z, labels + first, cols) * chunk;
     for (std::size_t b = 0; b < cols; ++b) {
       std::size_t best = 0;
       for (std::size_t c = 1; c < kClasses; ++c)

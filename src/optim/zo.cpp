@@ -107,6 +107,8 @@ void zo_perturb(SparseParams& params, std::uint64_t key, float mu, float coef) {
 ZoEstimator::ZoEstimator(const ZoSettings& settings) : settings_(settings) {
   if (settings_.num_directions < 1)
     fail("zo: num_directions {} must be >= 1", settings_.num_directions);
+  if (settings_.directions_per_pass < 1)
+    fail("zo: directions_per_pass {} must be >= 1", settings_.directions_per_pass);
   if (!(settings_.mu > 0.0f) || !std::isfinite(settings_.mu))
     fail("zo: mu {} must be positive and finite", settings_.mu);
 }
@@ -168,6 +170,38 @@ ZoProbe ZoEstimator::probe(SparseParams& params, std::uint64_t step, const LossF
   const float mu = settings_.mu;
   return run_probe(step, loss,
                    [&](std::uint64_t key, float coef) { zo_perturb(params, key, mu, coef); });
+}
+
+ZoProbe ZoEstimator::probe(std::uint64_t step, const LossFn& loss, const PerturbedLossFn& perturbed) const {
+  const int q = settings_.num_directions;
+  const bool central = settings_.difference == ZoDifference::kCentral;
+  const auto per_pass = static_cast<std::size_t>(std::min(settings_.directions_per_pass, q));
+  ZoProbe probe;
+  probe.loss_diffs.assign(static_cast<std::size_t>(q), std::numeric_limits<float>::quiet_NaN());
+  const double base = central ? 0.0 : loss();
+  std::vector<std::uint64_t> keys(per_pass);
+  std::vector<double> plus(per_pass), minus(per_pass);
+  double loss_sum = 0.0;
+  for (int first = 0; first < q; first += static_cast<int>(per_pass)) {
+    const std::size_t count = std::min(per_pass, static_cast<std::size_t>(q - first));
+    for (std::size_t i = 0; i < count; ++i) keys[i] = zo_direction_key(settings_.seed, step, first + static_cast<int>(i));
+    const std::span<const std::uint64_t> block(keys.data(), count);
+    perturbed({block, settings_.mu, 1.0f}, std::span<double>(plus.data(), count));
+    if (central) perturbed({block, settings_.mu, -1.0f}, std::span<double>(minus.data(), count));
+    for (std::size_t i = 0; i < count; ++i) {
+      const double diff = central ? plus[i] - minus[i] : plus[i] - base;
+      if (!std::isfinite(diff)) {
+        ++probe.num_dropped;
+        continue;
+      }
+      probe.loss_diffs[static_cast<std::size_t>(first) + i] = static_cast<float>(diff);
+      loss_sum += central ? 0.5 * (plus[i] + minus[i]) : 0.0;
+    }
+  }
+  if (probe.num_dropped == q)
+    fail("zo: all {} directions of step {} gave a non-finite loss (base loss {})", q, step, base);
+  probe.loss = central ? loss_sum / (q - probe.num_dropped) : base;
+  return probe;
 }
 
 int ZoEstimator::coefficients(std::span<const float> loss_diffs, std::uint64_t step,

@@ -50,7 +50,7 @@ grep -q '^ok$' "$tmp/checks.out" || cat "$tmp/checks.out"
 
 "${mpi[@]}" "$lowsync" train "${common[@]}" --set optim.name=zo --set optim.zo.q=4 --set optim.zo.form=fedavg \
   --set sync.period=5 --set prune.method=magnitude --set optim.zo.difference=central --set train.steps=10 \
-  --set optim.lr=0.001 --set checkpoint.every=10 --out "$tmp/avg" >"$tmp/avg.out" 2>&1
+  --set optim.zo.directions_per_pass=3 --set optim.lr=0.001 --set checkpoint.every=10 --out "$tmp/avg" >"$tmp/avg.out" 2>&1
 check "fedavg zo run succeeds" test $? -eq 0
 check "fedavg averaged twice" bash -c "/usr/bin/python3 -c \"import json;s=json.load(open('$tmp/avg/summary.json'));assert s['syncs']==2 and s['bytes_by_traffic']['zo.avg']>0\""
 # `lowsync eval` rebuilds the dense model from the compressed checkpoint (kept values + mask):

@@ -131,4 +131,14 @@ using OutputUnit = std::vector<IndexRange>;
 void append_row_units(std::vector<OutputUnit>& units, std::size_t offset, std::size_t rows,
                       std::size_t row_length, const std::size_t* bias_offset = nullptr);
 
+// Zeroth-order directions evaluated together in one forward pass (SparseMlp::perturbed_losses, optim::ZoEstimator::probe
+// with a PerturbedLossFn): direction i's weight at kept flat index j is v_j + coef * (mu * normal01(keys[i], j)),
+// the fp32 formula of optim::zo_perturb, formed row by row during the pass; the stored values are
+// never changed.
+struct Perturbations {
+  std::span<const std::uint64_t> keys;
+  float mu = 0.0f;
+  float coef = 0.0f;
+};
+
 }  // namespace lowsync::model

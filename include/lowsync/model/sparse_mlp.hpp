@@ -56,8 +56,9 @@ class DenseMlpRef {
 class SparseMlp {
  public:
   // batch = training batch per rank; values initialised as Model("mlp", batch, seed) at the kept
-  // coordinates of `mask` (all kept when null).
-  SparseMlp(int batch, std::uint64_t seed, std::shared_ptr<const Mask> mask = nullptr);
+  // coordinates of `mask` (all kept when null). directions_per_pass = how many perturbed copies
+  // perturbed_losses() evaluates in one pass (its activations take that many times the room).
+  SparseMlp(int batch, std::uint64_t seed, std::shared_ptr<const Mask> mask = nullptr, int directions_per_pass = 1);
 
   std::size_t num_params() const { return params_.num_params(); }  // d
   std::size_t nnz() const { return params_.size(); }
@@ -69,22 +70,42 @@ class SparseMlp {
   // Mean softmax cross-entropy over n <= batch() samples, accumulated in double.
   double forward_loss(const float* images, const std::int32_t* labels, int n);
   double forward_loss(const data::Batch& b) { return forward_loss(b.images, b.labels, b.size); }
+  // losses[i] = mean loss of direction i's perturbed model (Perturbations) on the n samples, for
+  // every i < p.keys.size() <= directions_per_pass(), in one pass over the kept weights: each
+  // weight row is listed and its normals drawn once per pass, and the first layer reads each input
+  // tile once for all directions. Each loss is bitwise forward_loss() of the model perturbed in
+  // place by optim::zo_perturb(params(), keys[i], mu, coef) from the same values.
+  void perturbed_losses(const float* images, const std::int32_t* labels, int n, const Perturbations& p,
+                        std::span<double> losses);
+  void perturbed_losses(const data::Batch& b, const Perturbations& p, std::span<double> losses) {
+    perturbed_losses(b.images, b.labels, b.size, p, losses);
+  }
+  int directions_per_pass() const { return directions_; }
   // Loss and accuracy over n samples in chunks of batch().
   EvalResult evaluate(const float* images, const std::int32_t* labels, std::int64_t n);
   // Multiply-adds x 2 of one sample's forward on the kept weights (plus bias adds).
   double forward_flops_per_sample() const;
+  // Bytes of the forward's activation buffers (input, two ping-pong buffers of directions_per_pass()
+  // copies each) and row scratch.
+  std::size_t activation_bytes() const;
 
  private:
-  // Writes logits, feature-major [10, n], into the returned buffer.
-  const float* forward(const float* images, int n);
+  // Runs the forward of the unperturbed model (p null: one copy) or of p's directions; returns the
+  // logits, direction-major [directions][10, n] (feature-major within a direction).
+  const float* forward(const float* images, int n, const Perturbations* p);
 
-  int batch_;
+  int batch_, directions_;
   std::vector<DenseLayerSpec> specs_;
   std::vector<std::size_t> weight_k_, bias_k_;  // index of the first kept value of each block
   SparseParams params_;
-  memory::TrackedBuffer<float> buf_a_, buf_b_;  // ping-pong activations [width, batch]
+  memory::TrackedBuffer<float> input_;           // the batch, feature-major [784, batch]
+  memory::TrackedBuffer<float> act_[2];          // ping-pong outputs [directions][width, batch]
   memory::TrackedBuffer<std::uint32_t> row_cols_;  // kept columns of one output row [<= in]
+  memory::TrackedBuffer<std::uint64_t> row_index_; // their flat indices (the normals' counters)
   memory::TrackedBuffer<float> row_vals_;          // their values
+  memory::TrackedBuffer<float> row_w_;             // each direction's weights of the row [directions][<= in]
+  memory::TrackedBuffer<float> bias_w_;            // each direction's biases of a layer [directions][<= out]
+  memory::TrackedBuffer<float> normals_;           // one direction's normals of a row or bias vector
 };
 
 }  // namespace lowsync::model

@@ -21,11 +21,16 @@ struct ZoSettings {
   float mu = 1e-3f;         // smoothing; keep above fp32 weight/loss rounding (>= 1e-4)
   ZoDifference difference = ZoDifference::kForward;
   std::uint64_t seed = 0;  // shared by all ranks: directions are regenerated, never sent
+  int directions_per_pass = 1;  // probe with a PerturbedLossFn: directions handed over per call
 };
 
 // Loss at the parameters as they are now (the estimator perturbs them in place before calling).
 // Return the mean batch loss accumulated in fp32 or wider.
 using LossFn = std::function<double()>;
+// losses[i] = loss at the parameters perturbed by direction p.keys[i] (model::Perturbations: v +
+// p.coef * (p.mu * u_i), formed by the callee; the stored parameters are not touched), for every
+// i < p.keys.size(). Several directions per call let the model share one pass over its weights.
+using PerturbedLossFn = std::function<void(const model::Perturbations& p, std::span<double> losses)>;
 
 struct ZoProbe {
   // q entries. Forward: L(w + mu u_i m) - L(w). Central: L(w + mu u_i m) - L(w - mu u_i m).
@@ -72,6 +77,15 @@ class ZoEstimator {
   // Same on compressed parameters (directions indexed by flat index, so results match the dense
   // form with params.mask()).
   ZoProbe probe(SparseParams& params, std::uint64_t step, const LossFn& loss) const;
+  // Same without perturbing in place: `loss` gives L(w) (forward mode only), `perturbed` the
+  // perturbed losses, settings().directions_per_pass directions per call (the last call fewer).
+  // The directions are those of the in-place forms; each is applied to the unperturbed w, so there
+  // is no restore rounding: direction i's loss is bitwise the in-place form's when direction i is
+  // the first one (w not yet restored from earlier directions), and within the restore drift
+  // (kZoRestoreUlps* per earlier direction) of it otherwise. Central differences use w - mu u
+  // directly (the in-place form reaches it as (w + mu u) - 2 mu u). The parameters are exactly
+  // unchanged on return.
+  ZoProbe probe(std::uint64_t step, const LossFn& loss, const PerturbedLossFn& perturbed) const;
 
   // grad = (1 / q_kept) sum_{i kept} loss_diffs[i] / (mu or 2 mu) * u_i * m, over all d entries
   // (exactly 0 at pruned coordinates); NaN entries are skipped. loss_diffs has q entries (summed

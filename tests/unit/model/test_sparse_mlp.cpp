@@ -3,10 +3,12 @@
 // finite-difference NTK trace of the pruning phase against tr(J J^T) from exact backprop.
 #include "support/training.hpp"
 
+#include "lowsync/core/error.hpp"
 #include "lowsync/core/rng.hpp"
 #include "lowsync/model/model.hpp"
 #include "lowsync/model/sparse_mlp.hpp"
 #include "lowsync/optim/prune.hpp"
+#include "lowsync/optim/zo.hpp"
 
 #include <gtest/gtest.h>
 
@@ -123,6 +125,50 @@ TEST(SparseMlp, TiledForwardBitwiseEqualsPlainLoop) {
     const double got = lean.forward_loss(b.batch());
     EXPECT_EQ(got, reference_loss(lean, b.images.data(), b.labels.data(), n)) << "batch " << n;
   }
+}
+
+// Several zeroth-order directions in one pass against the in-place form, one direction at a time:
+// each loss is bitwise forward_loss() after optim::zo_perturb of a fresh copy of the values, for
+// dense and pruned masks, batches that hit every tile path, direction counts that hit every group
+// size of the shared first layer, and every coefficient the estimator uses; the stored values are
+// unchanged afterwards.
+TEST(SparseMlp, PerturbedLossesBitwiseEqualInPlacePerturbation) {
+  const std::size_t d = mlp_num_params();
+  auto pruned = std::make_shared<optim::Mask>(d, true);
+  for (std::size_t j = 0; j < d; ++j)
+    if (uniform01(31, j) < 0.8f) pruned->set(j, false);
+  for (const auto& mask : {std::shared_ptr<optim::Mask>(), pruned}) {
+    for (const int n : {1, 17, 32}) {
+      for (const int dirs : {1, 2, 3, 4, 7}) {
+        SparseMlp lean(n, 6, mask, dirs);
+        const auto b = testing::synthetic_batch(7, 5, 0, n);
+        const auto values = lean.params().values();
+        const std::vector<float> saved(values.begin(), values.end());
+        std::vector<std::uint64_t> keys;
+        for (int i = 0; i < dirs; ++i) keys.push_back(optim::zo_direction_key(99, 3, i));
+        for (const float coef : {1.0f, -1.0f, 2.0f}) {
+          std::vector<double> got(static_cast<std::size_t>(dirs));
+          lean.perturbed_losses(b.batch(), {keys, 1e-2f, coef}, got);
+          ASSERT_TRUE(std::equal(saved.begin(), saved.end(), values.begin())) << "values changed";
+          for (int i = 0; i < dirs; ++i) {
+            optim::zo_perturb(lean.params(), keys[static_cast<std::size_t>(i)], 1e-2f, coef);
+            const double want = lean.forward_loss(b.batch());
+            std::copy(saved.begin(), saved.end(), values.begin());
+            EXPECT_EQ(got[static_cast<std::size_t>(i)], want)
+                << (mask ? "pruned" : "dense") << " batch " << n << " dirs " << dirs << " dir " << i << " coef " << coef;
+          }
+        }
+      }
+    }
+  }
+  SparseMlp two(4, 6, nullptr, 2);
+  const auto b = testing::synthetic_batch(7, 5, 0, 4);
+  const std::uint64_t keys[3] = {1, 2, 3};
+  std::vector<double> losses(3);
+  EXPECT_THROW(two.perturbed_losses(b.batch(), {keys, 1e-2f, 1.0f}, losses), lowsync::Error);  // 3 > room for 2
+  EXPECT_THROW(SparseMlp(4, 6, nullptr, 0), lowsync::Error);
+  // Room for more directions is room for more activations.
+  EXPECT_GT(two.activation_bytes(), SparseMlp(4, 6, nullptr, 1).activation_bytes());
 }
 
 // tr(J J^T) / n by backprop (one backward per output and sample, J rows = d f_c(x_b) / dw)

@@ -377,7 +377,85 @@ TEST(Zo, CompressedParametersMatchDenseMasked) {
   }
 }
 
+// The probe that hands directions to the model in blocks (PerturbedLossFn) against the naive
+// formula: every loss difference equals L(w + coef mu u_i) - L(w) (forward) or L(w + mu u_i) -
+// L(w - mu u_i) (central) with the perturbed weights formed from the untouched w, whatever the
+// block size; direction 0 also equals the in-place probe's; NaN directions are dropped.
+TEST(Zo, BlockProbeMatchesNaiveFormula) {
+  const std::size_t d = 1500;
+  auto mask = std::make_shared<Mask>(d, true);
+  for (std::size_t j = 0; j < d; ++j)
+    if (uniform01(46, j) < 0.6) mask->set(j, false);
+  std::vector<float> dense(d);
+  for (std::size_t j = 0; j < d; ++j) dense[j] = mask->test(j) ? normal01(47, j) : 0.0f;
+  const auto loss_of = [](std::span<const float> w) {
+    double s = 0.0;
+    for (std::size_t j = 0; j < w.size(); ++j) s += (1.0 + j % 5) * w[j] * w[j] - w[j];
+    return s;
+  };
+  // The naive perturbed weights: kept coordinates only, mu * u rounded first.
+  const auto perturbed_of = [&](std::uint64_t key, float mu, float coef) {
+    std::vector<float> w(dense);
+    for (std::size_t j = 0; j < d; ++j)
+      if (mask->test(j)) w[j] = dense[j] + coef * (mu * normal01(key, j));
+    return w;
+  };
+  const int q = 7;
+  for (const auto difference : {ZoDifference::kForward, ZoDifference::kCentral}) {
+    for (const int per_pass : {1, 3, 7, 20}) {
+      const ZoEstimator zo({.num_directions = q, .mu = 1e-3f, .difference = difference, .seed = 12,
+                            .directions_per_pass = per_pass});
+      int base_calls = 0, block_calls = 0;
+      std::size_t largest = 0;
+      const auto probe = zo.probe(
+          4, [&] { ++base_calls; return loss_of(dense); },
+          [&](const model::Perturbations& p, std::span<double> losses) {
+            ++block_calls;
+            largest = std::max(largest, p.keys.size());
+            ASSERT_EQ(losses.size(), p.keys.size());
+            for (std::size_t i = 0; i < p.keys.size(); ++i) losses[i] = loss_of(perturbed_of(p.keys[i], p.mu, p.coef));
+          });
+      const bool central = difference == ZoDifference::kCentral;
+      const int passes = (q + per_pass - 1) / per_pass;
+      EXPECT_EQ(base_calls, central ? 0 : 1);
+      EXPECT_EQ(block_calls, central ? 2 * passes : passes);
+      EXPECT_EQ(largest, static_cast<std::size_t>(std::min(per_pass, q)));
+      for (int i = 0; i < q; ++i) {
+        const auto key = zo_direction_key(12, 4, i);
+        const double plus = loss_of(perturbed_of(key, 1e-3f, 1.0f));
+        const double other = central ? loss_of(perturbed_of(key, 1e-3f, -1.0f)) : loss_of(dense);
+        EXPECT_EQ(probe.loss_diffs[static_cast<std::size_t>(i)], static_cast<float>(plus - other)) << i;
+      }
+      SparseParams sparse(mask);
+      sparse.gather(dense);
+      std::vector<float> scratch(d);
+      const auto in_place = zo.probe(sparse, 4, [&] {
+        sparse.scatter(scratch);
+        return loss_of(scratch);
+      });
+      if (!central) {  // central in place reaches w - mu u as (w + mu u) - 2 mu u: other bits
+        EXPECT_EQ(probe.loss_diffs[0], in_place.loss_diffs[0]);
+        EXPECT_EQ(probe.loss, in_place.loss);
+      }
+    }
+  }
+  // A non-finite loss drops its direction; all of them fail the step.
+  const ZoEstimator zo({.num_directions = 5, .mu = 1e-3f, .seed = 3, .directions_per_pass = 2});
+  const auto probe = zo.probe(1, [] { return 1.0; }, [&](const model::Perturbations& p, std::span<double> losses) {
+    for (std::size_t i = 0; i < losses.size(); ++i) losses[i] = p.keys[i] == zo_direction_key(3, 1, 2) ? std::nan("") : 2.0;
+  });
+  EXPECT_EQ(probe.num_dropped, 1);
+  EXPECT_TRUE(std::isnan(probe.loss_diffs[2]));
+  EXPECT_EQ(probe.loss_diffs[3], 1.0f);
+  EXPECT_THROW(zo.probe(1, [] { return 1.0; },
+                        [](const model::Perturbations&, std::span<double> losses) {
+                          std::fill(losses.begin(), losses.end(), std::numeric_limits<double>::infinity());
+                        }),
+               Error);
+}
+
 TEST(Zo, InvalidSettingsFail) {
+  EXPECT_THROW(ZoEstimator({.num_directions = 4, .directions_per_pass = 0}), Error);
   EXPECT_THROW(ZoEstimator({.num_directions = 0}), Error);
   EXPECT_THROW(ZoEstimator({.num_directions = 4, .mu = 0.0f}), Error);
   EXPECT_THROW(ZoEstimator({.num_directions = 4, .mu = std::nanf("")}), Error);

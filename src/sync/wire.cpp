@@ -472,7 +472,8 @@ void ServerAverager::decode_shard(std::span<const std::uint8_t> block, std::span
   }
 }
 
-// The broadcast's per-tensor scale: best_scale over the whole tensor, computed from the shards.
+// The broadcast's per-tensor scale: best_scale's rule over the tensor's search sample (whole for a
+// small tensor, strided for a large one), computed from the shards.
 void ServerAverager::choose_scales(comm::Communicator& comm, std::int64_t round, std::string_view traffic) {
   constexpr std::size_t J = tensor::kBestScaleCandidates;
   const auto f = fp8_format(format_);
@@ -489,13 +490,23 @@ void ServerAverager::choose_scales(comm::Communicator& comm, std::int64_t round,
     if (!(a <= std::numeric_limits<float>::max()))
       fail("{} averaging at round {}: the fp32 server model is non-finite ({} wire)", traffic, round,
            wire_format_name(format_));
-  // The squared error of every candidate over this shard's piece of every tensor; one allgather,
+  // The squared error of every candidate over this shard's part of every tensor's search sample
+  // (every element of a small tensor, every kScaleSearchStride-th of a large one, counted from the
+  // tensor's first element, so the sample does not depend on the number of ranks); one allgather,
   // then every rank adds the partial sums in rank order: all ranks choose the same scales.
   std::vector<std::array<float, J>> candidates(num_tensors);
   std::vector<double> partial(num_tensors * J, 0.0);
   for (std::size_t t = 0; t < num_tensors; ++t) {
     candidates[t] = tensor::best_scale_candidates(tensor::fp8_scale_from_amax(amax[t], f));
-    const auto w = piece(t);
+    auto w = std::span<const float>(piece(t));
+    if (!w.empty() && counts_[t] >= tensor::kScaleSearchFullBelow) {
+      // decoded_ is free between the upload decode and the next round: the sample goes there.
+      constexpr std::size_t stride = tensor::kScaleSearchStride;
+      const std::size_t rel = std::max(first_, tensor_first_[t]) - tensor_first_[t];
+      std::size_t n = 0;
+      for (std::size_t i = (stride - rel % stride) % stride; i < w.size(); i += stride) decoded_[n++] = w[i];
+      w = std::span<const float>(decoded_.data(), n);
+    }
     if (!w.empty())
       tensor::quantize_sq_errors(w, f, candidates[t], std::span<double, J>(partial.data() + t * J, J));
   }

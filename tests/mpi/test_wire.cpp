@@ -294,9 +294,9 @@ TEST(Wire, Native16NonFiniteRankIsExcludedAndOtherWiresRefused) {
 }
 
 // Brute-force ServerOptimize with the reference codec (tests/support/reference_fp8.hpp): the
-// squared error of every candidate summed over the whole tensor in element order, the first
-// smallest wins. Shares no code with tensor::best_scale / quantize_sq_errors.
-float brute_force_best_scale(std::span<const float> w, tensor::Fp8Format f) {
+// squared error of every candidate summed over the tensor's search sample in element order, the
+// first smallest wins. Shares no code with tensor::best_scale / quantize_sq_errors.
+float brute_force_best_scale(std::span<const float> w, tensor::Fp8Format f, bool whole_tensor = false) {
   float amax = 0.0f;
   for (float v : w) amax = std::max(amax, std::fabs(v));
   if (amax == 0.0f) return 1.0f;
@@ -307,7 +307,10 @@ float brute_force_best_scale(std::span<const float> w, tensor::Fp8Format f) {
   for (int j = 0; j < tensor::kBestScaleCandidates; ++j) {
     const float s = tensor::best_scale_candidate(s0, j);
     double e = 0.0;
-    for (float v : w) {
+    for (std::size_t i = 0; i < w.size(); ++i) {
+      // ServerOptimize's search sample: every element of a small tensor, every 8th of a large one.
+      if (!whole_tensor && w.size() >= tensor::kScaleSearchFullBelow && i % tensor::kScaleSearchStride != 0) continue;
+      const float v = w[i];
       const float y = std::fmin(std::fmax(v / s, -fmax), fmax);
       const float w_hat = static_cast<float>(reference::fp8_decode(reference::fp8_encode_rne(y, f), f)) * s;
       e += (double(w_hat) - double(v)) * (double(w_hat) - double(v));
@@ -370,15 +373,21 @@ std::uint64_t server_round_bytes(std::uint64_t K, std::uint64_t d, std::uint64_t
   return (K - 1) * (4 + 2 * S) + (K - 1) * 2 * S;
 }
 
+// skew_sample: every 8th element (global index; tensors starting at multiples of 8) is 1000x
+// smaller than the rest, so a search over the strided sample and one over the whole tensor choose
+// different scales.
 void expect_server_rounds_match_reference(WireFormat format, const std::vector<std::size_t>& counts,
-                                          int non_finite_rank) {
+                                          int non_finite_rank, bool skew_sample = false) {
   comm::Communicator comm(MPI_COMM_WORLD, {false, 60.0});
   const int K = world_size();
   std::size_t d = 0;
   for (std::size_t c : counts) d += c;
   const auto data = [&](int r, std::uint64_t salt) {
     std::vector<float> x(d);
-    for (std::size_t i = 0; i < d; ++i) x[i] = (0.01f + 0.1f * static_cast<float>(i % 7)) * normal01(stream_key({78, salt, static_cast<std::uint64_t>(r)}), i);
+    for (std::size_t i = 0; i < d; ++i) {
+      const float size = skew_sample && i % 8 == 0 ? 1e-3f : 0.01f + 0.1f * static_cast<float>(i % 7);
+      x[i] = size * normal01(stream_key({78, salt, static_cast<std::uint64_t>(r)}), i);
+    }
     return x;
   };
   std::vector<float> start = data(0, 100);  // identical replicas at the start
@@ -413,6 +422,17 @@ void expect_server_rounds_match_reference(WireFormat format, const std::vector<s
 TEST(Wire, ServerRoundsMatchReferenceAndKeepTheFp32Master) {
   for (WireFormat format : {WireFormat::fp8_e4m3, WireFormat::fp8_e5m2, WireFormat::bf16, WireFormat::fp16})
     expect_server_rounds_match_reference(format, kCounts, -1);
+}
+
+// Tensors large enough for the strided search sample, cut by shard boundaries that are not
+// multiples of the stride (S = 4548 on 2 ranks, 2274 on 4), on data where the sample matters.
+TEST(Wire, ServerSearchesTheStridedSampleOfLargeTensors) {
+  const std::vector<std::size_t> counts = {4096, 5000};
+  std::vector<float> x(5000);
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] = (i % 8 == 0 ? 1e-3f : 0.5f) * normal01(5, i);
+  // The data tells the two searches apart: otherwise this test could not see which one ran.
+  ASSERT_NE(brute_force_best_scale(x, tensor::Fp8Format::e4m3), brute_force_best_scale(x, tensor::Fp8Format::e4m3, true));
+  expect_server_rounds_match_reference(WireFormat::fp8_e4m3, counts, -1, true);
 }
 
 // Fewer parameters than ranks times two: some shards are short or empty, and tensors straddle

@@ -6,8 +6,8 @@
 //   ServerAverager    model averaging with an fp32 server model (§1 per-round algorithm) sharded
 //                     over the ranks: SR uplink reduce-scattered (alltoall of encoded shards, fp32
 //                     accumulation in rank order), each rank updates its 1/K of W, a collective
-//                     best_scale search for fp8, the deterministic downlink all-gathered; every rank
-//                     adopts the same decoded model.
+//                     best_scale search for fp8 (on a strided sample of large tensors), the
+//                     deterministic downlink all-gathered; every rank adopts the same decoded model.
 // Nothing is ever summed in 8 or 16 bits. The ledger sees the real encoded bytes (u8 buffers).
 #pragma once
 

@@ -289,6 +289,13 @@ void quantize_sq_errors(std::span<const float> w, Fp8Format format,
 // (quantize_sq_errors); chooses exactly what 16 quantize_sq_error calls would.
 float best_scale(std::span<const float> w, Fp8Format format);
 
+// ServerOptimize's scale search over a whole model (sync::ServerAverager) looks at a fixed strided
+// subsample of each large tensor (ALGORITHMS.md §1 "Cost"): element i of a tensor of at least
+// kScaleSearchFullBelow values takes part when i % kScaleSearchStride == 0; smaller tensors take
+// part whole. The candidates still come from the whole tensor's amax.
+inline constexpr std::size_t kScaleSearchStride = 8;
+inline constexpr std::size_t kScaleSearchFullBelow = 4096;
+
 // The j-th candidate of best_scale for a tensor of scale s0 (never below FLT_MIN).
 float best_scale_candidate(float s0, int j);
 

@@ -4,8 +4,8 @@
 // oneDNN primitive times the step runs. Reports samples/s by wall clock, samples/s by this
 // process's CPU time (cpu_samples_per_s: what one otherwise idle core would give on a shared,
 // oversubscribed machine) and step_time / primitive_time (target <= 1.15).
-// CNN targets (issue 19, against PyTorch 1.13's quoted 2,716 samples/s on this machine):
-// fp32 >= 4,100 samples/s, bf16 >= 6,790.
+// CNN targets (issue 19, against PyTorch 1.13's 2,716 samples/s quoted there): fp32 >= 4,100
+// samples/s, bf16 >= 6,790; tools/bench/cnn_speed.sh measures PyTorch beside these rows.
 //   build/bin/bench_step [--benchmark_filter=cnn]
 #include "lowsync/config/config.hpp"
 #include "lowsync/core/timer.hpp"

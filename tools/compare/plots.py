@@ -143,14 +143,35 @@ def _reference_lines(ax, g, metric: str) -> None:
                 fontsize=7, va="bottom", ha="right", color="tab:gray")
     if g.ceiling is not None and g.ceiling.mean_quality is not None:
         ax.axhline(g.ceiling.mean_quality, color="tab:blue", linewidth=1.0, linestyle="--")
-        # Left, under the line: the right end holds the allreduce runs themselves, and a target
-        # label (left, above its line) may sit at the same height.
-        ax.text(0.01, g.ceiling.mean_quality, f"ceiling (allreduce, {g.name})", transform=ax.get_yaxis_transform(),
-                fontsize=7, va="top", ha="left", color="tab:blue")
     if g.target is not None:
         ax.axhline(g.target, color="black", linewidth=0.9, linestyle=":")
-        ax.text(0.01, g.target, f"target {_q(g.target, metric)} ({g.name})", va="bottom", fontsize=7,
-                transform=ax.get_yaxis_transform())
+
+
+def _reference_labels(ax, groups, metric: str) -> None:
+    """Labels of the ceiling and target lines at the left end (the right end holds the allreduce
+    runs themselves), called once the y limits are final: with two optimizer groups four lines can
+    lie within a few points of each other, so the labels are stacked at least one text line apart,
+    each at or above its own line, in the line's colour."""
+    labels = []
+    for g in groups:
+        if g.ceiling is not None and g.ceiling.mean_quality is not None:
+            labels.append((g.ceiling.mean_quality, f"ceiling (allreduce, {g.name})", "tab:blue"))
+        if g.target is not None:
+            labels.append((g.target, f"target {_q(g.target, metric)} ({g.name})", "black"))
+    y0, y1 = ax.get_ylim()
+    if not labels or not y1 > y0:
+        return
+    # One line of 7-point text, as a share of the axes height (before the final layout: a little
+    # more than the line, so that the layout's small changes do not make them touch).
+    fig = ax.get_figure()
+    fig.canvas.draw_idle()
+    height_pt = ax.get_window_extent().height * 72.0 / fig.dpi
+    gap = 1.4 * 7.0 / height_pt if height_pt > 0 else 0.035
+    last = -1.0
+    for y, text, c in sorted(labels):
+        pos = max((y - y0) / (y1 - y0) + 0.004, last + gap)
+        last = pos
+        ax.text(0.01, pos, text, transform=ax.transAxes, fontsize=7, va="bottom", ha="left", color=c)
 
 
 def _q(v, metric: str) -> str:
@@ -189,6 +210,7 @@ def overview(groups, settings, metric: str, path: Path) -> None:
                      linestyle="none")
     for g in groups:
         _reference_lines(ax1, g, metric)
+    _reference_labels(ax1, groups, metric)
     axis.apply(ax1, "x")
     ax1.set_xlabel("bytes sent per rank (log)" + ("; 0 B at the left" if axis.has_zero else ""))
     ax1.set_ylabel(_ylabel(metric))
@@ -281,6 +303,7 @@ def frontier(runs, groups, settings, front, metric: str, path: Path) -> None:
         lo, hi = min(qs), max(qs)
         pad = 0.08 * (hi - lo or 1)
         ax.set_ylim(lo - pad, hi + 3 * pad)
+    _reference_labels(ax, groups, metric)
     ax.set_xlabel("total bytes sent per rank over the run (log)" + ("; 0 B at the left" if axis.has_zero else ""))
     ax.set_ylabel(f"final {_ylabel(metric)}")
     ax.set_title("every run: final quality vs bytes; lines join one strategy's knob sweep at one lr "
@@ -304,6 +327,7 @@ def quality_vs(groups, metric: str, x: str, xlabel: str, path: Path) -> None:
             if len(s.ok) > 1:
                 ax.fill_between(xs, lo, hi, color=c, alpha=0.15, linewidth=0)
         _reference_lines(ax, g, metric)
+    _reference_labels(ax, groups, metric)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(_ylabel(metric))
     ax.set_title(f"{_ylabel(metric)} vs {xlabel}: best settings, seed mean and min-max", fontsize=10)

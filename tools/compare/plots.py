@@ -166,7 +166,7 @@ def _reference_labels(ax, groups, metric: str) -> None:
     fig = ax.get_figure()
     fig.canvas.draw_idle()
     height_pt = ax.get_window_extent().height * 72.0 / fig.dpi
-    gap = 1.4 * 7.0 / height_pt if height_pt > 0 else 0.035
+    gap = 2.0 * 7.0 / height_pt if height_pt > 0 else 0.035
     last = -1.0
     for y, text, c in sorted(labels):
         pos = max((y - y0) / (y1 - y0) + 0.004, last + gap)

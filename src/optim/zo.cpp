@@ -1,5 +1,6 @@
-// Zeroth-order gradient estimator (ALGORITHMS.md §2): in-place Gaussian perturbations regenerated
-// from (seed, step, direction), forward/central loss differences with NaN directions dropped, and
+// Zeroth-order gradient estimator (ALGORITHMS.md §2): Gaussian perturbations regenerated from
+// (seed, step, direction), applied in place or handed to the model in blocks (which forms the
+// perturbed weights itself), forward/central loss differences with NaN directions dropped, and
 // the rebuild g = (1/q) sum_i dL_i / (mu or 2 mu) * u_i * m.
 #include "lowsync/optim/zo.hpp"
 

@@ -2,7 +2,8 @@
 // activations; per output row the kept (column, value) pairs are listed once, then the row's
 // outputs are summed in vector registers over them, 16 samples per register), two reused
 // activation buffers, and several zeroth-order directions per pass (each row's perturbed copies
-// formed on the fly from counter-based normals, the input shared in the first layer); and DenseMlpRef, the plain dense forward/backward used
+// formed on the fly from counter-based normals, the input shared in the first layer); and
+// DenseMlpRef, the plain dense forward/backward used
 // by the data-free NTK pruning phase and as a test reference.
 #include "lowsync/model/sparse_mlp.hpp"
 
@@ -297,9 +298,8 @@ const float* SparseMlp::forward(const float* images, int n_int, const Perturbati
   std::uint64_t* index = row_index_.data();
   float* vals = row_vals_.data();
   float* u = normals_.data();
-  // Direction i's copy of value `value` at the kept coordinate whose normal is `normal`: the fp32
-  // formula of optim::zo_perturb (mu * u rounded first, coef +-1 or +-2 exact).
-  const auto perturbed = [p](float value, float normal) { return value + p->coef * (p->mu * normal); };
+  // Direction i's copy of a kept value whose normal is `normal` (the formula of optim::zo_perturb).
+  const auto perturbed = [p](float value, float normal) { return perturbed_value(value, p->mu, p->coef, normal); };
   const float* in = x;
   std::size_t in_stride = 0;  // between the directions' inputs; 0 while they share the batch
   for (std::size_t l = 0; l < specs_.size(); ++l) {

@@ -59,9 +59,8 @@ inline void perturb_block(float* w, std::uint64_t key, float mu, float coef, con
   float u[kBlockBits];
   normal01_gather(key, index, n, u);
   for (std::size_t t = 0; t < n; ++t) {
-    const float step = mu * u[t];
     float& v = w[dense_positions ? index[t] : k_first + t];
-    v += coef * step;
+    v = model::perturbed_value(v, mu, coef, u[t]);
   }
 }
 

@@ -141,4 +141,10 @@ struct Perturbations {
   float coef = 0.0f;
 };
 
+// The one formula of a perturbed value: mu * u rounded to fp32 first, then coef (+-1, +-2: exact)
+// times it added, so the in-place form (optim::zo_perturb) and the on-the-fly one give the same bits.
+inline float perturbed_value(float value, float mu, float coef, float normal) {
+  return value + coef * (mu * normal);
+}
+
 }  // namespace lowsync::model
